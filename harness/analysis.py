@@ -1,0 +1,89 @@
+"""Derived views of recorded cells: the backend choice map and autotune gains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.backends import BACKENDS, FLASHINFER_AUTO, SGLANG_SM120_DEFAULT
+from harness.records import GemmCell
+
+# Two timings closer than this are a tie for "does the default pick the winner".
+TIE_FRACTION = 0.03
+
+
+@dataclass
+class Choice:
+    layer: str
+    m: int
+    winner: str | None             # "backend/autotune"
+    winner_median_s: float | None
+    runner_up: str | None
+    margin: float | None           # runner-up time / winner time - 1
+    candidates: int
+    auto_verdict: str              # "picks winner" | "slower by X%" | "n/a: <why>"
+    sglang_default_verdict: str
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _label(c: GemmCell) -> str:
+    return f"{c.backend}/{c.autotune}"
+
+
+def _verdict(cells: list[GemmCell], backend: str, best: GemmCell | None) -> str:
+    mine = [c for c in cells if c.backend == backend]
+    ok = [c for c in mine if c.status == "ok"]
+    if not mine:
+        return f"n/a: {backend} not in this run"
+    if not ok:
+        why = mine[0].reason or mine[0].status
+        return f"n/a: {backend} {mine[0].status} ({why})"
+    if best is None:
+        return "n/a: no healthy candidate"
+    fastest = min(ok, key=lambda c: c.median_s)
+    slower = fastest.median_s / best.median_s - 1
+    if fastest is best or slower <= TIE_FRACTION:
+        return "picks winner"
+    return f"slower than winner by {slower * 100:.1f}%"
+
+
+def choice_map(cells: list[GemmCell]) -> list[Choice]:
+    """Per (layer, M): the fastest healthy backend (either autotune setting), and whether
+    FlashInfer's ``auto`` and SGLang's SM120 default would have picked it."""
+    rows = []
+    keys = sorted({(c.layer, c.m) for c in cells if c.kind == "gemm"},
+                  key=lambda t: ([c.layer for c in cells].index(t[0]), t[1]))
+    for layer, m in keys:
+        here = [c for c in cells if c.layer == layer and c.m == m]
+        ok = [c for c in here if c.status == "ok" and c.median_s
+              and BACKENDS.get(c.backend) is not None and BACKENDS[c.backend].candidate]
+        ok.sort(key=lambda c: c.median_s)
+        best = ok[0] if ok else None
+        runner = next((c for c in ok[1:] if c.backend != best.backend), None) if best else None
+        rows.append(Choice(
+            layer=layer, m=m,
+            winner=_label(best) if best else None,
+            winner_median_s=best.median_s if best else None,
+            runner_up=_label(runner) if runner else None,
+            margin=(runner.median_s / best.median_s - 1) if runner else None,
+            candidates=len({c.backend for c in ok}),
+            auto_verdict=_verdict(here, FLASHINFER_AUTO, best),
+            sglang_default_verdict=_verdict(here, SGLANG_SM120_DEFAULT, best),
+        ))
+    return rows
+
+
+def autotune_gains(cells: list[GemmCell]) -> list[dict]:
+    """Per (backend, layer, M) with both settings measured: off/on time ratio - 1."""
+    on = {(c.backend, c.layer, c.m): c for c in cells if c.autotune == "on" and c.status == "ok"}
+    out = []
+    for c in cells:
+        if c.autotune != "off" or c.status != "ok":
+            continue
+        t = on.get((c.backend, c.layer, c.m))
+        if t is None:
+            continue
+        out.append({"backend": c.backend, "layer": c.layer, "m": c.m, "off_s": c.median_s,
+                    "on_s": t.median_s, "gain": c.median_s / t.median_s - 1})
+    return out

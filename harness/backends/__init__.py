@@ -1,0 +1,50 @@
+"""GEMM backend registry: one module per backend, one interface (``base.GemmBackend``)."""
+
+from __future__ import annotations
+
+from harness.backends.base import Availability, GemmBackend, LayerWeights
+from harness.backends.flashinfer_fp4 import FlashInferFP4
+from harness.backends.torch_bf16 import TorchBF16
+from harness.backends.torch_dequant import TorchDequant
+from harness.backends.torch_ref import TorchRef
+from harness.backends.triton_w4a16 import TritonW4A16
+from harness.models.configs import UnknownNameError
+
+BACKENDS: dict[str, GemmBackend] = {
+    b.name: b
+    for b in [
+        TorchRef(),
+        TorchBF16(),
+        TorchDequant(),
+        TritonW4A16(),
+        FlashInferFP4("cudnn"),
+        FlashInferFP4("cutlass"),
+        FlashInferFP4("b12x"),
+        FlashInferFP4("cute-dsl"),
+        FlashInferFP4("auto"),
+    ]
+}
+
+# SGLang's SM120 NVFP4 GEMM default after PR #26496 (``--fp4-gemm-backend auto``).
+SGLANG_SM120_DEFAULT = "flashinfer-cutlass"
+FLASHINFER_AUTO = "flashinfer-auto"
+
+
+def get_backend(name: str) -> GemmBackend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise UnknownNameError("backend", name, list(BACKENDS)) from None
+
+
+def resolve(spec: str | list[str]) -> list[GemmBackend]:
+    """``"all"`` or a comma list of names -> backends, in the order given."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [n.strip() for n in names if n.strip()]
+    if names == ["all"]:
+        return list(BACKENDS.values())
+    return [get_backend(n) for n in names]
+
+
+__all__ = ["Availability", "BACKENDS", "GemmBackend", "LayerWeights", "get_backend", "resolve",
+           "SGLANG_SM120_DEFAULT", "FLASHINFER_AUTO"]

@@ -1,0 +1,76 @@
+"""The one interface every GEMM backend implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.nvfp4 import NVFP4Tensor
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def yes(cls) -> "Availability":
+        return cls(True, "")
+
+    @classmethod
+    def no(cls, reason: str) -> "Availability":
+        return cls(False, reason)
+
+
+@dataclass
+class LayerWeights:
+    """One linear layer's weight: always NVFP4, plus the bf16 original when it exists."""
+
+    fp4: NVFP4Tensor
+    bf16: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return self.fp4.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.fp4.shape[1]
+
+
+class GemmBackend:
+    """``y[M, N] = x[M, K] @ W[N, K]^T`` in bf16 through one implementation.
+
+    ``math`` names what the backend computes, so health is checked against the exact
+    reference of that math: ``w4a4`` (activations quantized to NVFP4 too), ``w4a16``
+    (NVFP4 weight, bf16 activation) or ``bf16`` (the unquantized weight).
+    """
+
+    name: str = ""
+    math: str = "w4a4"
+    tunable: bool = False
+    # A reference is not a serving option and never wins the choice map.
+    candidate: bool = True
+    # Relative Frobenius error allowed against the exact reference of ``math``: bf16 output
+    # rounding plus a different summation order stays far below this.
+    tolerance: float = 2e-2
+    description: str = ""
+
+    def availability(self, device: torch.device) -> Availability:
+        return Availability.yes()
+
+    def prepare(self, weights: LayerWeights, autotune: bool = False) -> object:
+        """Everything done once per layer at load (layouts, copies); never per call."""
+        raise NotImplementedError
+
+    def run(self, prepared: object, x: torch.Tensor, x_global_scale: torch.Tensor) -> torch.Tensor:
+        """One GEMM. ``x_global_scale`` is the activation's static NVFP4 global scale."""
+        raise NotImplementedError
+
+    def tune(self, prepared: object, x: torch.Tensor, x_global_scale: torch.Tensor) -> None:
+        """A warm pass with the backend's tuner on; later calls keep the tuned choice."""
+
+    def weight_bytes(self, weights: LayerWeights) -> int:
+        """Bytes of weight one GEMM must read from memory in this backend's format."""
+        return weights.fp4.nbytes()

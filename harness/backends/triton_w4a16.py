@@ -1,0 +1,369 @@
+"""``triton``: W4A16 NVFP4 GEMM for GPUs without FP4 tensor cores (SM80 and newer).
+
+The kernel reads the packed checkpoint weight as it is (uint8 [N, K/2] codes, e4m3
+[N, K/16] block scales) and decodes it in registers: an e2m1 code becomes fp16 bits with
+two shifts and an OR (``e2m1 * 2^-14``), an e4m3 scale likewise (``sf * 2^-8``); the
+powers of two and the global scale are folded into one epilogue factor ``2^22 / gsf``.
+
+Two paths share the decoding:
+* ``gemv`` (M == 1): CUDA-core dot products over [BLOCK_N, BLOCK_K/16, 8] tiles, so every
+  scale multiplies a 16-element partial sum and no shared-memory staging is needed;
+* ``gemm`` (M > 1): bf16 ``tl.dot`` on tensor cores, even and odd K columns as two dots
+  so the nibbles never need interleaving.
+Both split K across programs when M is small, so the whole GPU streams the weight; the
+last program to finish an output tile sums the partials in a fixed order (deterministic,
+one launch, no atomics on data).
+
+Autotune ``on`` searches a config space keyed on (N, K, M bucket); ``off`` uses one fixed
+config per path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import torch
+
+from harness.backends.base import Availability, GemmBackend, LayerWeights
+from harness.hardware import compute_capability
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the backend reports itself unavailable
+    triton = None
+    tl = None
+
+# 2^14 (e2m1 as fp16 bits) * 2^8 (e4m3 as fp16 bits)
+DECODE_FACTOR = float(2 ** 22)
+MAX_SPLIT_K = 16
+# Split-K pays only while M is small; above this the M x N tiles fill the GPU.
+SPLIT_K_MAX_M = 64
+
+
+def _m_bucket(m: int) -> int:
+    """Autotune key for M: next power of two, so ragged batches share a tuned config."""
+    return 1 if m <= 1 else 1 << (m - 1).bit_length()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _e2m1_as_f32(code):
+        """4-bit e2m1 code (int32) -> fp32 value * 2^-14 (exact, via fp16 bits)."""
+        bits = ((code & 7) << 9) | ((code & 8) << 12)
+        return bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+
+    @triton.jit
+    def _e4m3_as_f32(s):
+        """e4m3fn byte (int32) -> fp32 value * 2^-8 (exact, via fp16 bits)."""
+        bits = ((s & 0x7F) << 7) | ((s & 0x80) << 8)
+        return bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+
+    @triton.jit
+    def _finish_tile(acc, ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
+                     pid_tile, pid_k, SPLIT_K: tl.constexpr):
+        """Write one [BM, BN] fp32 tile; with split-K the last program reduces and stores."""
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        out_ptrs = out_ptr + rm[:, None] * stride_om + rn[None, :]
+        if SPLIT_K == 1:
+            tl.store(out_ptrs, (acc * scale).to(tl.bfloat16), mask=mask)
+        else:
+            plane = M * N
+            ws_ptrs = ws_ptr + rm[:, None] * N + rn[None, :]
+            tl.store(ws_ptrs + pid_k * plane, acc, mask=mask)
+            # acq_rel: partials above are visible to whoever sees the count reach SPLIT_K.
+            arrived = tl.atomic_add(cnt_ptr + pid_tile, 1)
+            if arrived == SPLIT_K - 1:
+                total = tl.zeros_like(acc)
+                for s in range(SPLIT_K):
+                    total += tl.load(ws_ptrs + s * plane, mask=mask, other=0.0,
+                                     cache_modifier=".cg")
+                tl.store(out_ptrs, (total * scale).to(tl.bfloat16), mask=mask)
+                tl.store(cnt_ptr + pid_tile, 0)  # ready for the next launch (graph replay)
+
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
+                     M, N, K, stride_xm, stride_om, M_BUCKET,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        G: tl.constexpr = BLOCK_K // 16
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        g = tl.arange(0, G)
+        e = tl.arange(0, 8)
+        n_ok = rn < N
+        k_chunk = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
+        k_lo = pid_k * k_chunk
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        w_row = w_ptr + rn.to(tl.int64)[:, None, None] * (K // 2)
+        s_row = s_ptr + rn.to(tl.int64)[:, None] * (K // 16)
+        for k0 in range(k_lo, k_lo + k_chunk, BLOCK_K):
+            g_ok = (k0 + g * 16) < K
+            wb = tl.load(w_row + (k0 // 2 + g[None, :, None] * 8 + e[None, None, :]),
+                         mask=n_ok[:, None, None] & g_ok[None, :, None], other=0).to(tl.int32)
+            sb = tl.load(s_row + (k0 // 16 + g[None, :]), mask=n_ok[:, None] & g_ok[None, :],
+                         other=0).to(tl.int32)
+            xk = x_ptr + k0 + g[:, None] * 16 + e[None, :] * 2
+            xe = tl.load(xk, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            xo = tl.load(xk + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            part = tl.sum(_e2m1_as_f32(wb & 15) * xe[None, :, :]
+                          + _e2m1_as_f32(wb >> 4) * xo[None, :, :], axis=2)
+            acc += tl.sum(part * _e4m3_as_f32(sb), axis=1)
+        scale = tl.load(scale_ptr)
+        rm = tl.arange(0, 1)
+        _finish_tile(acc[None, :], ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
+                     pid_n, pid_k, SPLIT_K)
+
+    @triton.jit
+    def _gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
+                     M, N, K, stride_xm, stride_om, M_BUCKET,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     SPLIT_K: tl.constexpr, DOT_F32: tl.constexpr = False):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        KH: tl.constexpr = BLOCK_K // 2
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        j = tl.arange(0, KH)
+        m_ok = rm < M
+        n_ok = rn < N
+        k_chunk = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
+        k_lo = pid_k * k_chunk
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        w_row = w_ptr + rn.to(tl.int64)[:, None] * (K // 2)
+        s_row = s_ptr + rn.to(tl.int64)[:, None] * (K // 16)
+        x_row = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
+        for k0 in range(k_lo, k_lo + k_chunk, BLOCK_K):
+            j_ok = (k0 + 2 * j) < K
+            wb = tl.load(w_row + (k0 // 2 + j[None, :]), mask=n_ok[:, None] & j_ok[None, :],
+                         other=0).to(tl.int32)
+            sb = tl.load(s_row + ((k0 + 2 * j[None, :]) // 16),
+                         mask=n_ok[:, None] & j_ok[None, :], other=0).to(tl.int32)
+            sf = _e4m3_as_f32(sb)
+            w_lo = (_e2m1_as_f32(wb & 15) * sf).to(tl.bfloat16)
+            w_hi = (_e2m1_as_f32(wb >> 4) * sf).to(tl.bfloat16)
+            xm = m_ok[:, None] & j_ok[None, :]
+            xe = tl.load(x_row + k0 + 2 * j[None, :], mask=xm, other=0.0)
+            xo = tl.load(x_row + k0 + 2 * j[None, :] + 1, mask=xm, other=0.0)
+            if DOT_F32:  # the interpreter's bf16 dot is wrong; same values, fp32 operands
+                xe, xo = xe.to(tl.float32), xo.to(tl.float32)
+                w_lo, w_hi = w_lo.to(tl.float32), w_hi.to(tl.float32)
+            acc = tl.dot(xe, tl.trans(w_lo), acc)
+            acc = tl.dot(xo, tl.trans(w_hi), acc)
+        scale = tl.load(scale_ptr)
+        tile = pid_m * tl.num_programs(1) + pid_n
+        _finish_tile(acc, ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
+                     tile, pid_k, SPLIT_K)
+
+    # ---- configurations ----------------------------------------------------------------
+
+    GEMV_DEFAULT = triton.Config({"BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 4}, num_warps=4,
+                                 num_stages=2)
+    GEMM_DEFAULT = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1},
+                                 num_warps=4, num_stages=3)
+
+    def _gemv_space() -> list:
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w,
+                              num_stages=2)
+                for bn in (16, 32, 64) for bk in (256, 512) for sk in (1, 2, 4, 8, 16)
+                for w in (4, 8)]
+
+    def _gemm_space() -> list:
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk},
+                              num_warps=w, num_stages=3)
+                for bm in (16, 32, 64, 128) for bn in (64, 128) for bk in (64, 128)
+                for sk in (1, 2, 4, 8) for w in (4, 8)]
+
+    def _sms() -> int:
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+        return 132
+
+    def _prune_gemv(configs, named_args):
+        """Keep configs whose grid is between 1/2 and 16 waves of programs over the SMs."""
+        n, k = named_args["N"], named_args["K"]
+        sms = _sms()
+        keep = []
+        for c in configs:
+            kw = c.kwargs
+            if kw["BLOCK_K"] * kw["SPLIT_K"] > k:
+                continue
+            progs = triton.cdiv(n, kw["BLOCK_N"]) * kw["SPLIT_K"]
+            if sms // 2 <= progs <= 16 * sms:
+                keep.append(c)
+        return keep or [GEMV_DEFAULT]
+
+    def _prune_gemm(configs, named_args):
+        m, n, k = named_args["M"], named_args["N"], named_args["K"]
+        sms = _sms()
+        keep = []
+        for c in configs:
+            kw = c.kwargs
+            bm, sk = kw["BLOCK_M"], kw["SPLIT_K"]
+            if bm > 16 and bm >= 2 * _m_bucket(m):
+                continue  # mostly padding
+            if bm < min(_m_bucket(m), 64) // 2:
+                continue  # re-reads the weight too often
+            if sk > 1 and m > SPLIT_K_MAX_M:
+                continue
+            if kw["BLOCK_K"] * sk > k:
+                continue
+            progs = triton.cdiv(m, bm) * triton.cdiv(n, kw["BLOCK_N"]) * sk
+            if progs < sms // 2 and sk < MAX_SPLIT_K and m <= SPLIT_K_MAX_M:
+                continue
+            if sk > 1 and progs > 16 * sms:
+                continue
+            keep.append(c)
+        return keep or [GEMM_DEFAULT]
+
+    _KEY = ["N", "K", "M_BUCKET"]
+
+    def _interpreting() -> bool:
+        return os.environ.get("TRITON_INTERPRET") == "1"
+
+    def _cpu_do_bench(fn, quantiles=None, **kwargs):
+        """Interpreter stand-in for do_bench (there is no GPU driver to time with)."""
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        med = sorted(times)[len(times) // 2]
+        return [med] * len(quantiles) if quantiles else med
+
+    def _pruner(rule):
+        def prune(configs, named_args, **kwargs):
+            kept = rule(configs, named_args)
+            # Under the interpreter a search is about correctness, not speed: keep it short.
+            return kept[:2] if _interpreting() else kept
+        return prune
+
+    @functools.lru_cache(maxsize=None)
+    def _kernels(autotune: bool):
+        if not autotune:
+            return _fixed(_gemv_kernel, GEMV_DEFAULT), _fixed(_gemm_kernel, GEMM_DEFAULT)
+        bench = ({"do_bench": _cpu_do_bench} if _interpreting()
+                 else {"warmup": 5, "rep": 20})  # ms: enough for a median, cheap per config
+        gemv = triton.autotune(_gemv_space(), key=_KEY,
+                               prune_configs_by={"early_config_prune": _pruner(_prune_gemv)},
+                               **bench)(_gemv_kernel)
+        gemm = triton.autotune(_gemm_space(), key=_KEY,
+                               prune_configs_by={"early_config_prune": _pruner(_prune_gemm)},
+                               **bench)(_gemm_kernel)
+        return gemv, gemm
+
+    class _fixed:
+        """A kernel launched with one config; grid lambdas see the same meta dict."""
+
+        def __init__(self, kernel, config):
+            self.kernel, self.config = kernel, config
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                meta = dict(self.config.kwargs)
+                g = grid(meta) if callable(grid) else grid
+                return self.kernel[g](*args, **kwargs, **meta, num_warps=self.config.num_warps,
+                                      num_stages=self.config.num_stages)
+            return launch
+
+
+class _Workspace:
+    """Split-K partials and per-tile arrival counters, one set per device, grown on demand.
+
+    Sized before CUDA-graph capture by the eager warm-up calls; counters reset themselves.
+    """
+
+    def __init__(self):
+        self.ws: dict[torch.device, torch.Tensor] = {}
+        self.cnt: dict[torch.device, torch.Tensor] = {}
+
+    def get(self, device: torch.device, m: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        need_ws = MAX_SPLIT_K * min(m, SPLIT_K_MAX_M) * n
+        need_cnt = triton.cdiv(max(m, 1), 16) * triton.cdiv(n, 16)
+        ws, cnt = self.ws.get(device), self.cnt.get(device)
+        if ws is None or ws.numel() < need_ws:
+            ws = torch.empty(need_ws, dtype=torch.float32, device=device)
+            self.ws[device] = ws
+        if cnt is None or cnt.numel() < need_cnt:
+            cnt = torch.zeros(need_cnt, dtype=torch.int32, device=device)
+            self.cnt[device] = cnt
+        return ws, cnt
+
+
+_WORKSPACE = _Workspace()
+
+
+def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales_u8: torch.Tensor,
+                 epilogue_scale: torch.Tensor, autotune: bool,
+                 config: dict | None = None) -> torch.Tensor:
+    """``x[M, K] bf16 @ dequant(W)[N, K]^T`` -> bf16 [M, N].
+
+    ``config`` forces one kernel config (the meta-parameters of the path M selects).
+    """
+    if x.dim() != 2 or x.shape[1] != packed.shape[1] * 2:
+        raise ValueError(f"x {tuple(x.shape)} does not match packed weight {tuple(packed.shape)}")
+    x = x.contiguous()
+    m, k = x.shape
+    n = packed.shape[0]
+    out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
+    if m == 0:
+        return out
+    ws, cnt = _WORKSPACE.get(x.device, m, n)
+    gemv, gemm = _kernels(autotune)
+    if config is not None:
+        forced = triton.Config(dict(config), num_warps=4, num_stages=2)
+        gemv = gemm = None
+        if m == 1:
+            gemv = _fixed(_gemv_kernel, forced)
+        else:
+            gemm = _fixed(_gemm_kernel, forced)
+    args = (x, packed, scales_u8, out, ws, cnt, epilogue_scale, m, n, k, x.stride(0),
+            out.stride(0), _m_bucket(m))
+    if m == 1:
+        gemv[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*args)
+    else:
+        gemm[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]),
+                           meta["SPLIT_K"])](*args, DOT_F32=_interpreting())
+    return out
+
+
+class TritonW4A16(GemmBackend):
+    name = "triton"
+    math = "w4a16"
+    tunable = True
+    description = "Triton W4A16: NVFP4 weight decoded in-kernel, bf16 tensor-core dot"
+
+    def availability(self, device: torch.device) -> Availability:
+        if triton is None:
+            return Availability.no("triton is not installed (pip install 'nvfp4-bench[gpu]')")
+        if device.type != "cuda":
+            import os
+            if os.environ.get("TRITON_INTERPRET") == "1":
+                return Availability.yes()
+            return Availability.no("the triton backend needs an NVIDIA GPU (SM80+) or "
+                                   "TRITON_INTERPRET=1; this machine has no GPU")
+        sm = compute_capability(device)
+        if sm < 80:
+            return Availability.no(f"the triton backend needs SM80 or newer; this GPU is SM{sm}")
+        return Availability.yes()
+
+    def prepare(self, weights: LayerWeights, autotune: bool = False):
+        w = weights.fp4
+        return {
+            "packed": w.packed.contiguous(),
+            "scales": w.scales.view(torch.uint8).contiguous(),
+            "epilogue": (DECODE_FACTOR / w.global_scale.float()).reshape(1).contiguous(),
+            "autotune": autotune,
+        }
+
+    def run(self, prepared, x, x_global_scale):
+        return w4a16_matmul(x, prepared["packed"], prepared["scales"], prepared["epilogue"],
+                            prepared["autotune"])
+
+    def tune(self, prepared, x, x_global_scale):
+        if prepared["autotune"]:
+            self.run(prepared, x, x_global_scale)  # the first call of a key runs the search

@@ -1,0 +1,165 @@
+"""The ``nvfp4-bench`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _csv_ints(s: str) -> list[int]:
+    try:
+        vals = [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {s!r}")
+    return vals
+
+
+def _csv(s: str) -> list[str]:
+    return [v.strip() for v in s.split(",") if v.strip()]
+
+
+def _fmt_us(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1e6:.1f}"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: list[list[str]], out=sys.stdout) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for j, r in enumerate(rows):
+        print("  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))),
+              file=out)
+        if j == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+
+
+def gemm_table(cells) -> list[list[str]]:
+    rows = [["layer", "backend", "N", "K", "M", "autotune", "status", "median us", "99% CI us",
+             "TFLOP/s", "GB/s", "%BW", "health"]]
+    for c in cells:
+        h = c.health or {}
+        if c.status == "ok":
+            health = f"ok err={h.get('rel_err', 0):.1e}"
+        elif c.status == "failed":
+            health = c.reason
+        else:
+            health = f"skipped: {c.reason}"
+        ci = f"{c.ci99_s[0] * 1e6:.1f}-{c.ci99_s[1] * 1e6:.1f}" if c.ci99_s else "-"
+        rows.append([c.layer, c.backend, str(c.n), str(c.k), str(c.m), c.autotune, c.status,
+                     _fmt_us(c.median_s), ci, _fmt(c.tflops, ".2f"), _fmt(c.gbps, ".0f"),
+                     _fmt(c.roofline_frac and c.roofline_frac * 100, ".0f"), health])
+    return rows
+
+
+def choice_table(choices) -> list[list[str]]:
+    rows = [["layer", "M", "winner", "median us", "runner-up", "margin", "flashinfer-auto",
+             "sglang SM120 default (flashinfer-cutlass)"]]
+    for ch in choices:
+        rows.append([ch.layer, str(ch.m), ch.winner or "none", _fmt_us(ch.winner_median_s),
+                     ch.runner_up or "-", _fmt(ch.margin and ch.margin * 100, ".1f") + ("%" if ch.margin is not None else ""),
+                     ch.auto_verdict, ch.sglang_default_verdict])
+    return rows
+
+
+def cmd_env(args) -> int:
+    from harness.hardware import detect
+    env = detect()
+    if args.json:
+        print(json.dumps(env.to_json(), indent=1))
+        return 0
+    d = env.to_json()
+    for k, v in d.items():
+        if k == "copy_bandwidth_Bps" and v:
+            v = f"{v / 1e9:.0f} GB/s (device-to-device copy, read+write)"
+        print(f"{k:20s} {v}")
+    return 0
+
+
+def cmd_gemm(args) -> int:
+    from harness import analysis, gemm
+    from harness.backends import resolve
+    from harness.hardware import detect
+    from harness.records import write_run
+
+    backends = [b.name for b in resolve(args.backends)]
+    cells = gemm.plan(args.model, args.m, backends, args.autotune, layers=args.layers)
+    opts = gemm.GemmOptions(samples=args.samples, warmup=args.warmup, cold_l2=args.cold_l2,
+                            seed=args.seed, isolate=not args.in_process)
+    env = detect()
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quiet else (lambda s: None)
+    log(f"{len(cells)} cells on {env.machine_name()} "
+        f"(copy bandwidth {env.copy_bandwidth_Bps / 1e9:.0f} GB/s)")
+    gemm.run(cells, opts, log=log)
+    choices = analysis.choice_map(cells)
+    print_table(gemm_table(cells))
+    print()
+    print("choice map: fastest healthy backend per (layer, M)")
+    print_table(choice_table(choices))
+    if args.json:
+        write_run(args.json, env.to_json(), cells, command=sys.argv,
+                  extra={"choice_map": [c.to_json() for c in choices],
+                         "autotune_gains": analysis.autotune_gains(cells),
+                         "options": opts.__dict__})
+        print(f"\nwrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nvfp4-bench",
+                                description="NVFP4 GEMM and decode benchmarking with histories")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    e = sub.add_parser("env", help="describe this machine (GPU, versions, copy bandwidth)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_env)
+
+    g = sub.add_parser("gemm", help="NVFP4 GEMM backend comparison per layer shape and M")
+    g.add_argument("--model", required=True)
+    g.add_argument("--m", type=_csv_ints, default=[1, 8, 64], help="comma list of M (tokens)")
+    g.add_argument("--backends", default="all", help="comma list of backends, or 'all'")
+    g.add_argument("--autotune", type=_csv, default=["on", "off"], help="on,off | on | off")
+    g.add_argument("--layers", type=_csv, default=None, help="only these layers (comma list)")
+    l2 = g.add_mutually_exclusive_group()
+    l2.add_argument("--cold-l2", dest="cold_l2", action="store_true", default=True,
+                    help="flush L2 before every sample (default; weights come from DRAM)")
+    l2.add_argument("--warm-l2", dest="cold_l2", action="store_false")
+    g.add_argument("--samples", type=int, default=50)
+    g.add_argument("--warmup", type=int, default=5)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--in-process", action="store_true",
+                   help="run every cell in this process (faster; autotune on/off no longer isolated)")
+    g.add_argument("--json", metavar="PATH", help="write the run (environment + cells) here")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(func=cmd_gemm)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.models import UnknownNameError
+    from harness.records import ResultsFileError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UnknownNameError, ValueError, UsageError) as e:
+        print(f"nvfp4-bench: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ResultsFileError as e:
+        print(f"nvfp4-bench: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

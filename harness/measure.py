@@ -1,0 +1,156 @@
+"""Timing engine: warm-up, CUDA-graph replays timed with events, L2 flush, statistics.
+
+On a GPU every sample is one replay of a captured CUDA graph between two CUDA events. In
+cold-L2 mode a 2x-L2 buffer is rewritten before each sample (FlashInfer's benchmark does the
+same), so weights come from DRAM as they do in a real decode step; in warm mode a graph holds
+several calls and the sample is their mean, which hides launch gaps. Without a GPU the
+same interface times with ``time.perf_counter`` so every caller also runs in CI.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Stats:
+    n: int
+    median_s: float
+    ci99_s: tuple[float, float]
+    mean_s: float
+    cv: float  # standard deviation over mean
+
+
+@dataclass(frozen=True)
+class Timing:
+    samples_s: list[float]
+    method: str
+    cold_l2: bool
+
+    @property
+    def stats(self) -> Stats:
+        return summarize(self.samples_s)
+
+
+def _median_ci_ranks(n: int, confidence: float) -> tuple[int, int]:
+    """0-based order-statistic ranks (lo, hi) bracketing the median with ``confidence``.
+
+    Distribution-free: with B ~ Binomial(n, 1/2), the interval between the k-th smallest and
+    the k-th largest sample covers the median with probability 1 - 2 P(B <= k-1). Take the
+    largest such k; with too few samples for the confidence, fall back to (min, max).
+    """
+    alpha = 1.0 - confidence
+    total = 2 ** n
+    k, cum = 1, 0
+    for j in range(n // 2 + 1):
+        cum += math.comb(n, j)  # cum = P(B <= j) * 2^n
+        if 2 * cum / total > alpha:
+            break
+        k = j + 1
+    k = min(k, (n + 1) // 2)
+    return k - 1, n - k
+
+
+def summarize(samples: list[float], confidence: float = 0.99) -> Stats:
+    if not samples:
+        raise ValueError("no samples to summarize")
+    xs = sorted(samples)
+    n = len(xs)
+    lo, hi = _median_ci_ranks(n, confidence)
+    mean = statistics.fmean(xs)
+    sd = statistics.stdev(xs) if n > 1 else 0.0
+    return Stats(n=n, median_s=statistics.median(xs), ci99_s=(xs[lo], xs[hi]), mean_s=mean,
+                 cv=sd / mean if mean > 0 else 0.0)
+
+
+def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
+    props = torch.cuda.get_device_properties(device)
+    l2 = getattr(props, "L2_cache_size", 0) or (64 << 20)
+    return torch.empty(2 * l2, dtype=torch.uint8, device=device)
+
+
+def time_gpu(fn: Callable[[], object], *, samples: int = 100, warmup: int = 10,
+             cold_l2: bool = True, use_graph: bool = True,
+             min_sample_s: float = 100e-6) -> Timing:
+    """Time ``fn`` (which launches work on the current stream) on the GPU."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as graph capture wants
+        for _ in range(max(warmup, 1)):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+
+    # Estimate one call so warm mode can fold several calls into one sample.
+    t0 = torch.cuda.Event(enable_timing=True)
+    t1 = torch.cuda.Event(enable_timing=True)
+    t0.record()
+    fn()
+    t1.record()
+    t1.synchronize()
+    one_call_s = max(t0.elapsed_time(t1) / 1e3, 1e-7)
+    inner = 1 if cold_l2 else max(1, min(200, math.ceil(min_sample_s / one_call_s)))
+
+    run: Callable[[], object]
+    method = "cuda-events"
+    if use_graph:
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(inner):
+                    fn()
+            run = graph.replay
+            method = "cuda-graph+events"
+        except Exception:  # noqa: BLE001 - some kernels refuse capture; time them eagerly
+            torch.cuda.synchronize()
+            run = _repeat(fn, inner)
+    else:
+        run = _repeat(fn, inner)
+    run()
+    torch.cuda.synchronize()
+
+    flush = _l2_flush_buffer(device) if cold_l2 else None
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(samples)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(samples)]
+    for i in range(samples):
+        if flush is not None:
+            flush.zero_()
+        starts[i].record()
+        run()
+        ends[i].record()
+    torch.cuda.synchronize()
+    out = [s.elapsed_time(e) / 1e3 / inner for s, e in zip(starts, ends)]
+    return Timing(samples_s=out, method=method + (" cold-L2" if cold_l2 else f" warm x{inner}"),
+                  cold_l2=cold_l2)
+
+
+def _repeat(fn: Callable[[], object], inner: int) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(inner):
+            fn()
+    return run
+
+
+def time_cpu(fn: Callable[[], object], *, samples: int = 20, warmup: int = 2) -> Timing:
+    for _ in range(max(warmup, 0)):
+        fn()
+    out = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return Timing(samples_s=out, method="cpu-perf_counter", cold_l2=False)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, *, samples: int, warmup: int,
+            cold_l2: bool = True) -> Timing:
+    if device.type == "cuda":
+        return time_gpu(fn, samples=samples, warmup=warmup, cold_l2=cold_l2)
+    return time_cpu(fn, samples=samples, warmup=warmup)

@@ -1,0 +1,202 @@
+"""Result records (one per cell) and the run file that holds them.
+
+A run file is JSON: ``{"schema", "tool", "created", "environment", "command", "cells": [...]}``.
+It is written atomically (temp file + rename), and a file that cannot be read is reported by
+name (:class:`ResultsFileError`), never with a bare traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+STATUSES = ("ok", "skipped", "failed")
+
+
+class ResultsFileError(Exception):
+    """A results file is missing, truncated, corrupt or of the wrong shape."""
+
+
+@dataclass
+class GemmCell:
+    model: str
+    layer: str
+    n: int
+    k: int
+    m: int
+    backend: str
+    autotune: str              # "on" | "off"
+    count: int = 1             # how many layers of this shape the model has
+    status: str = "skipped"    # "ok" | "skipped" | "failed"
+    reason: str = ""
+    median_s: float | None = None
+    ci99_s: list[float] | None = None
+    cv: float | None = None
+    samples_s: list[float] = field(default_factory=list)
+    timing_method: str = ""
+    flops: int = 0
+    bytes: int = 0             # weight (+ scales) + activations in + output, as the backend reads them
+    tflops: float | None = None
+    gbps: float | None = None
+    roofline_frac: float | None = None
+    health: dict | None = None
+    kind: str = "gemm"
+
+    @property
+    def key(self) -> tuple:
+        return (self.kind, self.model, self.layer, self.m, self.backend, self.autotune)
+
+
+@dataclass
+class DecodeCell:
+    model: str
+    batch: int
+    input_len: int
+    output_len: int
+    backend: str
+    autotune: str
+    engine: str = "native"
+    status: str = "skipped"
+    reason: str = ""
+    tokens_per_s: float | None = None
+    median_step_s: float | None = None
+    ci99_s: list[float] | None = None
+    cv: float | None = None
+    samples_s: list[float] = field(default_factory=list)
+    roofline_step_s: float | None = None
+    roofline_frac: float | None = None
+    step_bytes: int = 0
+    prefill_s: float | None = None
+    health: dict | None = None
+    kind: str = "decode"
+
+    @property
+    def key(self) -> tuple:
+        return (self.kind, self.model, self.batch, self.input_len, self.backend, self.autotune,
+                self.engine)
+
+
+Cell = GemmCell | DecodeCell
+
+
+def _clean(v: Any) -> Any:
+    """JSON has no NaN/Inf: non-finite floats become null (the reason text keeps the story)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def cell_to_json(cell: Cell) -> dict:
+    return _clean(asdict(cell))
+
+
+def cell_from_json(d: dict) -> Cell:
+    kind = d.get("kind")
+    cls = {"gemm": GemmCell, "decode": DecodeCell}.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown cell kind {kind!r}")
+    names = {f for f in cls.__dataclass_fields__}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(_clean(obj), indent=1, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ResultsFileError(f"{path}: no such results file") from None
+    except OSError as e:
+        raise ResultsFileError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ResultsFileError(f"{path}: corrupt or truncated JSON (line {e.lineno}, "
+                               f"column {e.colno}: {e.msg})") from None
+
+
+def write_run(path: str | os.PathLike, environment: dict, cells: list[Cell],
+              command: list[str] | None = None, extra: dict | None = None) -> None:
+    import datetime
+
+    doc = {
+        "schema": SCHEMA,
+        "tool": "nvfp4-bench",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment,
+        "command": command or [],
+        "cells": [cell_to_json(c) for c in cells],
+    }
+    if extra:
+        doc.update(extra)
+    atomic_write_json(path, doc)
+
+
+def read_run(path: str | os.PathLike) -> tuple[dict, list[Cell]]:
+    doc = read_json(path)
+    if not isinstance(doc, dict) or "cells" not in doc or not isinstance(doc["cells"], list):
+        raise ResultsFileError(f"{path}: not an nvfp4-bench run file (no 'cells' list)")
+    try:
+        cells = [cell_from_json(c) for c in doc["cells"]]
+    except (TypeError, ValueError) as e:
+        raise ResultsFileError(f"{path}: malformed cell ({e})") from None
+    return doc, cells
+
+
+def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
+    """One line per finished cell, flushed and synced: a crash loses at most the cell in flight."""
+    with open(path, "a") as f:
+        f.write(json.dumps(_clean(obj), allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """Complete lines of a JSONL file; a torn last line (a crash mid-write) is dropped."""
+    out = []
+    try:
+        with open(path) as f:
+            lines = f.read().split("\n")
+    except FileNotFoundError:
+        return out
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 or all(not rest.strip() for rest in lines[i + 1:]):
+                break  # torn tail
+            raise ResultsFileError(f"{path}: corrupt line {i + 1}") from None
+    return out
