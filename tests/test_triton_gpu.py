@@ -17,8 +17,15 @@ SHAPES = sorted({(s.n, s.k) for name in ("qwen3.6-27b", "qwen3-32b")
 RAGGED_M = (1, 3, 7, 33, 127, 2001)
 
 
-@pytest.mark.parametrize("n,k", SHAPES)
-@pytest.mark.parametrize("autotune", [False, True])
+def _cases():
+    for n, k in SHAPES:
+        yield n, k, False
+    # Tuning searches every M bucket, so it runs on the two extreme shapes only.
+    yield SHAPES[0][0], SHAPES[0][1], True
+    yield SHAPES[-1][0], SHAPES[-1][1], True
+
+
+@pytest.mark.parametrize("n,k,autotune", list(_cases()))
 def test_triton_matches_torch_dequant(n, k, autotune):
     dev = torch.device("cuda")
     tri, deq = get_backend("triton"), get_backend("torch-dequant")

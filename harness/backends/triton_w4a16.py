@@ -1,21 +1,23 @@
 """``triton``: W4A16 NVFP4 GEMM for GPUs without FP4 tensor cores (SM80 and newer).
 
 The kernel reads the packed checkpoint weight as it is (uint8 [N, K/2] codes, e4m3
-[N, K/16] block scales) and decodes it in registers: an e2m1 code becomes fp16 bits with
-two shifts and an OR (``e2m1 * 2^-14``), an e4m3 scale likewise (``sf * 2^-8``); the
-powers of two and the global scale are folded into one epilogue factor ``2^22 / gsf``.
+[N, K/16] block scales) and decodes it in registers. On the GPU the decode is a few
+integer instructions per 4 packed bytes (PRMT, shifts, masks: the nibble's magnitude and
+sign become fp16 bits of ``e2m1 * 2^-14``) and one HFMA2 per element pair that applies the
+block scale, giving ``e2m1 * sf * 2^-8`` exactly in fp16; the epilogue multiplies by
+``2^8 / gsf``. Under the Triton interpreter the same values come from plain Triton ops.
 
-Two paths share the decoding:
-* ``gemv`` (M == 1): CUDA-core dot products over [BLOCK_N, BLOCK_K/16, 8] tiles, so every
-  scale multiplies a 16-element partial sum and no shared-memory staging is needed;
-* ``gemm`` (M > 1): bf16 ``tl.dot`` on tensor cores, even and odd K columns as two dots
-  so the nibbles never need interleaving.
+Two paths:
+* ``gemv`` (M == 1): CUDA-core dot products over [BLOCK_N, BLOCK_K/16, 8] tiles, no
+  shared-memory staging;
+* ``gemm`` (M > 1, and a candidate at M == 1 when tuning): fp16 ``tl.dot`` on tensor
+  cores, even and odd K columns as two dots so nibbles never need interleaving.
 Both split K across programs when M is small, so the whole GPU streams the weight; the
 last program to finish an output tile sums the partials in a fixed order (deterministic,
 one launch, no atomics on data).
 
-Autotune ``on`` searches a config space keyed on (N, K, M bucket); ``off`` uses one fixed
-config per path.
+Autotune ``on`` searches a config space keyed on (N, K, M bucket) (and, at M == 1, picks
+the faster of the two paths); ``off`` uses one fixed config per path.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ except ImportError:  # the backend reports itself unavailable
     triton = None
     tl = None
 
-# 2^14 (e2m1 as fp16 bits) * 2^8 (e4m3 as fp16 bits)
-DECODE_FACTOR = float(2 ** 22)
+# Decoded weights are e2m1 * sf * 2^-8 (kept inside fp16 range); the epilogue undoes it.
+DECODE_FACTOR = float(2 ** 8)
 MAX_SPLIT_K = 16
 # Split-K pays only while M is small; above this the M x N tiles fill the GPU.
 SPLIT_K_MAX_M = 64
@@ -57,10 +59,47 @@ if triton is not None:
         return bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
 
     @triton.jit
-    def _e4m3_as_f32(s):
-        """e4m3fn byte (int32) -> fp32 value * 2^-8 (exact, via fp16 bits)."""
-        bits = ((s & 0x7F) << 7) | ((s & 0x80) << 8)
-        return bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    def _scale_f16(sb):
+        """e4m3fn scale bytes (int32) -> fp16 ``sf * 2^6`` (exact; at most 28672)."""
+        bits = ((sb & 0x7F) << 7) | ((sb & 0x80) << 8)  # fp16 bits of sf * 2^-8
+        sf = bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+        return (sf * 16384.0).to(tl.float16)
+
+    # Per 4 packed bytes: two PRMTs spread bytes into 16-bit lanes, shifts and masks place
+    # each nibble's magnitude and sign as fp16 bits (e2m1 * 2^-14), one HFMA2 per pair applies
+    # the block scale. Products e2m1 * sf * 2^-8 have at most 6 significant bits: exact.
+    _DECODE_ASM = """
+    {
+    .reg .b32 a, b, z, t, u, mz;
+    mov.b32 z, 0;
+    mov.b32 mz, 0x80008000;
+    prmt.b32 a, $4, z, 0x4140;
+    prmt.b32 b, $4, z, 0x4342;
+    shl.b32 t, a, 9;  and.b32 t, t, 0x0E000E00; shl.b32 u, a, 12; and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   fma.rn.f16x2 $0, t, $5, mz;
+    shl.b32 t, b, 9;  and.b32 t, t, 0x0E000E00; shl.b32 u, b, 12; and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   fma.rn.f16x2 $1, t, $6, mz;
+    shl.b32 t, a, 5;  and.b32 t, t, 0x0E000E00; shl.b32 u, a, 8;  and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   fma.rn.f16x2 $2, t, $5, mz;
+    shl.b32 t, b, 5;  and.b32 t, t, 0x0E000E00; shl.b32 u, b, 8;  and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   fma.rn.f16x2 $3, t, $6, mz;
+    }
+    """
+
+    @triton.jit
+    def _decode(wb, sf16, USE_ASM: tl.constexpr):
+        """Packed bytes (uint8) and per-byte fp16 scales -> (low, high) nibble values in fp16,
+        each ``e2m1 * sf * 2^-8``."""
+        if USE_ASM:
+            lo, hi = tl.inline_asm_elementwise(
+                _DECODE_ASM, "=r,=r,=r,=r,r,r,r", [wb, sf16],
+                dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+        else:
+            b = wb.to(tl.int32)
+            sf = sf16.to(tl.float32)
+            lo = (_e2m1_as_f32(b & 15) * sf).to(tl.float16)
+            hi = (_e2m1_as_f32(b >> 4) * sf).to(tl.float16)
+        return lo, hi
 
     @triton.jit
     def _finish_tile(acc, ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
@@ -87,13 +126,15 @@ if triton is not None:
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                      M, N, K, stride_xm, stride_om, M_BUCKET,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                     USE_ASM: tl.constexpr = False):
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         G: tl.constexpr = BLOCK_K // 16
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         g = tl.arange(0, G)
         e = tl.arange(0, 8)
+        e16 = tl.arange(0, 16)
         n_ok = rn < N
         k_chunk = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
         k_lo = pid_k * k_chunk
@@ -103,15 +144,16 @@ if triton is not None:
         for k0 in range(k_lo, k_lo + k_chunk, BLOCK_K):
             g_ok = (k0 + g * 16) < K
             wb = tl.load(w_row + (k0 // 2 + g[None, :, None] * 8 + e[None, None, :]),
-                         mask=n_ok[:, None, None] & g_ok[None, :, None], other=0).to(tl.int32)
+                         mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
             sb = tl.load(s_row + (k0 // 16 + g[None, :]), mask=n_ok[:, None] & g_ok[None, :],
                          other=0).to(tl.int32)
-            xk = x_ptr + k0 + g[:, None] * 16 + e[None, :] * 2
-            xe = tl.load(xk, mask=g_ok[:, None], other=0.0).to(tl.float32)
-            xo = tl.load(xk + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
-            part = tl.sum(_e2m1_as_f32(wb & 15) * xe[None, :, :]
-                          + _e2m1_as_f32(wb >> 4) * xo[None, :, :], axis=2)
-            acc += tl.sum(part * _e4m3_as_f32(sb), axis=1)
+            sf = tl.broadcast_to(_scale_f16(sb)[:, :, None], [BLOCK_N, G, 8])
+            lo, hi = _decode(wb, sf, USE_ASM)
+            x = tl.load(x_ptr + k0 + g[:, None] * 16 + e16[None, :], mask=g_ok[:, None],
+                        other=0.0).to(tl.float32)
+            xe, xo = tl.split(tl.reshape(x, [G, 8, 2]))
+            acc += tl.sum(tl.sum(lo.to(tl.float32) * xe[None, :, :]
+                                 + hi.to(tl.float32) * xo[None, :, :], axis=2), axis=1)
         scale = tl.load(scale_ptr)
         rm = tl.arange(0, 1)
         _finish_tile(acc[None, :], ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
@@ -121,37 +163,39 @@ if triton is not None:
     def _gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                      M, N, K, stride_xm, stride_om, M_BUCKET,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     SPLIT_K: tl.constexpr, DOT_F32: tl.constexpr = False):
+                     SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr = False):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         pid_k = tl.program_id(2)
-        KH: tl.constexpr = BLOCK_K // 2
+        G: tl.constexpr = BLOCK_K // 16
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        j = tl.arange(0, KH)
+        g = tl.arange(0, G)
+        e = tl.arange(0, 8)
+        kk = tl.arange(0, BLOCK_K)
         m_ok = rm < M
         n_ok = rn < N
         k_chunk = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
         k_lo = pid_k * k_chunk
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        w_row = w_ptr + rn.to(tl.int64)[:, None] * (K // 2)
+        w_row = w_ptr + rn.to(tl.int64)[:, None, None] * (K // 2)
         s_row = s_ptr + rn.to(tl.int64)[:, None] * (K // 16)
         x_row = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
         for k0 in range(k_lo, k_lo + k_chunk, BLOCK_K):
-            j_ok = (k0 + 2 * j) < K
-            wb = tl.load(w_row + (k0 // 2 + j[None, :]), mask=n_ok[:, None] & j_ok[None, :],
+            g_ok = (k0 + g * 16) < K
+            wb = tl.load(w_row + (k0 // 2 + g[None, :, None] * 8 + e[None, None, :]),
+                         mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
+            sb = tl.load(s_row + (k0 // 16 + g[None, :]), mask=n_ok[:, None] & g_ok[None, :],
                          other=0).to(tl.int32)
-            sb = tl.load(s_row + ((k0 + 2 * j[None, :]) // 16),
-                         mask=n_ok[:, None] & j_ok[None, :], other=0).to(tl.int32)
-            sf = _e4m3_as_f32(sb)
-            w_lo = (_e2m1_as_f32(wb & 15) * sf).to(tl.bfloat16)
-            w_hi = (_e2m1_as_f32(wb >> 4) * sf).to(tl.bfloat16)
-            xm = m_ok[:, None] & j_ok[None, :]
-            xe = tl.load(x_row + k0 + 2 * j[None, :], mask=xm, other=0.0)
-            xo = tl.load(x_row + k0 + 2 * j[None, :] + 1, mask=xm, other=0.0)
-            if DOT_F32:  # the interpreter's bf16 dot is wrong; same values, fp32 operands
-                xe, xo = xe.to(tl.float32), xo.to(tl.float32)
-                w_lo, w_hi = w_lo.to(tl.float32), w_hi.to(tl.float32)
+            sf = tl.broadcast_to(_scale_f16(sb)[:, :, None], [BLOCK_N, G, 8])
+            lo, hi = _decode(wb, sf, USE_ASM)
+            w_lo = tl.reshape(lo, [BLOCK_N, BLOCK_K // 2])
+            w_hi = tl.reshape(hi, [BLOCK_N, BLOCK_K // 2])
+            # fp16 operands: the weight values are exact in fp16; activations keep more
+            # mantissa than in bf16 (a |x| over 65504 would show up as Inf in the health check).
+            x = tl.load(x_row + k0 + kk[None, :], mask=m_ok[:, None] & ((k0 + kk) < K)[None, :],
+                        other=0.0).to(tl.float16)
+            xe, xo = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_K // 2, 2]))
             acc = tl.dot(xe, tl.trans(w_lo), acc)
             acc = tl.dot(xo, tl.trans(w_hi), acc)
         scale = tl.load(scale_ptr)
@@ -323,12 +367,39 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales_u8: torch.Tensor,
             gemm = _fixed(_gemm_kernel, forced)
     args = (x, packed, scales_u8, out, ws, cnt, epilogue_scale, m, n, k, x.stride(0),
             out.stride(0), _m_bucket(m))
-    if m == 1:
-        gemv[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*args)
-    else:
+    use_asm = not _interpreting()
+
+    def run_gemv():
+        gemv[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
+            *args, USE_ASM=use_asm)
+
+    def run_gemm():
         gemm[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]),
-                           meta["SPLIT_K"])](*args, DOT_F32=_interpreting())
+                           meta["SPLIT_K"])](*args, USE_ASM=use_asm)
+
+    if m > 1 or gemv is None:
+        run_gemm()
+    elif gemm is None or not autotune or config is not None:
+        run_gemv()
+    else:
+        path = _M1_PATH.get((n, k))
+        if path is None:  # tune both kernels, then keep the faster path for this shape
+            run_gemv()
+            run_gemm()
+            t_gemv = _bench(run_gemv)
+            t_gemm = _bench(run_gemm)
+            path = _M1_PATH[(n, k)] = "gemv" if t_gemv <= t_gemm else "gemm"
+        run_gemv() if path == "gemv" else run_gemm()
     return out
+
+
+_M1_PATH: dict[tuple[int, int], str] = {}
+
+
+def _bench(fn) -> float:
+    if _interpreting():
+        return _cpu_do_bench(fn)
+    return triton.testing.do_bench(fn, warmup=5, rep=20)
 
 
 class TritonW4A16(GemmBackend):
