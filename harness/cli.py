@@ -35,7 +35,8 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def print_table(rows: list[list[str]], out=sys.stdout) -> None:
+def print_table(rows: list[list[str]], out=None) -> None:
+    out = out or sys.stdout
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for j, r in enumerate(rows):
         print("  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))),

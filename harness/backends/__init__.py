@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+
 from harness.backends.base import Availability, GemmBackend, LayerWeights
 from harness.backends.flashinfer_fp4 import FlashInferFP4
 from harness.backends.torch_bf16 import TorchBF16
@@ -30,6 +33,20 @@ SGLANG_SM120_DEFAULT = "flashinfer-cutlass"
 FLASHINFER_AUTO = "flashinfer-auto"
 
 
+def register(backend: GemmBackend) -> GemmBackend:
+    """Add a backend (e.g. from a plugin module named in NVFP4_BENCH_PLUGINS)."""
+    if not backend.name:
+        raise ValueError("a backend needs a name")
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+# Extra backend modules, imported here so that worker processes see them too.
+PLUGINS_ENV = "NVFP4_BENCH_PLUGINS"
+for _mod in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+    importlib.import_module(_mod)
+
+
 def get_backend(name: str) -> GemmBackend:
     try:
         return BACKENDS[name]
@@ -46,5 +63,6 @@ def resolve(spec: str | list[str]) -> list[GemmBackend]:
     return [get_backend(n) for n in names]
 
 
-__all__ = ["Availability", "BACKENDS", "GemmBackend", "LayerWeights", "get_backend", "resolve",
+__all__ = ["Availability", "BACKENDS", "GemmBackend", "LayerWeights", "get_backend", "register",
+           "resolve",
            "SGLANG_SM120_DEFAULT", "FLASHINFER_AUTO"]

@@ -68,7 +68,7 @@ if triton is not None:
     # Per 4 packed bytes: two PRMTs spread bytes into 16-bit lanes, shifts and masks place
     # each nibble's magnitude and sign as fp16 bits (e2m1 * 2^-14), one HFMA2 per pair applies
     # the block scale. Products e2m1 * sf * 2^-8 have at most 6 significant bits: exact.
-    _DECODE_ASM = """
+    _DECODE_ASM = tl.constexpr("""
     {
     .reg .b32 a, b, z, t, u, mz;
     mov.b32 z, 0;
@@ -84,7 +84,7 @@ if triton is not None:
     shl.b32 t, b, 5;  and.b32 t, t, 0x0E000E00; shl.b32 u, b, 8;  and.b32 u, u, 0x80008000;
     or.b32 t, t, u;   fma.rn.f16x2 $3, t, $6, mz;
     }
-    """
+    """)
 
     @triton.jit
     def _decode(wb, sf16, USE_ASM: tl.constexpr):

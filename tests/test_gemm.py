@@ -1,0 +1,126 @@
+"""GEMM cells: health turns bad outputs into failed cells, crashes lose nothing, timing stats."""
+
+import math
+
+import pytest
+import torch
+
+from harness import analysis, gemm
+from harness.health import check
+from harness.measure import _median_ci_ranks, summarize, time_cpu
+
+FAST = gemm.GemmOptions(samples=3, warmup=1, isolate=False)
+
+
+@pytest.fixture
+def plugins(monkeypatch):
+    monkeypatch.setenv("NVFP4_BENCH_PLUGINS", "plugin_backends")
+    import os
+    tests = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH", tests)
+    import plugin_backends  # noqa: F401  (registers in this process)
+
+
+def test_health_counts_rows():
+    ref = torch.ones(4, 8)
+    out = ref.clone()
+    out[0, 1] = float("nan")
+    out[1, 2] = float("inf")
+    out[2] = 0
+    h = check(out, ref, 0.01)
+    assert (h.nan_rows, h.inf_rows, h.zero_rows) == (1, 1, 1)
+    assert not h.ok and len(h.problems()) == 4  # NaN, Inf, zero, error
+    assert check(ref * 1.001, ref, 0.01).ok
+    assert not check(ref * 1.5, ref, 0.01).ok
+
+
+@pytest.mark.parametrize("mode,words", [("nan", "NaN"), ("zero", "all zero"), ("inf", "Inf"),
+                                        ("raise", "kernel launch failed")])
+def test_bad_outputs_make_failed_cells(plugins, mode, words):
+    cells = gemm.plan("tiny", [1, 3], [f"test-{mode}"], ["off"], layers=["o_proj"])
+    gemm.run(cells, FAST)
+    by_m = {c.m: c for c in cells}
+    assert by_m[1].status == "ok" and by_m[1].median_s > 0
+    assert by_m[3].status == "failed" and words in by_m[3].reason
+    assert by_m[3].median_s is None and by_m[3].samples_s == []
+
+
+@pytest.mark.slow
+def test_worker_crash_keeps_other_cells(plugins):
+    cells = gemm.plan("tiny", [1, 3, 5], ["test-crash"], ["off"], layers=["o_proj", "qkv_proj"])
+    gemm.run(cells, gemm.GemmOptions(samples=3, warmup=1, isolate=True))
+    status = {(c.layer, c.m): c.status for c in cells}
+    assert status[("o_proj", 3)] == "failed" and status[("qkv_proj", 3)] == "failed"
+    assert all(s == "ok" for k, s in status.items() if k[1] != 3)
+    crashed = next(c for c in cells if c.m == 3)
+    assert "exited with code 7" in crashed.reason
+
+
+def test_skips_without_a_process(monkeypatch):
+    cells = gemm.plan("tiny", [1], ["flashinfer-cutlass", "torch-bf16"], ["on", "off"],
+                      layers=["o_proj"])
+    gemm.run(cells, gemm.GemmOptions(samples=3, warmup=1, isolate=True))
+    got = {(c.backend, c.autotune): c for c in cells}
+    assert got[("flashinfer-cutlass", "off")].status == "skipped"
+    assert "no autotuner" in got[("torch-bf16", "on")].reason
+    assert got[("torch-bf16", "off")].status == "ok"
+
+
+def test_cell_fields_and_roofline():
+    cells = gemm.plan("tiny", [2], ["torch-bf16", "torch-dequant"], ["off"], layers=["gate_up_proj"])
+    gemm.run(cells, FAST)
+    c = cells[0]
+    assert c.status == "ok" and len(c.samples_s) == 3
+    assert c.flops == 2 * 2 * 512 * 128
+    assert c.bytes == 512 * 128 * 2 + 2 * 128 * 2 + 2 * 512 * 2
+    assert math.isclose(c.gbps, c.bytes / c.median_s / 1e9)
+    assert c.ci99_s[0] <= c.median_s <= c.ci99_s[1]
+    assert cells[1].bytes == 512 * 64 + 512 * 8 + 4 + 2 * 128 * 2 + 2 * 512 * 2
+
+
+def test_plan_rejects_bad_input():
+    with pytest.raises(ValueError, match="valid models"):
+        gemm.plan("qwen9", [1], ["torch-ref"], ["off"])
+    with pytest.raises(ValueError, match="autotune must be"):
+        gemm.plan("tiny", [1], ["torch-ref"], ["maybe"])
+    with pytest.raises(ValueError, match="no layer"):
+        gemm.plan("tiny", [1], ["torch-ref"], ["off"], layers=["lm_head"])
+
+
+def test_choice_map_and_autotune_gain():
+    from harness.records import GemmCell
+
+    def cell(b, a, t, status="ok"):
+        return GemmCell(model="m", layer="l", n=1, k=16, m=1, backend=b, autotune=a,
+                        status=status, median_s=t, reason="" if status == "ok" else "x")
+    cells = [cell("flashinfer-cudnn", "on", 10e-6), cell("flashinfer-cutlass", "on", 12e-6),
+             cell("flashinfer-cutlass", "off", 15e-6), cell("flashinfer-auto", "on", 10.1e-6),
+             cell("torch-ref", "off", 1e-6), cell("triton", "off", None, "failed")]
+    ch = analysis.choice_map(cells)[0]
+    assert ch.winner == "flashinfer-cudnn/on"  # torch-ref is a reference, never a winner
+    assert ch.runner_up == "flashinfer-auto/on"
+    assert ch.auto_verdict == "picks winner"
+    assert ch.sglang_default_verdict.startswith("slower than winner by 20.0%")
+    gains = analysis.autotune_gains(cells)
+    assert gains == [{"backend": "flashinfer-cutlass", "layer": "l", "m": 1, "off_s": 15e-6,
+                      "on_s": 12e-6, "gain": pytest.approx(0.25)}]
+
+
+@pytest.mark.parametrize("n", [5, 10, 20, 50, 100, 400])
+def test_median_ci_has_99_percent_coverage(n):
+    lo, hi = _median_ci_ranks(n, 0.99)
+    k = lo + 1
+    coverage = 1 - 2 * sum(math.comb(n, j) for j in range(k)) / 2 ** n
+    assert hi == n - 1 - lo
+    assert coverage >= 0.99 or lo == 0
+    if lo > 0:  # and it is the tightest such interval
+        assert 1 - 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2 ** n < 0.99
+
+
+def test_summarize_and_cpu_timer():
+    st = summarize([3.0, 1.0, 2.0, 100.0, 2.5])
+    assert st.median_s == 2.5 and st.n == 5 and st.ci99_s == (1.0, 100.0)
+    t = time_cpu(lambda: sum(range(1000)), samples=7, warmup=1)
+    assert len(t.samples_s) == 7 and all(s > 0 for s in t.samples_s)
+    with pytest.raises(ValueError):
+        summarize([])
