@@ -116,6 +116,79 @@ def cmd_gemm(args) -> int:
     return 0
 
 
+def decode_table(cells) -> list[list[str]]:
+    rows = [["engine", "backend", "autotune", "batch", "status", "tok/s", "step ms", "99% CI ms",
+             "roofline ms", "%roofline", "note"]]
+    for c in cells:
+        ci = f"{c.ci99_s[0] * 1e3:.2f}-{c.ci99_s[1] * 1e3:.2f}" if c.ci99_s else "-"
+        rows.append([c.engine, c.backend, c.autotune, str(c.batch), c.status,
+                     _fmt(c.tokens_per_s, ".1f"), _fmt(c.median_step_s and c.median_step_s * 1e3, ".2f"),
+                     ci, _fmt(c.roofline_step_s and c.roofline_step_s * 1e3, ".2f"),
+                     _fmt(c.roofline_frac and c.roofline_frac * 100, ".0f"),
+                     c.reason if c.status != "ok" else ""])
+    return rows
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; plain lines otherwise (CI logs)."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.done, self.quiet = total, 0, quiet
+        self.tty = sys.stderr.isatty()
+
+    def log(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            print("\r\033[K" + line, file=sys.stderr)
+            self._bar()
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def cell(self, _c) -> None:
+        self.done += 1
+        if self.tty and not self.quiet:
+            self._bar()
+
+    def _bar(self) -> None:
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} cells",
+              end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            print(file=sys.stderr)
+
+
+def cmd_decode(args) -> int:
+    from harness import decode
+    from harness.backends import resolve
+    from harness.hardware import detect
+    from harness.records import write_run
+
+    backends = [b.name for b in resolve(args.backends)]
+    model = args.model
+    cells = decode.plan(model, args.batch, args.input_len, args.output_len, backends,
+                        args.autotune, engine=args.engine)
+    opts = decode.DecodeOptions(seed=args.seed, isolate=not args.in_process,
+                                checkpoint=args.checkpoint, use_graph=not args.no_graph)
+    env = detect()
+    progress = _Progress(len(cells), args.quiet)
+    progress.log(f"{len(cells)} decode cells on {env.machine_name()} "
+                 f"(copy bandwidth {env.copy_bandwidth_Bps / 1e9:.0f} GB/s)")
+    try:
+        decode.run(cells, opts, log=progress.log, on_cell=progress.cell)
+    finally:
+        progress.close()
+    print_table(decode_table(cells))
+    if args.json:
+        write_run(args.json, env.to_json(), cells, command=sys.argv,
+                  extra={"options": opts.__dict__})
+        print(f"\nwrote {args.json}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nvfp4-bench",
                                 description="NVFP4 GEMM and decode benchmarking with histories")
@@ -143,6 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", metavar="PATH", help="write the run (environment + cells) here")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_gemm)
+
+    d = sub.add_parser("decode", help="end-to-end NVFP4 decode tokens/s per backend and autotune")
+    d.add_argument("--model", required=True, help="a model name (see `env`), or with "
+                   "--checkpoint any name for the records")
+    d.add_argument("--batch", type=_csv_ints, default=[1, 8, 32])
+    d.add_argument("--input-len", type=int, default=1024)
+    d.add_argument("--output-len", type=int, default=128)
+    d.add_argument("--backends", default="triton,torch-bf16")
+    d.add_argument("--autotune", type=_csv, default=["on", "off"])
+    d.add_argument("--engine", default="native", help="native | sglang")
+    d.add_argument("--checkpoint", metavar="DIR", help="a local ModelOpt NVFP4 checkpoint "
+                   "(default: synthetic weights from --seed)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-graph", action="store_true", help="time eager steps (no CUDA graph)")
+    d.add_argument("--in-process", action="store_true")
+    d.add_argument("--json", metavar="PATH")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_decode)
     return p
 
 

@@ -1,35 +1,26 @@
 """The GEMM suite: cells (layer x M x backend x autotune), inputs, health, timing.
 
-Cells of one (backend, autotune) pair run in their own worker process, so a tactic tuned
-for ``on`` can never leak into the ``off`` numbers and a crash (a CUDA fault, a segfault
-in a native library) costs only the cell in flight: the parent marks it failed, starts a
-fresh worker for the rest, and keeps every finished cell.
+Cells of one (backend, autotune) pair run in their own worker process (``harness.isolate``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import subprocess
-import sys
-import tempfile
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from harness import health as health_mod
+from harness import isolate
 from harness import nvfp4
 from harness.backends import GemmBackend, LayerWeights, get_backend
-from harness.hardware import BANDWIDTH_ENV, copy_bandwidth, default_device
+from harness.hardware import copy_bandwidth, default_device
 from harness.measure import time_fn
 from harness.models import get_model
-from harness.records import GemmCell, append_jsonl, cell_from_json, cell_to_json, read_jsonl
+from harness.records import GemmCell
 
 AUTOTUNE_VALUES = ("on", "off")
 
@@ -198,95 +189,19 @@ def _run_cell(c: GemmCell, backend: GemmBackend, weights: LayerWeights, prepared
         c.status, c.reason = "failed", _describe(e)
 
 
-# ---- process isolation -------------------------------------------------------------------
-
-def _groups(cells: list[GemmCell]) -> list[list[GemmCell]]:
-    out: dict[tuple, list[GemmCell]] = {}
-    for c in cells:
-        out.setdefault((c.backend, c.autotune), []).append(c)
-    return list(out.values())
-
-
-def _worker_env() -> dict:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env[BANDWIDTH_ENV] = repr(copy_bandwidth())
-    return env
-
-
-def _spawn(cells: list[GemmCell], opts: GemmOptions, out_path: Path, log: Callable[[str], None]):
-    spec_fd, spec_path = tempfile.mkstemp(suffix=".json", prefix="nvfp4-gemm-spec-")
-    import json
-    with os.fdopen(spec_fd, "w") as f:
-        json.dump({"options": dataclasses.asdict(opts),
-                   "cells": [cell_to_json(c) for c in cells]}, f)
-    tail: deque[str] = deque(maxlen=30)
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "harness.worker", "gemm", spec_path,
-                                 str(out_path)], env=_worker_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-
-        def pump():
-            for line in proc.stderr:
-                tail.append(line.rstrip())
-                log(line.rstrip())
-        t = threading.Thread(target=pump, daemon=True)
-        t.start()
-        rc = proc.wait()
-        t.join(timeout=5)
-        return rc, list(tail)
-    finally:
-        os.unlink(spec_path)
-
-
-def run_isolated(cells: list[GemmCell], opts: GemmOptions,
-                 log: Callable[[str], None] = lambda s: None) -> list[GemmCell]:
-    """Run every (backend, autotune) group in fresh worker processes; never lose a finished cell."""
-    device = default_device()
-    for group in _groups(cells):
-        reason = why_skipped(get_backend(group[0].backend), group[0].autotune, device)
-        if reason is not None:  # no process needed to say so
-            for c in group:
-                c.status, c.reason = "skipped", reason
-                log(progress_line(c))
-            continue
-        remaining = list(group)
-        while remaining:
-            with tempfile.TemporaryDirectory(prefix="nvfp4-gemm-") as tmp:
-                out_path = Path(tmp) / "cells.jsonl"
-                rc, tail = _spawn(remaining, opts, out_path, log)
-                finished = {cell_from_json(d).key: cell_from_json(d) for d in read_jsonl(out_path)}
-            for c in remaining:
-                if c.key in finished:
-                    _copy_into(c, finished[c.key])
-            remaining = [c for c in remaining if c.key not in finished]
-            if not remaining:
-                break
-            # The worker died (or exited early) while running the first unfinished cell.
-            culprit = remaining.pop(0)
-            detail = next((line for line in reversed(tail) if line.strip()), "no output")
-            culprit.status = "failed"
-            culprit.reason = (f"worker process exited with code {rc} while running this cell "
-                              f"(last output: {detail[:300]})")
-            log(f"[{culprit.backend} autotune={culprit.autotune}] {culprit.layer} M={culprit.m}: "
-                f"{culprit.reason}")
-    return cells
-
-
-def _copy_into(dst: GemmCell, src: GemmCell) -> None:
-    for f in dataclasses.fields(GemmCell):
-        setattr(dst, f.name, getattr(src, f.name))
+def _skip_reason(c: GemmCell) -> str | None:
+    return why_skipped(get_backend(c.backend), c.autotune, default_device())
 
 
 def run(cells: list[GemmCell], opts: GemmOptions, log: Callable[[str], None] = lambda s: None,
-        device: torch.device | None = None) -> list[GemmCell]:
+        device: torch.device | None = None,
+        on_cell: Callable[[GemmCell], None] = lambda c: None) -> list[GemmCell]:
     t0 = time.perf_counter()
     if opts.isolate:
-        run_isolated(cells, opts, log)
+        isolate.run_isolated("gemm", cells, dataclasses.asdict(opts), _skip_reason, log, on_cell)
     else:
-        for group in _groups(cells):
-            run_group(group, opts, device, on_cell=lambda c: log(progress_line(c)))
+        for group in isolate.groups(cells):
+            run_group(group, opts, device, on_cell=lambda c: (log(progress_line(c)), on_cell(c)))
     log(f"{len(cells)} cells in {time.perf_counter() - t0:.1f} s")
     return cells
 

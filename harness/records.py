@@ -72,7 +72,12 @@ class DecodeCell:
     roofline_step_s: float | None = None
     roofline_frac: float | None = None
     step_bytes: int = 0
+    step_bytes_detail: dict | None = None
     prefill_s: float | None = None
+    timing_method: str = ""
+    weight_bytes: int | None = None     # linear weights in the backend's format
+    model_bytes: int | None = None      # all weights as loaded (NVFP4 linears + dense)
+    load_peak_bytes: int | None = None  # peak GPU memory while loading them
     health: dict | None = None
     kind: str = "decode"
 

@@ -56,6 +56,8 @@ class GemmBackend:
     # rounding plus a different summation order stays far below this.
     tolerance: float = 2e-2
     description: str = ""
+    # Bytes per weight element the prepared layer keeps in GPU memory (for memory checks).
+    resident_bytes_per_element: float = 0.5 + 1 / 16
 
     def availability(self, device: torch.device) -> Availability:
         return Availability.yes()

@@ -12,6 +12,7 @@ from harness.backends.base import GemmBackend, LayerWeights
 class TorchBF16(GemmBackend):
     name = "torch-bf16"
     math = "bf16"
+    resident_bytes_per_element = 2.0
     description = "bf16 weights, F.linear (what runs without FP4)"
 
     def prepare(self, weights: LayerWeights, autotune: bool = False):

@@ -22,6 +22,7 @@ class TorchRef(GemmBackend):
     math = "w4a4"
     candidate = False
     tolerance = 1e-2
+    resident_bytes_per_element = 4.0
     description = "NVFP4 W4A4 emulated in fp32 (reference)"
 
     def prepare(self, weights: LayerWeights, autotune: bool = False):

@@ -45,9 +45,13 @@ MAX_SPLIT_K = 16
 SPLIT_K_MAX_M = 64
 
 
+# Above this M every tile is full and split-K is off: one tuned config serves all M.
+M_BUCKET_CAP = 256
+
+
 def _m_bucket(m: int) -> int:
-    """Autotune key for M: next power of two, so ragged batches share a tuned config."""
-    return 1 if m <= 1 else 1 << (m - 1).bit_length()
+    """Autotune key for M: next power of two (capped), so ragged batches share a config."""
+    return 1 if m <= 1 else min(1 << (m - 1).bit_length(), M_BUCKET_CAP)
 
 
 if triton is not None:

@@ -1,0 +1,113 @@
+"""Worker processes: one per (backend, autotune) group of cells; a crash loses one cell.
+
+Cells of one (backend, autotune) pair run in their own process, so a tactic tuned for
+``on`` can never leak into the ``off`` numbers, and a crash (a CUDA fault, a segfault in a
+native library) costs only the cell in flight: the parent marks it failed, starts a fresh
+worker for the rest, and keeps every finished cell (each one is appended to a JSONL file
+the moment it finishes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from harness.hardware import BANDWIDTH_ENV, copy_bandwidth
+from harness.records import Cell, cell_from_json, cell_to_json, read_jsonl
+
+
+def groups(cells: list[Cell]) -> list[list[Cell]]:
+    out: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        out.setdefault((c.backend, c.autotune), []).append(c)
+    return list(out.values())
+
+
+def worker_env() -> dict:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env[BANDWIDTH_ENV] = repr(copy_bandwidth())
+    return env
+
+
+def _spawn(kind: str, cells: list[Cell], options: dict, out_path: Path,
+           log: Callable[[str], None]) -> tuple[int, list[str]]:
+    spec_fd, spec_path = tempfile.mkstemp(suffix=".json", prefix=f"nvfp4-{kind}-spec-")
+    with os.fdopen(spec_fd, "w") as f:
+        json.dump({"options": options, "cells": [cell_to_json(c) for c in cells]}, f)
+    tail: deque[str] = deque(maxlen=30)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.worker", kind, spec_path,
+                                 str(out_path)], env=worker_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+        def pump():
+            for line in proc.stderr:
+                tail.append(line.rstrip())
+                log(line.rstrip())
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        rc = proc.wait()
+        t.join(timeout=5)
+        return rc, list(tail)
+    finally:
+        os.unlink(spec_path)
+
+
+def copy_into(dst: Cell, src: Cell) -> None:
+    for f in dataclasses.fields(dst):
+        setattr(dst, f.name, getattr(src, f.name))
+
+
+def run_isolated(kind: str, cells: list[Cell], options: dict,
+                 skip_reason: Callable[[Cell], str | None],
+                 log: Callable[[str], None] = lambda s: None,
+                 on_cell: Callable[[Cell], None] = lambda c: None) -> list[Cell]:
+    """Run every (backend, autotune) group in fresh worker processes.
+
+    ``skip_reason(first cell of a group)`` decides skips in the parent (no process needed);
+    ``on_cell`` sees every cell as soon as it is final (for resumable recording).
+    """
+    for group in groups(cells):
+        reason = skip_reason(group[0])
+        if reason is not None:
+            for c in group:
+                c.status, c.reason = "skipped", reason
+                on_cell(c)
+            log(f"[{group[0].backend} autotune={group[0].autotune}] {len(group)} cells skipped: "
+                f"{reason}")
+            continue
+        remaining = list(group)
+        while remaining:
+            with tempfile.TemporaryDirectory(prefix=f"nvfp4-{kind}-") as tmp:
+                out_path = Path(tmp) / "cells.jsonl"
+                rc, tail = _spawn(kind, remaining, options, out_path, log)
+                finished = {}
+                for d in read_jsonl(out_path):
+                    c = cell_from_json(d)
+                    finished[c.key] = c
+            for c in remaining:
+                if c.key in finished:
+                    copy_into(c, finished[c.key])
+                    on_cell(c)
+            remaining = [c for c in remaining if c.key not in finished]
+            if not remaining:
+                break
+            # The worker died (or exited early) while running the first unfinished cell.
+            culprit = remaining.pop(0)
+            detail = next((line for line in reversed(tail) if line.strip()), "no output")
+            culprit.status = "failed"
+            culprit.reason = (f"worker process exited with code {rc} while running this cell "
+                              f"(last output: {detail[:300]})")
+            on_cell(culprit)
+            log(f"[{culprit.backend} autotune={culprit.autotune}] {culprit.reason}")
+    return cells

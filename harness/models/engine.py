@@ -1,0 +1,302 @@
+"""A compact NVFP4 decode engine for Qwen3 (dense GQA) and Qwen3.5/3.6 (hybrid) models.
+
+Every linear layer runs through one GEMM backend of the registry; embeddings, ``lm_head``,
+norms and the Gated DeltaNet recurrence are plain torch in bf16/fp32. The decode step is
+static (fixed batch, KV cache of fixed length, position in a device tensor), so it can be
+captured in one CUDA graph.
+
+Qwen3.6 hybrid layers (``full_attention_interval`` = 4: three Gated DeltaNet layers, then
+one gated-attention layer):
+
+* gated attention: ``q_proj`` emits, per head, the query and an output gate; q/k RMSNorm
+  per head; rotary on the first ``partial_rotary`` of each head; GQA; the attention output
+  is multiplied by ``sigmoid(gate)`` before ``o_proj``;
+* Gated DeltaNet: ``in_proj_qkvz`` -> q, k, v, z; ``in_proj_ba`` -> b, a per v-head; a
+  causal depthwise conv (width ``conv_kernel``) over q|k|v with its rolling state, SiLU;
+  L2-normalised q, k (qk heads shared by ``v_heads / qk_heads`` v-heads); decay
+  ``g = -exp(A_log) * softplus(a + dt_bias)``, ``beta = sigmoid(b)``; per v-head state
+  ``S`` [dk, dv]: ``S = exp(g) S``; ``S += k (beta (v - k^T S))^T``; ``o = q^T S / sqrt(dk)``;
+  gated RMSNorm ``norm(o) * silu(z)``; ``out_proj``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from harness import nvfp4
+from harness.backends.base import GemmBackend
+from harness.models.configs import ModelConfig
+from harness.models.weights import ModelWeights
+
+# NVFP4 activation global scale from a calibrated amax: gsf = 448 * 6 / amax.
+GSF_NUMERATOR = nvfp4.E4M3_MAX * nvfp4.E2M1_MAX
+
+
+class Linear:
+    """One linear layer through the chosen backend, with a static activation global scale."""
+
+    def __init__(self, name: str, backend: GemmBackend, weights, autotune: bool,
+                 device: torch.device, input_gsf: float | None):
+        self.name = name
+        self.backend = backend
+        self.n, self.k = weights.n, weights.k
+        self.prepared = backend.prepare(weights, autotune=autotune)
+        self.weight_bytes = backend.weight_bytes(weights)
+        self.gsf = torch.tensor(input_gsf if input_gsf else 1.0, dtype=torch.float32,
+                                device=device)
+        self.calibrated = input_gsf is not None
+        self.amax = torch.zeros((), dtype=torch.float32, device=device)
+        self.mode = "run"  # "calibrate" | "tune" | "run"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.mode == "calibrate":
+            # The static scale comes from the prompt: what ModelOpt calibration does offline.
+            self.amax = torch.maximum(self.amax, x2.abs().amax().float())
+            gsf = GSF_NUMERATOR / self.amax.clamp(min=1e-12)
+        else:
+            gsf = self.gsf
+        if self.mode == "tune":
+            self.backend.tune(self.prepared, x2, gsf)
+        y = self.backend.run(self.prepared, x2, gsf)
+        return y.reshape(*shape[:-1], self.n)
+
+    def freeze_calibration(self) -> None:
+        if not self.calibrated:
+            self.gsf.copy_(GSF_NUMERATOR / self.amax.clamp(min=1e-12))
+            self.calibrated = True
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.float()).to(x.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot: int) -> torch.Tensor:
+    """Rotary on the first ``rot`` dims of the last axis (neox halves), the rest passes."""
+    xr, xp = x[..., :rot].float(), x[..., rot:]
+    x1, x2 = xr[..., : rot // 2], xr[..., rot // 2:]
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+    return torch.cat((out, xp), dim=-1) if xp.shape[-1] else out
+
+
+@dataclass
+class StepBytes:
+    """Bytes one decode step must move, by kind (the roofline's numerator)."""
+
+    linear_weights: int
+    lm_head: int
+    embeddings: int
+    kv_cache: int
+    recurrent_state: int
+    other: int
+
+    @property
+    def total(self) -> int:
+        return (self.linear_weights + self.lm_head + self.embeddings + self.kv_cache
+                + self.recurrent_state + self.other)
+
+
+class PreparedModel:
+    """Every layer in one backend's format, built once and shared by engines of any batch."""
+
+    def __init__(self, weights: ModelWeights, backend: GemmBackend, device: torch.device,
+                 autotune: bool = False):
+        self.cfg: ModelConfig = weights.config
+        self.backend, self.device, self.autotune = backend, device, autotune
+        self.dense = weights.dense
+        self.lin: dict[str, Linear] = {}
+        # Layer by layer, dropping the source as we go: peak memory stays near one format.
+        for name in list(weights.linears):
+            lw = weights.linears.pop(name)
+            self.lin[name] = Linear(name, backend, lw, autotune, device, weights.input_gsf.get(name))
+            del lw
+
+    def set_mode(self, mode: str) -> None:
+        for lin in self.lin.values():
+            lin.mode = mode
+
+    def freeze_calibration(self) -> None:
+        for lin in self.lin.values():
+            lin.freeze_calibration()
+
+
+class DecodeEngine:
+    def __init__(self, model: PreparedModel, batch: int, max_len: int):
+        self.model = model
+        self.cfg: ModelConfig = model.cfg
+        self.backend, self.device = model.backend, model.device
+        self.batch, self.max_len = batch, max_len
+        self.dense, self.lin = model.dense, model.lin
+        cfg, device = self.cfg, self.device
+        self.rot = int(cfg.head_dim * cfg.partial_rotary) // 2 * 2
+        inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, self.rot, 2, device=device).float() / self.rot))
+        ang = torch.arange(max_len, device=device).float()[:, None] * inv[None, :]
+        self.cos, self.sin = ang.cos(), ang.sin()
+        b = batch
+        self.k_cache, self.v_cache, self.conv_state, self.rec_state = {}, {}, {}, {}
+        for i in range(cfg.layers):
+            if cfg.is_attention_layer(i):
+                shape = (b, cfg.kv_heads, max_len, cfg.head_dim)
+                self.k_cache[i] = torch.zeros(shape, dtype=torch.bfloat16, device=device)
+                self.v_cache[i] = torch.zeros(shape, dtype=torch.bfloat16, device=device)
+            else:
+                dk, hv = cfg.linear_head_dim, cfg.linear_v_heads
+                ch = 2 * cfg.linear_qk_heads * dk + hv * dk
+                self.conv_state[i] = torch.zeros((b, ch, cfg.conv_kernel - 1), dtype=torch.bfloat16,
+                                                 device=device)
+                self.rec_state[i] = torch.zeros((b, hv, dk, dk), dtype=torch.float32, device=device)
+        # Static decode-step inputs and outputs (what a CUDA graph reads and writes).
+        self.tokens = torch.zeros(b, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.logits = torch.zeros((b, cfg.vocab), dtype=torch.bfloat16, device=device)
+        self.bad_rows = torch.zeros(b, dtype=torch.bool, device=device)
+        self.ar = torch.arange(max_len, device=device)
+
+    # ---- layers ------------------------------------------------------------------------
+
+    def _attention(self, i: int, x: torch.Tensor, pos: torch.Tensor, prefill: bool) -> torch.Tensor:
+        cfg, p = self.cfg, f"layers.{i}.self_attn."
+        b, t, _ = x.shape
+        hd, hq, hkv = cfg.head_dim, cfg.q_heads, cfg.kv_heads
+        qkv = self.lin[p + "qkv_proj"](x)
+        q_out = hq * hd * (2 if cfg.attn_output_gate else 1)
+        q, k, v = qkv.split([q_out, hkv * hd, hkv * hd], dim=-1)
+        gate = None
+        if cfg.attn_output_gate:
+            q, gate = q.reshape(b, t, hq, 2 * hd).chunk(2, dim=-1)
+            gate = gate.reshape(b, t, hq * hd)
+        q = rms_norm(q.reshape(b, t, hq, hd), self.dense[p + "q_norm"], cfg.rms_eps)
+        k = rms_norm(k.reshape(b, t, hkv, hd), self.dense[p + "k_norm"], cfg.rms_eps)
+        v = v.reshape(b, t, hkv, hd)
+        positions = pos + torch.arange(t, device=x.device)
+        cos, sin = self.cos[positions][None, :, None, :], self.sin[positions][None, :, None, :]
+        q, k = rotate(q, cos, sin, self.rot), rotate(k, cos, sin, self.rot)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+        kc, vc = self.k_cache[i], self.v_cache[i]
+        if prefill:
+            kc[:, :, :t].copy_(k)
+            vc[:, :, :t].copy_(v)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            kc.index_copy_(2, pos, k)
+            vc.index_copy_(2, pos, v)
+            mask = (self.ar <= pos)[None, None, None, :]
+            o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=True)
+        o = o.transpose(1, 2).reshape(b, t, hq * hd)
+        if gate is not None:
+            o = o * torch.sigmoid(gate)
+        return self.lin[p + "o_proj"](o)
+
+    def _deltanet(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        cfg, p = self.cfg, f"layers.{i}.linear_attn."
+        b, t, _ = x.shape
+        hk, hv, d = cfg.linear_qk_heads, cfg.linear_v_heads, cfg.linear_head_dim
+        qkvz = self.lin[p + "in_proj_qkvz"](x)
+        qkv, z = qkvz.split([2 * hk * d + hv * d, hv * d], dim=-1)
+        ba = F.linear(x, self.dense[p + "in_proj_ba"])
+        beta = torch.sigmoid(ba[..., :hv].float())
+        g = -torch.exp(self.dense[p + "A_log"].float()) * F.softplus(
+            ba[..., hv:].float() + self.dense[p + "dt_bias"].float())
+        conv_w = self.dense[p + "conv1d"][:, 0, :]              # [C, W]
+        state, S = self.conv_state[i], self.rec_state[i]
+        outs = []
+        for s in range(t):  # the recurrent form: decode is t == 1; prefill walks the prompt
+            window = torch.cat((state, qkv[:, s, :, None]), dim=-1)  # [B, C, W]
+            state.copy_(window[:, :, 1:])
+            c = F.silu((window.float() * conv_w.float()).sum(-1))    # [B, C]
+            q, k, v = c.split([hk * d, hk * d, hv * d], dim=-1)
+            q = F.normalize(q.reshape(b, hk, d), dim=-1).repeat_interleave(hv // hk, dim=1)
+            k = F.normalize(k.reshape(b, hk, d), dim=-1).repeat_interleave(hv // hk, dim=1)
+            v = v.reshape(b, hv, d)
+            S.mul_(torch.exp(g[:, s])[:, :, None, None])
+            kv_mem = torch.einsum("bhk,bhkv->bhv", k, S)
+            delta = (v - kv_mem) * beta[:, s, :, None]
+            S.add_(k[:, :, :, None] * delta[:, :, None, :])
+            outs.append(torch.einsum("bhk,bhkv->bhv", q / math.sqrt(d), S))
+        o = torch.stack(outs, dim=1)                              # [B, T, Hv, D]
+        o = rms_norm(o, self.dense[p + "norm"], cfg.rms_eps)
+        o = o * F.silu(z.reshape(b, t, hv, d).float())
+        return self.lin[p + "out_proj"](o.reshape(b, t, hv * d).to(torch.bfloat16))
+
+    def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        p = f"layers.{i}.mlp."
+        gate, up = self.lin[p + "gate_up_proj"](x).chunk(2, dim=-1)
+        return self.lin[p + "down_proj"](F.silu(gate) * up)
+
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool) -> torch.Tensor:
+        """tokens [B, T] -> logits of the last position [B, vocab] (bf16)."""
+        cfg, d = self.cfg, self.dense
+        x = F.embedding(tokens, d["embed_tokens"])
+        for i in range(cfg.layers):
+            p = f"layers.{i}."
+            h = rms_norm(x, d[p + "input_layernorm"], cfg.rms_eps)
+            if cfg.is_attention_layer(i):
+                x = x + self._attention(i, h, pos, prefill)
+            else:
+                x = x + self._deltanet(i, h)
+            h = rms_norm(x, d[p + "post_attention_layernorm"], cfg.rms_eps)
+            x = x + self._mlp(i, h)
+        x = rms_norm(x[:, -1], d["norm"], cfg.rms_eps)
+        return F.linear(x, d.get("lm_head", d["embed_tokens"]))
+
+    # ---- the two phases ----------------------------------------------------------------
+
+    def reset(self) -> None:
+        for t in (*self.k_cache.values(), *self.v_cache.values(), *self.conv_state.values(),
+                  *self.rec_state.values()):
+            t.zero_()
+        self.bad_rows.zero_()
+
+    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
+        """Run the prompt [B, T]; leaves the greedy next token and position T in place."""
+        self.reset()
+        t = prompt.shape[1]
+        if t + 1 > self.max_len:
+            raise ValueError(f"prompt of {t} tokens does not fit a cache of {self.max_len}")
+        start = torch.zeros(1, dtype=torch.long, device=self.device)
+        logits = self.forward(prompt, start, prefill=True)
+        self.logits.copy_(logits)
+        self.tokens.copy_(logits.argmax(-1))
+        self.pos.fill_(t)
+        return logits
+
+    def step(self) -> None:
+        """One decode step on the static buffers; graph-capturable (no host syncs)."""
+        logits = self.forward(self.tokens[:, None], self.pos, prefill=False)
+        self.logits.copy_(logits)
+        lf = logits.float()
+        self.bad_rows |= ~torch.isfinite(lf).all(-1) | (lf == 0).all(-1)
+        self.tokens.copy_(logits.argmax(-1))
+        self.pos.add_(1)
+
+    def teacher_step(self, token: torch.Tensor) -> torch.Tensor:
+        """A decode step with a given next token [B] (for comparing backends step by step)."""
+        self.tokens.copy_(token)
+        self.step()
+        return self.logits.clone()
+
+    # ---- accounting --------------------------------------------------------------------
+
+    def step_bytes(self, context: int) -> StepBytes:
+        """Bytes one decode step at ``context`` cached tokens must read (and write back)."""
+        cfg, b = self.cfg, self.batch
+        lin = sum(lin.weight_bytes for lin in self.lin.values())
+        lm = cfg.vocab * cfg.hidden * 2
+        kv = sum(2 * b * cfg.kv_heads * context * cfg.head_dim * 2 for _ in self.k_cache)
+        rec = sum(2 * s.numel() * s.element_size() + 2 * c.numel() * c.element_size()
+                  for s, c in zip(self.rec_state.values(), self.conv_state.values()))
+        other = sum(t.numel() * t.element_size() for k, t in self.dense.items()
+                    if k not in ("embed_tokens", "lm_head"))
+        return StepBytes(linear_weights=lin, lm_head=lm, embeddings=b * cfg.hidden * 2,
+                         kv_cache=kv, recurrent_state=rec, other=other)
+
+    def cache_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (
+            *self.k_cache.values(), *self.v_cache.values(), *self.conv_state.values(),
+            *self.rec_state.values()))
