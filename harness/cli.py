@@ -189,6 +189,87 @@ def cmd_decode(args) -> int:
     return 0
 
 
+def _log(quiet: bool):
+    return (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+
+
+def cmd_record(args) -> int:
+    from harness import record, store
+    conf = store.load_config(args.config)
+    gpus = args.gpus
+    if gpus == "all":
+        import torch
+        gpus = max(torch.cuda.device_count(), 1)
+    rec = record.record(args.suite, conf, commit=args.commit, label=args.label,
+                        machine=args.machine, shard=args.shard, gpus=int(gpus), fresh=args.fresh,
+                        partial_only=args.partial_only, log=_log(args.quiet))
+    counts = {st: sum(c.status == st for c in rec.cells) for st in ("ok", "skipped", "failed", "pending")}
+    print(f"{rec.machine} {rec.commit[:8]} ({rec.env}): {counts['ok']} ok, {counts['skipped']} "
+          f"skipped, {counts['failed']} failed" + (f", {counts['pending']} pending" if counts["pending"] else "")
+          + (f"; {rec.resumed} resumed" if rec.resumed else ""))
+    if rec.results_path:
+        print(f"asv results: {rec.results_path}")
+        print(f"run record:  {rec.run_path}")
+    return 0 if not counts["pending"] else 3
+
+
+def cmd_compare(args) -> int:
+    from harness import compare, store
+    conf = store.load_config(args.config)
+    machine = store.pick_machine(conf, args.machine)
+    base = store.resolve(conf, machine, args.base)
+    head = store.resolve(conf, machine, args.head)
+    rows = compare.compare(base, head, args.threshold)
+    text = compare.markdown(rows, base, head, args.threshold, only_changed=args.only_changed)
+    print(text)
+    if args.output:
+        from harness.records import atomic_write_text
+        atomic_write_text(args.output, text)
+    return 1 if compare.regressions(rows) else 0
+
+
+def cmd_gate(args) -> int:
+    from harness import gate, store
+    conf = store.load_config(args.config)
+    claims = gate.load_claims(args.claims)
+    if args.only:
+        known = {c.id for c in claims}
+        bad = [i for i in args.only if i not in known]
+        if bad:
+            from harness.models import UnknownNameError
+            raise UnknownNameError("claim", bad[0], sorted(known))
+        claims = [c for c in claims if c.id in args.only]
+    verdicts = gate.gate(conf, args.machine, args.commit, claims)
+    print(gate.markdown(verdicts))
+    if args.json:
+        from harness.records import atomic_write_json
+        atomic_write_json(args.json, [v.to_json() for v in verdicts])
+    return 1 if any(v.verdict == gate.FAIL for v in verdicts) else 0
+
+
+def cmd_import_pytest_benchmark(args) -> int:
+    from harness import pytest_import, store
+    conf = store.load_config(args.config)
+    path, names = pytest_import.import_file(args.file, conf, machine=args.machine,
+                                            commit=args.commit, label=args.label)
+    print(f"stored {len(names)} pytest-benchmark benchmarks in {path}")
+    return 0
+
+
+def cmd_publish(args) -> int:
+    """asv's own site (asv publish) plus our report."""
+    import subprocess
+    from harness import store
+    conf = store.load_config(args.config)
+    rc = subprocess.run([sys.executable, "-m", "asv", "publish", "--config", str(conf.path)],
+                        cwd=conf.path.parent).returncode
+    if rc != 0:
+        print(f"nvfp4-bench: asv publish exited with {rc}", file=sys.stderr)
+        return 1
+    print(f"asv site: {conf.html_dir / 'index.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nvfp4-bench",
                                 description="NVFP4 GEMM and decode benchmarking with histories")
@@ -234,12 +315,57 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", metavar="PATH")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_decode)
+
+    def add_store_args(sp):
+        sp.add_argument("--config", metavar="ASV_CONF", help="asv.conf.json (default: the project's)")
+        sp.add_argument("--machine", help="machine name (default: this machine / the only one stored)")
+
+    r = sub.add_parser("record", help="run a suite and store it in the asv histories")
+    r.add_argument("--suite", default="smoke", help="a suite name or a suite .toml file")
+    add_store_args(r)
+    r.add_argument("--commit", help="the commit to record under (default: HEAD of the repo)")
+    r.add_argument("--label", help="a run label (e.g. flashinfer-0.7.2) for runs of one commit")
+    r.add_argument("--shard", help="i/n: only this shard of the suite's cells (CI jobs)")
+    r.add_argument("--gpus", default="1", help="N or 'all': one process per GPU, cells sharded")
+    r.add_argument("--fresh", action="store_true", help="discard cells of an interrupted record")
+    r.add_argument("--partial-only", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_record)
+
+    c = sub.add_parser("compare", help="compare two stored runs (commits or labels); exit 1 on regressions")
+    c.add_argument("base")
+    c.add_argument("head")
+    add_store_args(c)
+    c.add_argument("--threshold", type=float, default=0.05, help="relative change that counts (0.05 = 5%%)")
+    c.add_argument("--only-changed", action="store_true")
+    c.add_argument("--output", metavar="FILE.md", help="also write the Markdown here")
+    c.set_defaults(func=cmd_compare)
+
+    gt = sub.add_parser("gate", help="check the claims in baselines/claims.toml; exit 1 on a failed claim")
+    add_store_args(gt)
+    gt.add_argument("--commit", help="a commit or label (default: the newest stored run)")
+    gt.add_argument("--claims", help="claims file (default: baselines/claims.toml)")
+    gt.add_argument("--only", type=_csv, help="only these claim ids")
+    gt.add_argument("--json", metavar="PATH")
+    gt.set_defaults(func=cmd_gate)
+
+    ip = sub.add_parser("import-pytest-benchmark", help="store a pytest --benchmark-json file in the histories")
+    ip.add_argument("file")
+    add_store_args(ip)
+    ip.add_argument("--commit")
+    ip.add_argument("--label")
+    ip.set_defaults(func=cmd_import_pytest_benchmark)
+
+    pb = sub.add_parser("publish", help="asv publish: the interactive history site")
+    add_store_args(pb)
+    pb.set_defaults(func=cmd_publish)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from harness.models import UnknownNameError
     from harness.records import ResultsFileError
+    from harness.store import StoreError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -248,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownNameError, ValueError, UsageError) as e:
         print(f"nvfp4-bench: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except ResultsFileError as e:
+    except (ResultsFileError, StoreError) as e:
         print(f"nvfp4-bench: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 

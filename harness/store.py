@@ -1,0 +1,457 @@
+"""asv results in and out: the histories every machine and commit keeps.
+
+Layout (paths from ``asv.conf.json``; ``results/`` is a CI artifact, not committed)::
+
+    results/asv/benchmarks.json                  asv's benchmark list (from bench/ + imports)
+    results/asv/<machine>/machine.json           machine description, GPU and versions included
+    results/asv/<machine>/<sha8>-<env>.json      asv results of one commit (+ label)
+    results/runs/<machine>/<sha8>-<env>-<suite>.json   full run records (for reports)
+    results/partial/<machine>/...jsonl           finished cells of an interrupted record
+
+Every quantity is lower-is-better (asv's only direction): seconds per GEMM, seconds per
+decoded token. Samples are stored, so ``asv compare`` and ``nvfp4-bench compare`` can test
+significance (Mann-Whitney U). A failed cell is stored as asv's failed value (null); a
+skipped or absent one as NaN. Writes are atomic and serialised by a lock file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import io
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.records import (Cell, DecodeCell, GemmCell, ResultsFileError, atomic_write_json,
+                             read_json)
+
+GEMM_BENCH = "gemm.track_seconds_per_gemm"
+DECODE_BENCH = "decode.track_seconds_per_token"
+GEMM_PARAMS = ("model", "layer", "m", "backend", "autotune")
+DECODE_PARAMS = ("model", "batch", "input_len", "backend", "autotune", "engine")
+ENV_PREFIX = "nvfp4-bench"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class StoreError(Exception):
+    """A store that cannot be used as asked (locked, missing config, unknown revision)."""
+
+
+def env_name(label: str | None) -> str:
+    return f"{ENV_PREFIX}-{label}" if label else ENV_PREFIX
+
+
+def label_of(env: str) -> str | None:
+    return env[len(ENV_PREFIX) + 1:] if env.startswith(ENV_PREFIX + "-") else None
+
+
+# ---- configuration -----------------------------------------------------------------------
+
+@dataclass
+class Config:
+    path: Path
+    results_dir: Path
+    html_dir: Path
+    repo: Path
+    bench_dir: Path
+    branches: list[str]
+
+    @property
+    def data_dir(self) -> Path:
+        return self.results_dir.parent
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.data_dir / "partial"
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    path = Path(path) if path else ROOT / "asv.conf.json"
+    try:
+        conf = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no asv.conf.json") from None
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path}: corrupt JSON ({e.msg}, line {e.lineno})") from None
+    base = path.resolve().parent
+
+    def p(key: str, default: str) -> Path:
+        v = Path(conf.get(key, default))
+        return v if v.is_absolute() else base / v
+    return Config(path=path, results_dir=p("results_dir", "results/asv"),
+                  html_dir=p("html_dir", "results/html"), repo=p("repo", "."),
+                  bench_dir=p("benchmark_dir", "bench"), branches=conf.get("branches", ["main"]))
+
+
+# ---- git -----------------------------------------------------------------------------
+
+def git(repo: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def resolve_commit(repo: Path, rev: str | None) -> str:
+    sha = git(repo, "rev-parse", "--verify", f"{rev or 'HEAD'}^{{commit}}")
+    if not sha:
+        raise StoreError(f"cannot resolve {rev or 'HEAD'!r} to a commit in {repo}")
+    return sha
+
+
+def commit_date_ms(repo: Path, sha: str) -> int:
+    out = git(repo, "log", "-1", "--format=%ct", sha)
+    if out and out.isdigit():
+        return int(out) * 1000
+    return int(time.time() * 1000)
+
+
+# ---- cells <-> asv coordinates -----------------------------------------------------------
+
+def coords(cell: Cell) -> tuple[str, tuple]:
+    if isinstance(cell, GemmCell):
+        return GEMM_BENCH, (cell.model, cell.layer, cell.m, cell.backend, cell.autotune)
+    return DECODE_BENCH, (cell.model, cell.batch, cell.input_len, cell.backend, cell.autotune,
+                          cell.engine)
+
+
+def value_and_samples(cell: Cell) -> tuple[float | None, list[float] | None]:
+    """asv value: seconds (lower is better); None = failed, NaN = skipped."""
+    if cell.status == "failed":
+        return None, None
+    if cell.status != "ok":
+        return math.nan, None
+    if isinstance(cell, GemmCell):
+        return cell.median_s, list(cell.samples_s) or None
+    per_token = [s / cell.batch for s in cell.samples_s]
+    return cell.median_step_s / cell.batch, per_token or None
+
+
+def param_repr(v) -> str:
+    return repr(v)
+
+
+# ---- benchmarks.json -------------------------------------------------------------------
+
+def discover(bench_dir: Path) -> dict[str, dict]:
+    """asv's own discovery of bench/, in this process (same entries `asv run` writes)."""
+    import sys
+
+    from asv_runner.discovery import list_benchmarks
+    buf = io.StringIO()
+    old_path = list(sys.path)
+    try:
+        list_benchmarks(str(bench_dir), buf)
+    finally:
+        sys.path[:] = old_path
+    return {b["name"]: b for b in json.loads(buf.getvalue())}
+
+
+def read_benchmarks(conf: Config) -> dict[str, dict]:
+    path = conf.results_dir / "benchmarks.json"
+    if not path.exists():
+        return {}
+    try:
+        doc = read_json(path)
+    except ResultsFileError:
+        raise
+    if not isinstance(doc, dict):
+        raise ResultsFileError(f"{path}: not an asv benchmarks.json")
+    return {k: v for k, v in doc.items() if k != "version"}
+
+
+def write_benchmarks(conf: Config, extra: dict[str, dict] | None = None) -> dict[str, dict]:
+    entries = read_benchmarks(conf)
+    entries.update(discover(conf.bench_dir))
+    entries.update(extra or {})
+    atomic_write_json(conf.results_dir / "benchmarks.json", dict(entries, version=2))
+    return entries
+
+
+# ---- machine ---------------------------------------------------------------------------
+
+def machine_info(env: dict) -> dict:
+    """asv's machine.json fields plus the GPU stack (kept as strings)."""
+    import platform
+
+    ram = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as f:
+            ram = str(int(f.readline().split()[1]) * 1024)
+    cc = env.get("compute_capability")
+    return {
+        "machine": env["machine"], "arch": platform.machine(), "cpu": env.get("cpu", ""),
+        "num_cpu": str(os.cpu_count() or ""), "os": platform.platform(), "ram": ram,
+        "gpu": env.get("gpu_name") or "none", "sm": f"SM{cc[0]}{cc[1]}" if cc else "none",
+        "driver": env.get("driver") or "", "cuda": env.get("torch_cuda") or "",
+        "torch": env.get("torch") or "", "triton": env.get("triton") or "",
+        "flashinfer": env.get("flashinfer") or "", "sglang": env.get("sglang") or "",
+    }
+
+
+def write_machine(conf: Config, info: dict) -> None:
+    atomic_write_json(conf.results_dir / info["machine"] / "machine.json", dict(info, version=1))
+
+
+# ---- locking ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def locked(conf: Config, wait_s: float = 60.0):
+    """One writer at a time per results tree; a second one waits, then fails clearly."""
+    conf.data_dir.mkdir(parents=True, exist_ok=True)
+    path = conf.data_dir / ".nvfp4-bench.lock"
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    f.seek(0)
+                    holder = f.read().strip() or "another process"
+                    raise StoreError(f"{path} is held by {holder}: another record is writing "
+                                     f"these histories; waited {wait_s:.0f} s") from None
+                time.sleep(0.2)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+# ---- results ---------------------------------------------------------------------------
+
+def results_path(conf: Config, machine: str, sha: str, env: str) -> Path:
+    from asv.results import get_filename
+    return conf.results_dir / get_filename(machine, sha, env)
+
+
+def load_results(path: Path):
+    from asv import util
+    from asv.results import Results
+    try:
+        return Results.load(str(path))
+    except util.UserError as e:
+        raise ResultsFileError(f"{path}: corrupt or unreadable asv results ({e})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ResultsFileError(f"{path}: malformed asv results ({type(e).__name__}: {e})") from None
+
+
+def save_cells(conf: Config, machine: str, sha: str, env: str, date_ms: int, params: dict,
+               cells: list[Cell], benchmarks: dict[str, dict],
+               extra_results: dict[str, tuple[list, list]] | None = None) -> Path:
+    """Merge ``cells`` into the asv results of (machine, commit, env), atomically.
+
+    Values of other cells already stored for this commit are kept (several suites, shards
+    or GPUs may record one commit). ``extra_results`` adds whole benchmarks (imports).
+    """
+    from asv.results import Results
+    from asv.runner import BenchmarkResult
+
+    path = results_path(conf, machine, sha, env)
+    if path.exists():
+        res = load_results(path)
+    else:
+        res = Results(params=params, requirements={}, commit_hash=sha, date=date_ms,
+                      python=params.get("python", ""), env_name=env, env_vars={})
+    res._params = params  # the latest environment description wins
+
+    updates: dict[str, dict[int, Cell]] = {}
+    for c in cells:
+        name, values = coords(c)
+        bench = benchmarks.get(name)
+        if bench is None:
+            raise StoreError(f"benchmark {name} is not in benchmarks.json (bench/ missing?)")
+        space = bench["params"]
+        reprs = [param_repr(v) for v in values]
+        missing = [f"{n}={r}" for n, r, allowed in zip(bench["param_names"], reprs, space)
+                   if r not in allowed]
+        if missing:
+            raise StoreError(f"cell {c.key} is outside the parameter space of {name} "
+                             f"({', '.join(missing)}); add it to a suite file")
+        idx = 0
+        for r, allowed in zip(reprs, space):
+            idx = idx * len(allowed) + allowed.index(r)
+        updates.setdefault(name, {})[idx] = c
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    for name, by_idx in updates.items():
+        bench = benchmarks[name]
+        size = math.prod(len(p) for p in bench["params"]) if bench["params"] else 1
+        result, samples, number = [math.nan] * size, [None] * size, [None] * size
+        for i, c in by_idx.items():
+            v, s = value_and_samples(c)
+            result[i], samples[i] = v, s
+            number[i] = 1 if s else None
+        res.add_result(bench, BenchmarkResult(result=result, samples=samples, number=number,
+                                              errcode=0, stderr="", profile=None),
+                       started_at=started, record_samples=True, selected_idx=set(by_idx))
+    for name, (result, samples) in (extra_results or {}).items():
+        bench = benchmarks[name]
+        res.add_result(bench, BenchmarkResult(
+            result=result, samples=samples, number=[1 if s else None for s in samples],
+            errcode=0, stderr="", profile=None), started_at=started, record_samples=True)
+
+    # Save beside the tree, then rename into place: a reader never sees half a file.
+    tmp_root = Path(tempfile.mkdtemp(prefix=".asv-save-", dir=conf.data_dir))
+    try:
+        res.save(str(tmp_root))
+        written = tmp_root / path.relative_to(conf.results_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(written, path)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return path
+
+
+@dataclass
+class Entry:
+    """One stored results file: a commit (+ label) on a machine."""
+
+    machine: str
+    commit: str
+    env: str
+    date_ms: int
+    path: Path
+    results: object  # asv.results.Results
+
+    @property
+    def label(self) -> str | None:
+        return label_of(self.env)
+
+    def value(self, bench: str, values: tuple) -> tuple[float | None, list[float] | None, bool]:
+        """(value, samples, present) of one parameter combination."""
+        res = self.results
+        if bench not in res.get_all_result_keys():
+            return None, None, False
+        params = res.get_result_params(bench)
+        reprs = [param_repr(v) for v in values]
+        if not params or len(params) != len(reprs) or any(r not in p for r, p in zip(reprs, params)):
+            return None, None, False
+        idx = 0
+        for r, p in zip(reprs, params):
+            idx = idx * len(p) + p.index(r)
+        vals = res.get_result_value(bench, params)
+        samples = res.get_result_samples(bench, params)
+        v = vals[idx] if isinstance(vals, list) else vals
+        s = samples[idx] if isinstance(samples, list) else None
+        if v is not None and isinstance(v, float) and math.isnan(v):
+            return v, None, False  # skipped or never run
+        return v, s, True
+
+    def cells(self, bench: str) -> list[tuple[tuple, float | None, list[float] | None]]:
+        """Every stored combination of ``bench``: (param values, value, samples)."""
+        res = self.results
+        if bench not in res.get_all_result_keys():
+            return []
+        params = res.get_result_params(bench)
+        vals = res.get_result_value(bench, params)
+        samples = res.get_result_samples(bench, params) or [None] * len(vals)
+        out = []
+        for combo, v, s in zip(itertools.product(*params), vals, samples):
+            if isinstance(v, float) and math.isnan(v):
+                continue
+            out.append((tuple(_unrepr(x) for x in combo), v, s))
+        return out
+
+
+def _unrepr(r: str):
+    import ast
+    try:
+        return ast.literal_eval(r)
+    except (ValueError, SyntaxError):
+        return r
+
+
+def machines(conf: Config) -> list[str]:
+    if not conf.results_dir.exists():
+        return []
+    return sorted(p.name for p in conf.results_dir.iterdir() if (p / "machine.json").exists())
+
+
+def entries(conf: Config, machine: str) -> list[Entry]:
+    """Every results file of ``machine``, oldest commit first; corrupt files raise by name."""
+    d = conf.results_dir / machine
+    out = []
+    for path in sorted(d.glob("*.json")):
+        if path.name == "machine.json":
+            continue
+        res = load_results(path)
+        out.append(Entry(machine=machine, commit=res.commit_hash, env=res.env_name,
+                         date_ms=res.date or 0, path=path, results=res))
+    out.sort(key=lambda e: (e.date_ms, e.path.name))
+    return out
+
+
+def pick_machine(conf: Config, machine: str | None) -> str:
+    known = machines(conf)
+    if machine:
+        if machine not in known:
+            raise StoreError(f"no results for machine {machine!r} in {conf.results_dir}; "
+                             f"machines: {', '.join(known) or 'none'}")
+        return machine
+    if len(known) == 1:
+        return known[0]
+    if not known:
+        raise StoreError(f"no results in {conf.results_dir} (run `nvfp4-bench record` first)")
+    raise StoreError(f"several machines in {conf.results_dir}: {', '.join(known)}; "
+                     f"choose one with --machine")
+
+
+def resolve(conf: Config, machine: str, rev: str) -> Entry:
+    """A run label, a commit prefix, or a git revision -> the stored entry."""
+    all_entries = entries(conf, machine)
+    by_label = [e for e in all_entries if e.label == rev]
+    if by_label:
+        return by_label[-1]
+    by_prefix = [e for e in all_entries if e.commit.startswith(rev.lower())]
+    if not by_prefix:
+        sha = git(conf.repo, "rev-parse", "--verify", f"{rev}^{{commit}}")
+        by_prefix = [e for e in all_entries if sha and e.commit == sha]
+    envs = {e.env for e in by_prefix}
+    if len(envs) > 1:
+        plain = [e for e in by_prefix if e.env == ENV_PREFIX]
+        if plain:
+            return plain[-1]
+        raise StoreError(f"{rev!r} has several labelled runs ({', '.join(sorted(envs))}); "
+                         f"name the label instead")
+    if by_prefix:
+        return by_prefix[-1]
+    known = sorted({e.label for e in all_entries if e.label} | {e.commit[:8] for e in all_entries})
+    raise StoreError(f"no stored run {rev!r} on {machine}; stored: {', '.join(known) or 'none'}")
+
+
+# ---- run records beside the histories ----------------------------------------------------
+
+def run_file(conf: Config, machine: str, sha: str, env: str, suite: str) -> Path:
+    return conf.runs_dir / machine / f"{sha[:8]}-{env}-{suite}.json"
+
+
+def partial_file(conf: Config, machine: str, sha: str, env: str, suite: str,
+                 shard: str = "") -> Path:
+    tag = f"-shard{shard.replace('/', 'of')}" if shard else ""
+    return conf.partial_dir / machine / f"{sha[:8]}-{env}-{suite}{tag}.jsonl"
