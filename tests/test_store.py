@@ -1,0 +1,361 @@
+"""asv histories: record, compare, gate, pytest-benchmark import, resume, locks, corrupt files."""
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness import compare, gate, record, store
+from harness.cli import main
+from harness.records import GemmCell, DecodeCell, ResultsFileError
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A git repository with two commits on main and an asv.conf.json that uses our bench/."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "config", "user.email", "t@example.invalid")
+    _git(repo, "config", "user.name", "t")
+    (repo / "f.txt").write_text("1")
+    _git(repo, "add", "f.txt")
+    _git(repo, "commit", "-qm", "base")
+    base = _git(repo, "rev-parse", "HEAD")
+    (repo / "f.txt").write_text("2")
+    _git(repo, "commit", "-qam", "head")
+    head = _git(repo, "rev-parse", "HEAD")
+    conf = json.loads((PROJECT / "asv.conf.json").read_text())
+    conf["benchmark_dir"] = str(PROJECT / "bench")
+    (repo / "asv.conf.json").write_text(json.dumps(conf))
+    return store.load_config(repo / "asv.conf.json"), base, head
+
+
+MINI = textwrap.dedent('''
+    description = "a slice of the smoke suite"
+    [[gemm]]
+    model = "tiny"
+    m = [1, 3]
+    layers = ["o_proj"]
+    backends = ["torch-bf16", "torch-dequant", "flashinfer-cudnn"]
+    autotune = ["off"]
+    samples = 12
+    warmup = 1
+    [[decode]]
+    model = "tiny-hybrid"
+    batch = [1]
+    input_len = 8
+    backends = ["torch-dequant"]
+    autotune = ["off"]
+    output_len = 8
+''')
+
+
+@pytest.fixture
+def mini(tmp_path):
+    p = tmp_path / "mini.toml"
+    p.write_text(MINI)
+    return str(p)
+
+
+def _asv(conf, *args):
+    return subprocess.run([sys.executable, "-m", "asv", *args, "--config", str(conf.path)],
+                          capture_output=True, text=True, cwd=conf.path.parent)
+
+
+@pytest.mark.slow
+def test_record_smoke_twice_then_asv_compare_and_publish(project):
+    conf, base, head = project
+    for sha in (base, head):
+        rec = record.record("smoke", conf, commit=sha)
+        assert rec.results_path.exists() and rec.run_path.exists()
+        assert {c.status for c in rec.cells} <= {"ok", "skipped"}
+        assert any(c.status == "ok" and c.kind == "decode" for c in rec.cells)
+    machine = rec.machine
+    saved = json.loads(rec.results_path.read_text())
+    assert saved["commit_hash"] == head and saved["params"]["machine"] == machine
+    assert saved["params"]["gpu"] == "none" and "torch" in saved["params"]
+    assert (conf.results_dir / machine / "machine.json").exists()
+
+    out = _asv(conf, "compare", base, head, "--machine", machine)
+    assert out.returncode == 0, out.stderr
+    assert "gemm.track_seconds_per_gemm('tiny', 'o_proj', 1, 'torch-bf16', 'off')" in out.stdout
+    assert "decode.track_seconds_per_token('tiny-hybrid', 1, 8, 'torch-ref', 'off', 'native')" in out.stdout
+    pub = _asv(conf, "publish")
+    assert pub.returncode == 0, pub.stderr + pub.stdout
+    index = json.loads((conf.html_dir / "index.json").read_text())
+    assert "gemm.track_seconds_per_gemm" in index["benchmarks"]
+    assert list((conf.html_dir / "graphs").rglob("gemm.track_seconds_per_gemm.json"))
+    # our compare of the same two commits: measured noise only, no planted change
+    assert main(["compare", base[:8], head[:8], "--config", str(conf.path)]) in (0, 1)
+
+
+def _plant(conf, sha, cells, env="nvfp4-bench", sm="none"):
+    benchmarks = store.write_benchmarks(conf)
+    info = {"machine": "planted", "arch": "x86_64", "cpu": "c", "num_cpu": "2", "os": "l",
+            "ram": "1", "gpu": "none", "sm": sm}
+    store.write_machine(conf, info)
+    return store.save_cells(conf, "planted", sha, env, store.commit_date_ms(conf.repo, sha),
+                            dict(info, python="3.11"), cells, benchmarks)
+
+
+def _gemm(backend, samples, layer="o_proj", m=1, autotune="off", status="ok"):
+    import statistics
+    return GemmCell(model="tiny", layer=layer, n=128, k=128, m=m, backend=backend,
+                    autotune=autotune, status=status, samples_s=samples,
+                    median_s=statistics.median(samples) if samples else None)
+
+
+def _decode(backend, samples_step, batch=1, autotune="off"):
+    import statistics
+    return DecodeCell(model="tiny-hybrid", batch=batch, input_len=8, output_len=len(samples_step),
+                      backend=backend, autotune=autotune, status="ok", samples_s=samples_step,
+                      median_step_s=statistics.median(samples_step))
+
+
+def _noise(center, n=40, rel=0.01, seed=0):
+    rng = random.Random(seed)
+    return [center * (1 + rng.gauss(0, rel)) for _ in range(n)]
+
+
+def test_compare_flags_a_planted_slowdown_and_not_noise(project, capsys):
+    conf, base, head = project
+    _plant(conf, base, [_gemm("torch-bf16", _noise(1e-3, seed=1)),
+                        _gemm("torch-dequant", _noise(2e-3, seed=2)),
+                        _decode("torch-dequant", _noise(5e-3, seed=3))])
+    _plant(conf, head, [_gemm("torch-bf16", _noise(1.10e-3, seed=4)),     # 10% slower
+                        _gemm("torch-dequant", _noise(2.01e-3, seed=5)),  # 0.5%: noise
+                        _decode("torch-dequant", _noise(4.0e-3, seed=6))])  # 25% faster
+    rows = compare.compare(store.resolve(conf, "planted", base), store.resolve(conf, "planted", head))
+    by = {(r.params[3] if r.bench == store.GEMM_BENCH else "decode"): r for r in rows}
+    assert by["torch-bf16"].verdict == compare.SLOWER and by["torch-bf16"].significant
+    assert by["torch-bf16"].ratio == pytest.approx(1.10, rel=0.02)
+    assert by["torch-dequant"].verdict == compare.SAME
+    assert by["decode"].verdict == compare.FASTER
+    assert main(["compare", base, head, "--config", str(conf.path)]) == 1
+    md = capsys.readouterr().out
+    assert "**1 slower**" in md and "| gemm[tiny, o_proj, 1, torch-bf16, off]" in md
+    import re
+    assert re.search(r"\| \+2[4-6]\.\d% \|", md)  # decode also shown as a tokens/s change
+    # without the slowdown: exit 0
+    _plant(conf, head, [_gemm("torch-bf16", _noise(1.002e-3, seed=7))])
+    assert main(["compare", base, head, "--config", str(conf.path)]) == 0
+
+
+def test_compare_missing_failed_and_labels(project):
+    conf, base, head = project
+    _plant(conf, base, [_gemm("torch-bf16", _noise(1e-3)), _gemm("torch-dequant", _noise(2e-3))],
+           env=store.env_name("fi-0.7.1"))
+    _plant(conf, base, [_gemm("torch-bf16", _noise(1e-3)),
+                        _gemm("torch-dequant", [], status="failed")],
+           env=store.env_name("fi-0.7.2"))
+    rows = compare.compare(store.resolve(conf, "planted", "fi-0.7.1"),
+                           store.resolve(conf, "planted", "fi-0.7.2"))
+    by = {r.params[3]: r for r in rows}
+    assert by["torch-dequant"].verdict == compare.FAILED
+    assert compare.regressions(rows) == [by["torch-dequant"]]  # newly failing counts
+    assert main(["compare", "fi-0.7.1", "fi-0.7.2", "--config", str(conf.path)]) == 1
+    assert main(["compare", "fi-0.7.1", "nope", "--config", str(conf.path)]) == 2
+
+
+CLAIMS = textwrap.dedent('''
+    [[claim]]
+    id = "bf16-beats-dequant"
+    title = "t"
+    kind = "gemm"
+    expected_ratio = {expected}
+    tolerance = 0.05
+    applies_to = ["none"]
+    new = {{ model = "tiny", layer = "o_proj", m = 1, backend = "torch-bf16" }}
+    old = {{ model = "tiny", layer = "o_proj", m = 1, backend = "torch-dequant" }}
+
+    [[claim]]
+    id = "sm120-only"
+    title = "t"
+    kind = "decode"
+    expected_ratio = 1.17
+    applies_to = ["SM120"]
+    new = {{ model = "tiny-hybrid", batch = 1, backend = "torch-dequant" }}
+    old = {{ model = "tiny-hybrid", batch = 1, backend = "torch-ref" }}
+
+    [[claim]]
+    id = "absent"
+    title = "t"
+    kind = "decode"
+    expected_ratio = 1.0
+    applies_to = []
+    new = {{ model = "tiny-hybrid", batch = 2, backend = "torch-bf16" }}
+    old = {{ model = "tiny-hybrid", batch = 2, backend = "torch-ref" }}
+''')
+
+
+def test_gate_pass_fail_not_applicable_no_data(project, tmp_path, capsys):
+    conf, base, head = project
+    _plant(conf, head, [_gemm("torch-bf16", _noise(1e-3)), _gemm("torch-dequant", _noise(1.3e-3, seed=9))])
+    claims = tmp_path / "claims.toml"
+    claims.write_text(CLAIMS.format(expected=1.25))
+    verdicts = {v.claim.id: v for v in gate.gate(conf, claims=gate.load_claims(claims))}
+    v = verdicts["bf16-beats-dequant"]
+    assert v.verdict == gate.PASS and v.ratio == pytest.approx(1.3, rel=0.02)
+    assert v.ci99[0] < v.ratio < v.ci99[1] and v.ci99[1] - v.ci99[0] < 0.1
+    assert verdicts["sm120-only"].verdict == gate.NA and "SM120" in verdicts["sm120-only"].reason
+    assert verdicts["absent"].verdict == gate.NO_DATA
+    assert main(["gate", "--config", str(conf.path), "--claims", str(claims)]) == 0
+    claims.write_text(CLAIMS.format(expected=1.5))
+    assert main(["gate", "--config", str(conf.path), "--claims", str(claims), "--json",
+                 str(tmp_path / "g.json")]) == 1
+    assert json.loads((tmp_path / "g.json").read_text())[0]["verdict"] == "fail"
+    assert main(["gate", "--config", str(conf.path), "--claims", str(claims), "--only", "x"]) == 2
+
+
+def test_project_claims_file_is_valid():
+    claims = {c.id: c for c in gate.load_claims()}
+    pr = claims["sglang-pr26496"]
+    assert pr.expected_ratio == 1.17 and pr.applies_to == ["SM120", "SM121"]
+    assert "40.82" in pr.source_figures and "48.05" in pr.source_figures
+    assert pr.new["backend"] == "flashinfer-cutlass" and pr.new["autotune"] == "on"
+    assert pr.old["backend"] == "flashinfer-cudnn" and pr.old["autotune"] == "off"
+    from harness import suite
+    # every claim's cells are recorded by some suite
+    for c in claims.values():
+        for side in (c.new, c.old):
+            assert any(all(dict(zip(gate.FIELDS[c.kind], store.coords(cell)[1])).get(k) == v
+                           for k, v in side.items())
+                       for name in suite.available() for cell in suite.load(name).cells()
+                       if cell.kind == c.kind), (c.id, side)
+
+
+def test_interrupted_record_resumes(project, mini, monkeypatch):
+    conf, base, head = project
+    from harness import decode as decode_mod
+
+    real = decode_mod.run
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(decode_mod, "run", boom)
+    with pytest.raises(KeyboardInterrupt):
+        record.record(mini, conf, commit=base)
+    partial = list(conf.partial_dir.rglob("*.jsonl"))
+    assert len(partial) == 1 and len(partial[0].read_text().splitlines()) == 6  # gemm cells kept
+    assert not list(conf.results_dir.rglob("*-nvfp4-bench.json"))
+
+    from harness import gemm as gemm_mod
+    monkeypatch.setattr(decode_mod, "run", real)
+    calls = []
+    real_gemm = gemm_mod.run
+    monkeypatch.setattr(gemm_mod, "run", lambda cells, *a, **k: (calls.append(len(cells)), real_gemm(cells, *a, **k))[1])
+    rec = record.record(mini, conf, commit=base)
+    assert rec.resumed == 6 and calls == []  # only the decode cell ran
+    assert rec.results_path.exists() and not partial[0].exists()
+    entry = store.resolve(conf, rec.machine, base)
+    vals = {p: v for p, v, s in entry.cells(store.GEMM_BENCH)}
+    assert vals[("tiny", "o_proj", 3, "torch-bf16", "off")] > 0
+
+
+def test_record_merges_suites_and_records_failed_as_null(project, mini, tmp_path, monkeypatch):
+    conf, base, head = project
+    monkeypatch.setenv("NVFP4_BENCH_PLUGINS", "plugin_backends")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    rec = record.record(mini, conf, commit=head)
+    doc = json.loads(rec.results_path.read_text())
+    cols = doc["result_columns"]
+    gem = dict(zip(cols, doc["results"][store.GEMM_BENCH]))
+    assert gem["samples"] is not None and any(s for s in gem["samples"] if s)
+    # a second suite on the same commit keeps the first one's cells
+    other = tmp_path / "other.toml"
+    other.write_text(MINI.replace('backends = ["torch-bf16", "torch-dequant", "flashinfer-cudnn"]',
+                                  'backends = ["torch-ref"]').split("[[decode]]")[0])
+    record.record(str(other), conf, commit=head)
+    entry = store.resolve(conf, rec.machine, head)
+    vals = {p: v for p, v, s in entry.cells(store.GEMM_BENCH)}
+    assert vals[("tiny", "o_proj", 1, "torch-bf16", "off")] > 0
+    assert vals[("tiny", "o_proj", 1, "torch-ref", "off")] > 0
+    # a failed cell is asv's failed value (null), not a number
+    _plant(conf, base, [_gemm("torch-bf16", [], status="failed")])
+    e = store.resolve(conf, "planted", base)
+    assert e.value(store.GEMM_BENCH, ("tiny", "o_proj", 1, "torch-bf16", "off"))[0] is None
+
+
+def test_corrupt_results_are_named(project, capsys):
+    conf, base, head = project
+    path = _plant(conf, base, [_gemm("torch-bf16", _noise(1e-3))])
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(ResultsFileError, match=path.name):
+        store.entries(conf, "planted")
+    assert main(["gate", "--config", str(conf.path)]) == 2
+    assert path.name in capsys.readouterr().err
+    bad_conf = conf.path.parent / "bad.json"
+    bad_conf.write_text("{")
+    assert main(["gate", "--config", str(bad_conf)]) == 2
+
+
+def test_lock_keeps_writers_apart(project):
+    conf, base, head = project
+    with store.locked(conf):
+        with pytest.raises(store.StoreError, match="held by pid"):
+            with store.locked(conf, wait_s=0.3):
+                pass
+    with store.locked(conf, wait_s=0.3):
+        pass  # released
+
+
+def test_unknown_suite_lists_valid_names(project):
+    conf, base, head = project
+    assert main(["record", "--suite", "nope", "--config", str(conf.path)]) == 2
+    from harness import suite
+    with pytest.raises(ValueError, match="valid suites: .*hopper.*smoke"):
+        suite.load("nope")
+    assert set(suite.available()) >= {"smoke", "hopper", "gemm-sm120", "decode-sm120", "claim-pr26496"}
+
+
+def test_shards_partition_the_cells():
+    from harness import suite
+    cells = suite.load("hopper").cells()
+    parts = [suite.shard(cells, i, 3) for i in range(3)]
+    assert sum(len(p) for p in parts) == len(cells)
+    assert len({c.key for p in parts for c in p}) == len(cells)
+    for p in parts:  # a (backend, autotune) group never straddles shards
+        for c in p:
+            assert all(d in p for d in cells if (d.kind, d.backend, d.autotune) == (c.kind, c.backend, c.autotune))
+    with pytest.raises(ValueError):
+        suite.parse_shard("3/3")
+
+
+def test_import_pytest_benchmark(project, tmp_path):
+    conf, base, head = project
+    t = tmp_path / "test_k.py"
+    t.write_text(textwrap.dedent('''
+        import pytest
+        @pytest.mark.parametrize("n", [10, 1000])
+        def test_sum(benchmark, n):
+            benchmark(sum, range(n))
+    '''))
+    out = tmp_path / "pb.json"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(t),
+                    f"--benchmark-json={out}", "--benchmark-save-data", "--benchmark-max-time=0.02",
+                    "--benchmark-min-rounds=20"], check=True, capture_output=True, cwd=tmp_path)
+    assert main(["import-pytest-benchmark", str(out), "--config", str(conf.path),
+                 "--commit", base, "--machine", "planted"]) == 0
+    benchmarks = store.read_benchmarks(conf)
+    b = benchmarks["pytest.test_k.test_sum"]
+    assert b["params"] == [["'10'", "'1000'"]] and b["unit"] == "seconds"
+    assert store.GEMM_BENCH in benchmarks  # our own benchmarks stay listed
+    entry = store.resolve(conf, "planted", base)
+    (p10, v10, s10), (p1000, v1000, s1000) = entry.cells("pytest.test_k.test_sum")
+    assert p10 == ("10",) and len(s10) >= 20 and v1000 > v10 > 0
+    r = _asv(conf, "compare", base, base, "--machine", "planted")
+    assert r.returncode == 0 and "pytest.test_k.test_sum('10')" in r.stdout
+    out.write_text('{"benchmarks": [{"name": "x"}]}')
+    assert main(["import-pytest-benchmark", str(out), "--config", str(conf.path)]) == 2
