@@ -270,6 +270,20 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from harness import report, store
+    conf = None if args.no_history else store.load_config(args.config)
+    data = report.gather(conf, [Path(p) for p in args.runs], latest_only=not args.all_runs)
+    out_dir = Path(args.output) if args.output else (conf.data_dir / "report" if conf else Path("report"))
+    path = report.render(data, out_dir)
+    for p in data.problems:
+        print(f"nvfp4-bench: warning: {p}", file=sys.stderr)
+    print(f"report: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nvfp4-bench",
                                 description="NVFP4 GEMM and decode benchmarking with histories")
@@ -359,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
     pb = sub.add_parser("publish", help="asv publish: the interactive history site")
     add_store_args(pb)
     pb.set_defaults(func=cmd_publish)
+
+    rp = sub.add_parser("report", help="static HTML report with plots from histories and run files")
+    rp.add_argument("runs", nargs="*", help="extra run JSON files (from gemm/decode --json)")
+    rp.add_argument("--config", metavar="ASV_CONF")
+    rp.add_argument("--output", metavar="DIR", help="default: results/report")
+    rp.add_argument("--all-runs", action="store_true", help="every stored run, not the newest per suite")
+    rp.add_argument("--no-history", action="store_true", help="only the run files given")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

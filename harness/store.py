@@ -403,7 +403,12 @@ def entries(conf: Config, machine: str) -> list[Entry]:
         res = load_results(path)
         out.append(Entry(machine=machine, commit=res.commit_hash, env=res.env_name,
                          date_ms=res.date or 0, path=path, results=res))
-    out.sort(key=lambda e: (e.date_ms, e.path.name))
+    depth: dict[str, int] = {}
+    for e in out:  # commits of one second are ordered by ancestry
+        if e.commit not in depth:
+            n = git(conf.repo, "rev-list", "--count", e.commit)
+            depth[e.commit] = int(n) if n and n.isdigit() else 0
+    out.sort(key=lambda e: (e.date_ms, depth[e.commit], e.path.name))
     return out
 
 

@@ -1,0 +1,262 @@
+"""The static HTML report: one page, figures as SVG files beside it, no network needed."""
+
+from __future__ import annotations
+
+import datetime
+import html
+import os
+from pathlib import Path
+
+from harness import analysis, gate
+from harness.records import atomic_write_text
+from harness.report import plots
+from harness.report.data import ReportData, Run
+
+CSS = """
+body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1250px; color: #222; line-height: 1.4; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.86em; }
+th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.pass { color: #137333; font-weight: bold; } .fail { color: #c5221f; font-weight: bold; }
+.na, .nodata { color: #777; } .slower { color: #c5221f; } .faster { color: #137333; }
+.summary { background: #f7f9fc; border: 1px solid #d6e0f0; border-radius: 6px; padding: 0.8em 1.2em; }
+.summary li { margin: 0.25em 0; } img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+.muted { color: #666; font-size: 0.9em; } code { background: #f2f2f2; padding: 0 3px; }
+"""
+
+
+def _e(s) -> str:
+    return html.escape(str(s))
+
+
+def _table(header: list[str], rows: list[list], num_cols: set[int] = frozenset(),
+           classes: list[str] | None = None) -> str:
+    out = ["<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    for i, r in enumerate(rows):
+        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
+        out.append(f"<tr{cls}>" + "".join(
+            f'<td class="num">{_e(v)}</td>' if j in num_cols else f"<td>{_e(v)}</td>"
+            for j, v in enumerate(r)) + "</tr>")
+    return "\n".join(out) + "</tbody></table>"
+
+
+def _img(name: str | None, alt: str) -> str:
+    return f'<img src="figures/{_e(name)}" alt="{_e(alt)}">' if name else ""
+
+
+def _us(v) -> str:
+    return "-" if v is None else f"{v * 1e6:.1f}"
+
+
+def _summary(data: ReportData) -> str:
+    items = []
+    for r in data.runs:
+        if r.gemm:
+            ch = analysis.choice_map(r.gemm)
+            wins: dict[str, int] = {}
+            for c in ch:
+                if c.winner:
+                    wins[c.winner] = wins.get(c.winner, 0) + 1
+            best = ", ".join(f"<b>{_e(k)}</b> in {v} of {len(ch)}"
+                             for k, v in sorted(wins.items(), key=lambda kv: -kv[1])) or "no healthy backend"
+            wrong_auto = sum(c.auto_verdict.startswith("slower") for c in ch)
+            wrong_sg = sum(c.sglang_default_verdict.startswith("slower") for c in ch)
+            defaults = ""
+            if any(not c.auto_verdict.startswith("n/a") for c in ch):
+                defaults = (f"; flashinfer-auto picks a slower backend in {wrong_auto}, SGLang's SM120 "
+                            f"default in {wrong_sg} (layer, M) cells")
+            items.append(f"<li>GEMM, {_e(r.title)}: fastest healthy backend/autotune {best}{defaults}.</li>")
+        ok = [c for c in r.decode if c.status == "ok"]
+        if ok:
+            per_batch = {}
+            for c in ok:
+                if c.batch not in per_batch or c.tokens_per_s > per_batch[c.batch].tokens_per_s:
+                    per_batch[c.batch] = c
+            best = "; ".join(f"batch {b}: <b>{_e(c.backend)}/{_e(c.autotune)}</b> {c.tokens_per_s:.1f} tok/s"
+                             + (f" ({c.roofline_frac * 100:.0f}% of roofline)" if c.roofline_frac else "")
+                             for b, c in sorted(per_batch.items()))
+            items.append(f"<li>Decode, {_e(r.title)}: {best}.</li>")
+        gains = analysis.autotune_gains(r.gemm)
+        if gains:
+            worse = [g for g in gains if g["gain"] < -0.02]
+            items.append(f"<li>Autotune: on vs off over {len(gains)} GEMM cells, gain "
+                         f"{min(g['gain'] for g in gains) * 100:+.0f}% to {max(g['gain'] for g in gains) * 100:+.0f}%"
+                         + (f"; <span class='fail'>on is slower in {len(worse)}</span>" if worse else "")
+                         + ".</li>")
+    for h in data.histories:
+        if h.base is not None:
+            slower = [r for r in h.last_compare if r.verdict == "slower"]
+            failing = [r for r in h.last_compare if r.verdict == "failed" and r.head is None and r.base is not None]
+            verdict = (f"<span class='fail'>{len(slower)} significant slowdowns, {len(failing)} newly failing</span>"
+                       if slower or failing else "<span class='pass'>no significant regression</span>")
+            items.append(f"<li>Regressions on {_e(h.machine)}, {_e(h.head.commit[:8])} vs "
+                         f"{_e(h.base.commit[:8])}: {verdict}.</li>")
+        else:
+            items.append(f"<li>Regressions on {_e(h.machine)}: only one recorded commit, nothing to compare yet.</li>")
+        counts = {v: sum(x.verdict == v for x in h.verdicts) for v in (gate.PASS, gate.FAIL, gate.NA, gate.NO_DATA)}
+        if h.verdicts:
+            items.append(f"<li>Claims on {_e(h.machine)}: {counts[gate.PASS]} pass, "
+                         f"<span class='{'fail' if counts[gate.FAIL] else ''}'>{counts[gate.FAIL]} fail</span>, "
+                         f"{counts[gate.NA]} not applicable, {counts[gate.NO_DATA]} no data.</li>")
+    if data.problems:
+        items.append(f"<li class='fail'>{len(data.problems)} results files could not be read (listed below).</li>")
+    if not items:
+        items.append("<li>No recorded data yet: run <code>nvfp4-bench record</code>.</li>")
+    return "<div class='summary'><b>Which backend, tuned or not, and did anything regress?</b><ul>" + \
+        "\n".join(items) + "</ul></div>"
+
+
+def _env_table(runs: list[Run]) -> str:
+    keys = ["machine", "gpu_name", "compute_capability", "driver", "torch_cuda", "torch", "triton",
+            "flashinfer", "sglang", "cudnn", "copy_bandwidth_Bps", "hostname"]
+    rows = []
+    for r in runs:
+        e = r.environment
+        vals = []
+        for k in keys:
+            v = e.get(k)
+            if k == "copy_bandwidth_Bps" and v:
+                v = f"{v / 1e9:.0f} GB/s"
+            elif k == "compute_capability" and v:
+                v = f"SM{v[0]}{v[1]}"
+            vals.append("-" if v in (None, "") else v)
+        rows.append([r.title] + vals)
+    return _table(["run"] + keys, rows)
+
+
+def _gemm_table(r: Run) -> str:
+    rows = []
+    for c in r.gemm:
+        if c.status != "ok":
+            continue
+        rows.append([c.layer, c.m, c.backend, c.autotune, _us(c.median_s),
+                     f"{c.ci99_s[0] * 1e6:.1f}-{c.ci99_s[1] * 1e6:.1f}" if c.ci99_s else "-",
+                     f"{c.gbps:.0f}" if c.gbps else "-",
+                     f"{c.roofline_frac * 100:.0f}%" if c.roofline_frac else "-",
+                     f"{(c.health or {}).get('rel_err', 0):.1e}"])
+    return _table(["layer", "M", "backend", "autotune", "median us", "99% CI us", "GB/s", "% copy BW",
+                   "rel err"], rows, num_cols={1, 4, 5, 6, 7, 8})
+
+
+def _choice_table(r: Run) -> str:
+    rows = [[c.layer, c.m, c.winner or "none", _us(c.winner_median_s), c.runner_up or "-",
+             f"{c.margin * 100:.1f}%" if c.margin is not None else "-", c.auto_verdict,
+             c.sglang_default_verdict] for c in analysis.choice_map(r.gemm)]
+    return _table(["layer", "M", "winner", "us", "runner-up", "margin", "flashinfer-auto",
+                   "SGLang SM120 default"], rows, num_cols={1, 3, 5})
+
+
+def _decode_table(r: Run) -> str:
+    rows = []
+    for c in r.decode:
+        if c.status != "ok":
+            continue
+        rows.append([c.engine, c.backend, c.autotune, c.batch, c.input_len,
+                     f"{c.tokens_per_s:.1f}", f"{c.median_step_s * 1e3:.2f}",
+                     f"{c.ci99_s[0] * 1e3:.2f}-{c.ci99_s[1] * 1e3:.2f}" if c.ci99_s else "-",
+                     f"{c.roofline_step_s * 1e3:.2f}" if c.roofline_step_s else "-",
+                     f"{c.roofline_frac * 100:.0f}%" if c.roofline_frac else "-"])
+    return _table(["engine", "backend", "autotune", "batch", "input len", "tokens/s", "step ms",
+                   "99% CI ms", "roofline ms", "% roofline"], rows, num_cols={3, 4, 5, 6, 7, 8, 9})
+
+
+def _not_ok_table(runs: list[Run]) -> str:
+    rows, classes = [], []
+    for r in runs:
+        for c in r.cells:
+            if c.status == "ok":
+                continue
+            where = (f"{c.layer} M={c.m}" if c.kind == "gemm" else f"batch={c.batch} in={c.input_len} {c.engine}")
+            rows.append([r.title, c.kind, c.model, where, c.backend, c.autotune, c.status, c.reason])
+            classes.append("fail" if c.status == "failed" else "na")
+    if not rows:
+        return "<p>Every cell ran.</p>"
+    return _table(["run", "kind", "model", "cell", "backend", "autotune", "status", "reason"], rows,
+                  classes=classes)
+
+
+def _claims_table(h) -> str:
+    rows, classes = [], []
+    for v in h.verdicts:
+        ci = f"{v.ci99[0]:.3f}-{v.ci99[1]:.3f}" if v.ci99 else "-"
+        rows.append([v.claim.id, v.claim.title, v.verdict, f"x{v.ratio:.3f}" if v.ratio else "-", ci,
+                     f"x{v.claim.threshold:.2f}", v.claim.source_figures, v.reason])
+        classes.append({"pass": "pass", "fail": "fail"}.get(v.verdict, "na"))
+    return _table(["claim", "what", "verdict", "measured", "99% CI", "threshold", "source figures",
+                   "detail"], rows, classes=classes)
+
+
+def _compare_table(h) -> str:
+    rows, classes = [], []
+    order = {"slower": 0, "failed": 1, "missing": 2, "faster": 3, "no significant change": 4}
+    for r in sorted(h.last_compare, key=lambda r: (order[r.verdict], r.name)):
+        rows.append([r.name, _fmt_t(r.base), _fmt_t(r.head), f"{r.ratio:.3f}" if r.ratio else "-", r.verdict])
+        classes.append({"slower": "slower", "faster": "faster", "failed": "fail"}.get(r.verdict, ""))
+    return _table(["cell", "base", "head", "head/base", "verdict"], rows, num_cols={1, 2, 3},
+                  classes=classes)
+
+
+def _fmt_t(v) -> str:
+    if v is None:
+        return "failed"
+    if v != v:
+        return "n/a"
+    return f"{v * 1e3:.3f} ms" if v >= 1e-3 else f"{v * 1e6:.2f} us"
+
+
+def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench report") -> Path:
+    out_dir = Path(out_dir)
+    figs = out_dir / "figures"
+    if figs.exists():
+        for f in figs.glob("*.svg"):
+            f.unlink()
+    parts = [f"<h1>{_e(title)}</h1>",
+             f"<p class='muted'>Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
+             f"from {len(data.runs)} run records and {len(data.histories)} machine histories. "
+             "Times are medians of CUDA-graph replays timed by events (cold L2 for GEMMs); "
+             "every timed cell passed the NaN/Inf/zero-row and error checks first.</p>",
+             _summary(data)]
+    if data.asv_site is not None:
+        rel = os.path.relpath(data.asv_site, out_dir)
+        parts.append(f"<p>Full interactive histories: <a href='{_e(rel)}'>asv site</a>.</p>")
+    claims_by_id = {c.id: c for c in gate.load_claims()}
+    for h in data.histories:
+        parts.append(f"<h2>Claims and history — {_e(h.machine)}</h2>")
+        if h.info:
+            parts.append("<p class='muted'>" + ", ".join(
+                f"{_e(k)}: {_e(v)}" for k, v in h.info.items() if k not in ("version",) and v) + "</p>")
+        parts.append(_claims_table(h))
+        parts.append(_img(plots.history(h, figs, f"history-{h.machine}.svg", claims_by_id),
+                          f"history of {h.machine}"))
+        if h.last_compare:
+            parts.append(f"<h3>{_e(h.head.commit[:8])} vs {_e(h.base.commit[:8])}</h3>")
+            parts.append(_compare_table(h))
+    for i, r in enumerate(data.runs):
+        parts.append(f"<h2>{_e(r.title)}</h2>")
+        bw = r.environment.get("copy_bandwidth_Bps")
+        if r.gemm:
+            parts.append(_img(plots.gemm_latency(r, figs, f"gemm-latency-{i}.svg", bw),
+                              f"GEMM latency vs M, {r.title}"))
+            parts.append(_img(plots.choice_map(r, figs, f"choice-map-{i}.svg"), f"choice map, {r.title}"))
+            parts.append(_choice_table(r))
+            parts.append(_img(plots.autotune_gain(r, figs, f"autotune-gain-{i}.svg"),
+                              f"autotune gain, {r.title}"))
+            parts.append("<details><summary>All timed GEMM cells</summary>" + _gemm_table(r) + "</details>")
+        if r.decode:
+            parts.append(_img(plots.decode_throughput(r, figs, f"decode-{i}.svg"), f"decode, {r.title}"))
+            parts.append(_decode_table(r))
+    parts.append("<h2>Failed and skipped cells</h2>")
+    parts.append(_not_ok_table(data.runs))
+    if data.problems:
+        parts.append("<h2>Unreadable results files</h2><ul>" +
+                     "".join(f"<li>{_e(p)}</li>" for p in data.problems) + "</ul>")
+    parts.append("<h2>Environments</h2>")
+    parts.append(_env_table(data.runs))
+    page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(p for p in parts if p) + "\n</body></html>\n")
+    out = out_dir / "index.html"
+    atomic_write_text(out, page)
+    return out
