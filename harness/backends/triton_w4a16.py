@@ -127,41 +127,93 @@ if triton is not None:
                 tl.store(out_ptrs, (total * scale).to(tl.bfloat16), mask=mask)
                 tl.store(cnt_ptr + pid_tile, 0)  # ready for the next launch (graph replay)
 
+    # One packed int32 word (8 nibbles, element 0 in the low nibble) -> the 8 values as fp32
+    # ``e2m1 * 2^-14``: two PRMTs spread the bytes into 16-bit lanes, shifts and masks build
+    # fp16 bits per lane pair, one CVT per value.
+    _WORD_ASM = tl.constexpr("""
+    {
+    .reg .b32 a, b, z, t, u;
+    .reg .b16 l, h;
+    mov.b32 z, 0;
+    prmt.b32 a, $8, z, 0x4140;
+    prmt.b32 b, $8, z, 0x4342;
+    shl.b32 t, a, 9;  and.b32 t, t, 0x0E000E00; shl.b32 u, a, 12; and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   mov.b32 {l, h}, t; cvt.f32.f16 $0, l; cvt.f32.f16 $2, h;
+    shl.b32 t, a, 5;  and.b32 t, t, 0x0E000E00; shl.b32 u, a, 8;  and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   mov.b32 {l, h}, t; cvt.f32.f16 $1, l; cvt.f32.f16 $3, h;
+    shl.b32 t, b, 9;  and.b32 t, t, 0x0E000E00; shl.b32 u, b, 12; and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   mov.b32 {l, h}, t; cvt.f32.f16 $4, l; cvt.f32.f16 $6, h;
+    shl.b32 t, b, 5;  and.b32 t, t, 0x0E000E00; shl.b32 u, b, 8;  and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   mov.b32 {l, h}, t; cvt.f32.f16 $5, l; cvt.f32.f16 $7, h;
+    }
+    """)
+
+    @triton.jit
+    def _decode_word(wv, USE_ASM: tl.constexpr):
+        """int32 words -> 8 fp32 tensors (elements 0..7 of each word), ``e2m1 * 2^-14``."""
+        if USE_ASM:
+            d0, d1, d2, d3, d4, d5, d6, d7 = tl.inline_asm_elementwise(
+                _WORD_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r", [wv],
+                dtype=(tl.float32,) * 8, is_pure=True, pack=1)
+        else:
+            d0 = _e2m1_as_f32(wv & 15)
+            d1 = _e2m1_as_f32((wv >> 4) & 15)
+            d2 = _e2m1_as_f32((wv >> 8) & 15)
+            d3 = _e2m1_as_f32((wv >> 12) & 15)
+            d4 = _e2m1_as_f32((wv >> 16) & 15)
+            d5 = _e2m1_as_f32((wv >> 20) & 15)
+            d6 = _e2m1_as_f32((wv >> 24) & 15)
+            d7 = _e2m1_as_f32((wv >> 28) & 15)
+        return d0, d1, d2, d3, d4, d5, d6, d7
+
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
-                     M, N, K, stride_xm, stride_om, M_BUCKET,
+                     M, N, K, stride_xm, stride_om, M_BUCKET, stride_wn,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                      USE_ASM: tl.constexpr = False):
+        # Everything lives in one [BLOCK_N, words] layout: no shared-memory staging, no
+        # barriers and no cross-thread reduction inside the loop (the sum over K happens
+        # once, at the end), so each thread keeps its weight loads in flight.
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
-        G: tl.constexpr = BLOCK_K // 16
+        W: tl.constexpr = BLOCK_K // 8
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        g = tl.arange(0, G)
-        e = tl.arange(0, 8)
-        e16 = tl.arange(0, 16)
+        j = tl.arange(0, W)
+        g = tl.arange(0, W // 2)
         n_ok = rn < N
-        k_chunk = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
-        k_lo = pid_k * k_chunk
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        w_row = w_ptr + rn.to(tl.int64)[:, None, None] * (K // 2)
+        kw_total = K // 8
+        iters = tl.cdiv(kw_total, SPLIT_K * W)
+        # Word offsets as multiples of W: the compiler can prove 16-byte alignment.
+        kw_lo = pid_k * iters * W
+        acc = tl.zeros([BLOCK_N, W], dtype=tl.float32)
+        w_row = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
         s_row = s_ptr + rn.to(tl.int64)[:, None] * (K // 16)
-        for k0 in range(k_lo, k_lo + k_chunk, BLOCK_K):
-            g_ok = (k0 + g * 16) < K
-            wb = tl.load(w_row + (k0 // 2 + g[None, :, None] * 8 + e[None, None, :]),
-                         mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
-            sb = tl.load(s_row + (k0 // 16 + g[None, :]), mask=n_ok[:, None] & g_ok[None, :],
+        for it in range(0, iters):
+            kw = kw_lo + it * W + j
+            ok = kw < kw_total
+            mask = n_ok[:, None] & ok[None, :]
+            wv = tl.load(w_row + kw[None, :], mask=mask, other=0)
+            # One scale byte per two words: load them contiguously, then duplicate in registers.
+            kg = kw_lo // 2 + it * (W // 2) + g
+            sg = tl.load(s_row + kg[None, :], mask=n_ok[:, None] & (kg < kw_total // 2)[None, :],
                          other=0).to(tl.int32)
-            sf = tl.broadcast_to(_scale_f16(sb)[:, :, None], [BLOCK_N, G, 8])
-            lo, hi = _decode(wb, sf, USE_ASM)
-            x = tl.load(x_ptr + k0 + g[:, None] * 16 + e16[None, :], mask=g_ok[:, None],
-                        other=0.0).to(tl.float32)
-            xe, xo = tl.split(tl.reshape(x, [G, 8, 2]))
-            acc += tl.sum(tl.sum(lo.to(tl.float32) * xe[None, :, :]
-                                 + hi.to(tl.float32) * xo[None, :, :], axis=2), axis=1)
+            sb = tl.reshape(tl.join(sg, sg), [BLOCK_N, W])
+            sf = _scale_f16(sb).to(tl.float32)
+            xb = x_ptr + kw * 8
+            d0, d1, d2, d3, d4, d5, d6, d7 = _decode_word(wv, USE_ASM)
+            part = d0 * tl.load(xb, mask=ok, other=0.0).to(tl.float32)[None, :]
+            part += d1 * tl.load(xb + 1, mask=ok, other=0.0).to(tl.float32)[None, :]
+            part += d2 * tl.load(xb + 2, mask=ok, other=0.0).to(tl.float32)[None, :]
+            part += d3 * tl.load(xb + 3, mask=ok, other=0.0).to(tl.float32)[None, :]
+            part += d4 * tl.load(xb + 4, mask=ok, other=0.0).to(tl.float32)[None, :]
+            part += d5 * tl.load(xb + 5, mask=ok, other=0.0).to(tl.float32)[None, :]
+            part += d6 * tl.load(xb + 6, mask=ok, other=0.0).to(tl.float32)[None, :]
+            part += d7 * tl.load(xb + 7, mask=ok, other=0.0).to(tl.float32)[None, :]
+            acc += part * sf
         scale = tl.load(scale_ptr)
         rm = tl.arange(0, 1)
-        _finish_tile(acc[None, :], ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
-                     pid_n, pid_k, SPLIT_K)
+        _finish_tile(tl.sum(acc, axis=1)[None, :], ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N,
+                     stride_om, pid_n, pid_k, SPLIT_K)
 
     @triton.jit
     def _gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
@@ -218,13 +270,13 @@ if triton is not None:
         return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w,
                               num_stages=2)
                 for bn in (16, 32, 64) for bk in (256, 512) for sk in (1, 2, 4, 8, 16)
-                for w in (4, 8)]
+                for w in (4,)]
 
     def _gemm_space() -> list:
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk},
                               num_warps=w, num_stages=3)
-                for bm in (16, 32, 64, 128) for bn in (64, 128) for bk in (64, 128)
-                for sk in (1, 2, 4, 8) for w in (4, 8)]
+                for bm in (16, 32, 64, 128) for bn in (64, 128) for bk in (128,)
+                for sk in (1, 2, 4, 8) for w in (4,)]
 
     def _sms() -> int:
         if torch.cuda.is_available():
@@ -373,9 +425,11 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales_u8: torch.Tensor,
             out.stride(0), _m_bucket(m))
     use_asm = not _interpreting()
 
+    words = packed.view(torch.int32)  # 8 nibbles per word; rows stay contiguous
+
     def run_gemv():
         gemv[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
-            *args, USE_ASM=use_asm)
+            x, words, *args[2:], words.stride(0), USE_ASM=use_asm)
 
     def run_gemm():
         gemm[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]),
