@@ -111,8 +111,8 @@ def git(repo: Path, *args: str) -> str | None:
 
 def resolve_commit(repo: Path, rev: str | None) -> str:
     sha = git(repo, "rev-parse", "--verify", f"{rev or 'HEAD'}^{{commit}}")
-    if not sha and rev and re.fullmatch(r"[0-9a-f]{40}", rev) and git(repo, "rev-parse") is None:
-        return rev  # a full hash on a machine with a copy of the tree but no git repository
+    if not sha and rev and re.fullmatch(r"[0-9a-f]{40}", rev):
+        return rev  # a full hash, on a machine with a copy of the tree but not its history
     if not sha:
         raise StoreError(f"cannot resolve {rev or 'HEAD'!r} to a commit in {repo}")
     return sha
