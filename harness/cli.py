@@ -195,7 +195,7 @@ def _log(quiet: bool):
 
 def cmd_record(args) -> int:
     from harness import record, store
-    conf = store.load_config(args.config)
+    conf = store.load_config(args.config, args.results)
     gpus = args.gpus
     if gpus == "all":
         import torch
@@ -215,7 +215,7 @@ def cmd_record(args) -> int:
 
 def cmd_compare(args) -> int:
     from harness import compare, store
-    conf = store.load_config(args.config)
+    conf = store.load_config(args.config, args.results)
     machine = store.pick_machine(conf, args.machine)
     base = store.resolve(conf, machine, args.base)
     head = store.resolve(conf, machine, args.head)
@@ -230,7 +230,7 @@ def cmd_compare(args) -> int:
 
 def cmd_gate(args) -> int:
     from harness import gate, store
-    conf = store.load_config(args.config)
+    conf = store.load_config(args.config, args.results)
     claims = gate.load_claims(args.claims)
     if args.only:
         known = {c.id for c in claims}
@@ -249,7 +249,7 @@ def cmd_gate(args) -> int:
 
 def cmd_import_pytest_benchmark(args) -> int:
     from harness import pytest_import, store
-    conf = store.load_config(args.config)
+    conf = store.load_config(args.config, args.results)
     path, names = pytest_import.import_file(args.file, conf, machine=args.machine,
                                             commit=args.commit, label=args.label)
     print(f"stored {len(names)} pytest-benchmark benchmarks in {path}")
@@ -257,12 +257,26 @@ def cmd_import_pytest_benchmark(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    """asv's own site (asv publish) plus our report."""
+    """asv's own site (asv publish) of the histories."""
     import subprocess
+    import tempfile
+
     from harness import store
-    conf = store.load_config(args.config)
-    rc = subprocess.run([sys.executable, "-m", "asv", "publish", "--config", str(conf.path)],
-                        cwd=conf.path.parent).returncode
+    conf = store.load_config(args.config, args.results)
+    if not (conf.results_dir / "benchmarks.json").exists():
+        with store.locked(conf):
+            store.write_benchmarks(conf)
+    with tempfile.TemporaryDirectory(prefix="nvfp4-asv-conf-") as tmp:
+        conf_path = conf.path
+        if args.results:  # asv reads only its config: hand it one that points at this tree
+            doc = json.loads(conf.path.read_text())
+            doc.update(results_dir=str(conf.results_dir), html_dir=str(conf.html_dir),
+                       repo=str(conf.repo), benchmark_dir=str(conf.bench_dir))
+            conf_path = f"{tmp}/asv.conf.json"
+            with open(conf_path, "w") as f:
+                json.dump(doc, f)
+        rc = subprocess.run([sys.executable, "-m", "asv", "publish", "--config", str(conf_path)],
+                            cwd=conf.path.parent).returncode
     if rc != 0:
         print(f"nvfp4-bench: asv publish exited with {rc}", file=sys.stderr)
         return 1
@@ -274,7 +288,7 @@ def cmd_report(args) -> int:
     from pathlib import Path
 
     from harness import report, store
-    conf = None if args.no_history else store.load_config(args.config)
+    conf = None if args.no_history else store.load_config(args.config, args.results)
     data = report.gather(conf, [Path(p) for p in args.runs], latest_only=not args.all_runs)
     out_dir = Path(args.output) if args.output else (conf.data_dir / "report" if conf else Path("report"))
     path = report.render(data, out_dir)
@@ -332,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_store_args(sp):
         sp.add_argument("--config", metavar="ASV_CONF", help="asv.conf.json (default: the project's)")
+        sp.add_argument("--results", metavar="DIR", help="another results tree (e.g. baselines/results)")
         sp.add_argument("--machine", help="machine name (default: this machine / the only one stored)")
 
     r = sub.add_parser("record", help="run a suite and store it in the asv histories")
@@ -377,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="static HTML report with plots from histories and run files")
     rp.add_argument("runs", nargs="*", help="extra run JSON files (from gemm/decode --json)")
     rp.add_argument("--config", metavar="ASV_CONF")
+    rp.add_argument("--results", metavar="DIR", help="another results tree (e.g. baselines/results)")
     rp.add_argument("--output", metavar="DIR", help="default: results/report")
     rp.add_argument("--all-runs", action="store_true", help="every stored run, not the newest per suite")
     rp.add_argument("--no-history", action="store_true", help="only the run files given")

@@ -80,7 +80,21 @@ class Config:
         return self.data_dir / "partial"
 
 
-def load_config(path: str | os.PathLike | None = None) -> Config:
+def load_config(path: str | os.PathLike | None = None,
+                results: str | os.PathLike | None = None) -> Config:
+    """The project's asv.conf.json (or ``path``); ``results`` points at another results tree
+    (a directory holding ``asv/`` and ``runs/``, e.g. ``baselines/results``)."""
+    conf = _load_config(path)
+    if results:
+        root = Path(results).resolve()
+        if not (root / "asv").is_dir():
+            raise StoreError(f"{root}: not a results tree (no asv/ directory)")
+        conf.results_dir = root / "asv"
+        conf.html_dir = root / "html"
+    return conf
+
+
+def _load_config(path: str | os.PathLike | None = None) -> Config:
     path = Path(path) if path else ROOT / "asv.conf.json"
     try:
         conf = json.loads(path.read_text())

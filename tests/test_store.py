@@ -359,3 +359,13 @@ def test_import_pytest_benchmark(project, tmp_path):
     assert r.returncode == 0 and "pytest.test_k.test_sum('10')" in r.stdout
     out.write_text('{"benchmarks": [{"name": "x"}]}')
     assert main(["import-pytest-benchmark", str(out), "--config", str(conf.path)]) == 2
+
+
+def test_committed_h200_baselines_pass_the_gate(capsys):
+    """The recorded H200 history under baselines/ is readable and its SM90 claims hold."""
+    verdicts = {v.claim.id: v for v in gate.gate(store.load_config(results=PROJECT / "baselines" / "results"))}
+    assert verdicts["triton-autotune-decode"].verdict == gate.PASS
+    assert verdicts["sglang-pr26496"].verdict == gate.NA and "SM90" in verdicts["sglang-pr26496"].reason
+    assert main(["gate", "--results", str(PROJECT / "baselines" / "results")]) == 0
+    assert main(["compare", "ce228aa1", "d8591b4b", "--results",
+                 str(PROJECT / "baselines" / "results")]) in (0, 1)

@@ -105,8 +105,8 @@ def choice_map(run, out_dir: Path, name: str) -> str | None:
     ax.invert_yaxis()
     ax.legend(handles=[Patch(color=color(b), label=b) for b in sorted(winners)],
               loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="winner")
-    ax.set_title(f"Choice map: fastest healthy backend (autotune setting, margin over the next "
-                 f"backend; ✗ = default picks slower) — {run.title}", fontsize=9)
+    ax.set_title(f"Choice map — {run.title}\nfastest healthy backend per cell: autotune setting, "
+                 f"margin over the next backend; ✗ = a default picks a slower one", fontsize=9)
     return _save(fig, out_dir, name)
 
 
@@ -184,7 +184,7 @@ def history(h, out_dir: Path, name: str, claims_by_id: dict) -> str | None:
         for params, v, s in e.cells(store.DECODE_BENCH):
             dec_series.setdefault(params, [None] * len(plain))[i] = v
         for params, v, s in e.cells(store.GEMM_BENCH):
-            if params[2] == 1:  # M = 1: the decode-shaped GEMMs
+            if params[2] == 1 and params[1] in ("gate_up_proj", "down_proj"):  # the largest M = 1 GEMMs
                 dec_series.setdefault(("gemm",) + params, [None] * len(plain))[i] = v
     if not series and not dec_series:
         return None
@@ -221,6 +221,6 @@ def history(h, out_dir: Path, name: str, claims_by_id: dict) -> str | None:
     ax.set_title(f"{h.machine}: times over commits (red x: significant regression)", fontsize=10)
     ax.set_xticks(xs, ticks, rotation=45, fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return _save(fig, out_dir, name)
