@@ -8,7 +8,6 @@ sample counts; a decode block's samples are its ``output_len`` steps.
 from __future__ import annotations
 
 import tomllib
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,14 +84,16 @@ def load(name_or_path: str) -> Suite:
 
 
 def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:
-    """Cells of shard ``index`` of ``count``: stable across runs and machines.
+    """Cells of shard ``index`` of ``count``: the same on every machine for one suite.
 
-    Whole (backend, autotune) groups go to one shard so a worker prepares its layers once.
+    Whole (kind, model, backend, autotune) groups go to one shard, so a worker prepares its
+    layers once; the groups, in sorted order, are dealt round-robin.
     """
     if not (count >= 1 and 0 <= index < count):
         raise ValueError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
-    return [c for c in cells
-            if zlib.crc32(f"{c.kind}|{c.model}|{c.backend}|{c.autotune}".encode()) % count == index]
+    groups = sorted({(c.kind, c.model, c.backend, c.autotune) for c in cells})
+    mine = {g for i, g in enumerate(groups) if i % count == index}
+    return [c for c in cells if (c.kind, c.model, c.backend, c.autotune) in mine]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -324,7 +324,7 @@ def test_shards_partition_the_cells():
     from harness import suite
     cells = suite.load("hopper").cells()
     parts = [suite.shard(cells, i, 3) for i in range(3)]
-    assert sum(len(p) for p in parts) == len(cells)
+    assert all(parts) and sum(len(p) for p in parts) == len(cells)
     assert len({c.key for p in parts for c in p}) == len(cells)
     for p in parts:  # a (backend, autotune) group never straddles shards
         for c in p:
@@ -369,3 +369,20 @@ def test_committed_h200_baselines_pass_the_gate(capsys):
     assert main(["gate", "--results", str(PROJECT / "baselines" / "results")]) == 0
     assert main(["compare", "ce228aa1", "d8591b4b", "--results",
                  str(PROJECT / "baselines" / "results")]) in (0, 1)
+
+
+@pytest.mark.slow
+def test_record_spreads_cells_over_gpu_processes(project, mini):
+    """--gpus 2: one process per device, each a shard; the parent merges their cells."""
+    conf, base, head = project
+    from harness import suite
+    cells = suite.load(mini).cells()
+    assert all(suite.shard(cells, i, 2) for i in range(2))  # both processes get work
+    rec = record.record(mini, conf, commit=base, gpus=2)
+    assert rec.results_path.exists()
+    assert len(rec.cells) == 7 and all(c.status in ("ok", "skipped") for c in rec.cells)
+    assert not list(conf.partial_dir.rglob("*.jsonl"))
+    entry = store.resolve(conf, rec.machine, base)
+    gem = {p: v for p, v, s in entry.cells(store.GEMM_BENCH)}
+    dec = {p: v for p, v, s in entry.cells(store.DECODE_BENCH)}
+    assert len(gem) == 4 and len(dec) == 1  # 4 timed GEMM cells + 1 decode cell
