@@ -20,7 +20,7 @@ import torch
 
 from harness import isolate
 from harness.backends import GemmBackend, get_backend
-from harness.gemm import AUTOTUNE_VALUES, why_skipped
+from harness.gemm import AUTOTUNE_VALUES, describe_error, why_skipped
 from harness.hardware import copy_bandwidth, default_device
 from harness.measure import summarize
 from harness.models import get_model
@@ -67,14 +67,8 @@ def plan(model: str, batches: list[int], input_len: int, output_len: int, backen
     return cells
 
 
-def _describe(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, torch.cuda.OutOfMemoryError):
-        return f"out of GPU memory: {msg[:300]}"
-    return f"{type(e).__name__}: {msg[:300]}"
-
-
 def cache_bytes(cfg, batch: int, max_len: int) -> int:
+    """KV cache of the attention layers and conv + recurrent state of the DeltaNet layers."""
     attn = cfg.attention_layers * 2 * batch * cfg.kv_heads * max_len * cfg.head_dim * 2
     dk, hv = cfg.linear_head_dim, cfg.linear_v_heads
     ch = 2 * cfg.linear_qk_heads * dk + hv * dk
@@ -82,10 +76,12 @@ def cache_bytes(cfg, batch: int, max_len: int) -> int:
     return attn + gdn
 
 
-def activation_bytes(cfg, tokens: int) -> int:
-    """Peak live activations of a forward over ``tokens`` tokens (prefill dominates)."""
+def activation_bytes(cfg, batch: int, tokens: int) -> int:
+    """Live activations of a forward over ``tokens`` tokens (the prefill is the peak): the
+    widest GEMM's output with its input and gated halves, a few hidden-size buffers, and
+    the fp32 logits of the last position."""
     widest = max(n for n, _ in weights_mod.all_linears(cfg).values())
-    return tokens * (widest * 2 * 3 + cfg.hidden * 2 * 4) + tokens * cfg.vocab * 0 + cfg.vocab * 4 * 64
+    return tokens * (3 * widest + 4 * cfg.hidden) * 2 + batch * cfg.vocab * 4
 
 
 def memory_check(backend: GemmBackend, cfg, batch: int, max_len: int, input_len: int,
@@ -97,7 +93,7 @@ def memory_check(backend: GemmBackend, cfg, batch: int, max_len: int, input_len:
     dense = sum(torch.Size(s).numel() * 2 for s in weights_mod.dense_shapes(cfg).values())
     weights = int(elements * backend.resident_bytes_per_element) + dense
     need = int((weights + cache_bytes(cfg, batch, max_len)
-                + activation_bytes(cfg, batch * input_len)) * (1 + margin))
+                + activation_bytes(cfg, batch, batch * input_len)) * (1 + margin))
     free, total = torch.cuda.mem_get_info(device)
     if need > free:
         return (f"needs about {need / 2**30:.1f} GiB (weights {weights / 2**30:.1f} GiB in "
@@ -148,14 +144,14 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
         model_bytes = weights.nvfp4_bytes() + weights.dense_bytes()
     except Exception as e:  # noqa: BLE001
         for c in todo:
-            c.status, c.reason = "failed", f"loading weights: {_describe(e)}"
+            c.status, c.reason = "failed", f"loading weights: {describe_error(e)}"
             done(c)
         return cells
     try:
         model = PreparedModel(weights, backend, device, autotune=autotune)
     except Exception as e:  # noqa: BLE001
         for c in todo:
-            c.status, c.reason = "failed", f"preparing layers for {backend.name}: {_describe(e)}"
+            c.status, c.reason = "failed", f"preparing layers for {backend.name}: {describe_error(e)}"
             done(c)
         return cells
     tuned = not autotune
@@ -170,7 +166,7 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
             _run_cell(c, engine, opts, device, tune=not tuned)
             tuned = True
         except Exception as e:  # noqa: BLE001 - one cell's failure must not sink the rest
-            c.status, c.reason = "failed", _describe(e)
+            c.status, c.reason = "failed", describe_error(e)
         done(c)
         del engine  # caches are per batch; the prepared layers stay
         if device.type == "cuda":

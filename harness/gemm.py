@@ -108,7 +108,8 @@ def _finish_timed(cell: GemmCell, backend: GemmBackend, weights: LayerWeights, t
     cell.roofline_frac = (cell.bytes / bw) / st.median_s if bw else None
 
 
-def _describe(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
+    """One line for a cell's reason: the exception type and the first line of its message."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if isinstance(e, torch.cuda.OutOfMemoryError):
         return f"out of GPU memory: {msg[:300]}"
@@ -152,7 +153,7 @@ def run_group(cells: list[GemmCell], opts: GemmOptions, device: torch.device | N
             prepared = backend.prepare(weights, autotune=(autotune == "on"))
         except Exception as e:  # noqa: BLE001 - a bad layer must not sink the others
             for c in layer_cells:
-                c.status, c.reason = "failed", f"prepare: {_describe(e)}"
+                c.status, c.reason = "failed", f"prepare: {describe_error(e)}"
                 done(c)
             continue
         for c in layer_cells:
@@ -186,7 +187,7 @@ def _run_cell(c: GemmCell, backend: GemmBackend, weights: LayerWeights, prepared
                          samples=opts.samples, warmup=opts.warmup, cold_l2=opts.cold_l2)
         _finish_timed(c, backend, weights, timing)
     except Exception as e:  # noqa: BLE001
-        c.status, c.reason = "failed", _describe(e)
+        c.status, c.reason = "failed", describe_error(e)
 
 
 def _skip_reason(c: GemmCell) -> str | None:
