@@ -170,7 +170,7 @@ def cmd_decode(args) -> int:
     backends = [b.name for b in resolve(args.backends)]
     model = args.model
     cells = decode.plan(model, args.batch, args.input_len, args.output_len, backends,
-                        args.autotune, engine=args.engine)
+                        args.autotune, engine=args.engine, checkpoint=args.checkpoint)
     opts = decode.DecodeOptions(seed=args.seed, isolate=not args.in_process,
                                 checkpoint=args.checkpoint, use_graph=not args.no_graph)
     env = detect()
@@ -200,6 +200,8 @@ def cmd_record(args) -> int:
     if gpus == "all":
         import torch
         gpus = max(torch.cuda.device_count(), 1)
+    elif not str(gpus).isdigit() or int(gpus) < 1:
+        raise UsageError(f"--gpus takes a positive number or 'all', got {gpus!r}")
     rec = record.record(args.suite, conf, commit=args.commit, label=args.label,
                         machine=args.machine, shard=args.shard, gpus=int(gpus), fresh=args.fresh,
                         partial_only=args.partial_only, log=_log(args.quiet))

@@ -44,10 +44,12 @@ class DecodeOptions:
 
 
 def plan(model: str, batches: list[int], input_len: int, output_len: int, backends: list[str],
-         autotunes: list[str], engine: str = "native") -> list[DecodeCell]:
+         autotunes: list[str], engine: str = "native",
+         checkpoint: str | None = None) -> list[DecodeCell]:
+    """Cells of a decode run; with a checkpoint, ``model`` only names the records."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid engines: {', '.join(ENGINES)}")
-    if engine == "native":
+    if engine == "native" and not checkpoint:
         get_model(model)  # fail early with the list of valid names
     for a in autotunes:
         if a not in AUTOTUNE_VALUES:

@@ -159,7 +159,8 @@ def test_checkpoint_round_trip(tmp_path):
     for k, v in dense.items():
         assert torch.equal(back.dense[k].float(), v.float()), k
 
-    cells = decode.plan("tiny-hybrid", [1], 4, 3, ["torch-dequant"], ["off"])
+    cells = decode.plan("my-export", [1], 4, 3, ["torch-dequant"], ["off"],
+                        checkpoint=str(tmp_path / "ckpt"))
     decode.run(cells, decode.DecodeOptions(isolate=False, checkpoint=str(tmp_path / "ckpt")))
     assert cells[0].status == "ok", cells[0].reason
 
