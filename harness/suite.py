@@ -7,11 +7,12 @@ sample counts; a decode block's samples are its ``output_len`` steps.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import decode, gemm
+from harness import decode, gemm, store
 from harness.models import UnknownNameError
 from harness.records import Cell
 
@@ -109,55 +110,41 @@ def parse_shard(text: str) -> tuple[int, int]:
 def param_space(kind: str) -> tuple[list[str], list[list]]:
     """asv parameter names and values for ``kind`` ('gemm' | 'decode'): the union of every
     suite's cells, so one benchmark holds every suite's history."""
-    from harness.store import DECODE_PARAMS, GEMM_PARAMS
-
-    names = GEMM_PARAMS if kind == "gemm" else DECODE_PARAMS
+    names = store.GEMM_PARAMS if kind == "gemm" else store.DECODE_PARAMS
     values: list[list] = [[] for _ in names]
-    for name in available():
-        for c in load(name).cells():
-            if c.kind != kind:
-                continue
-            from harness.store import coords
-            for slot, v in zip(values, coords(c)[1]):
-                if v not in slot:
-                    slot.append(v)
+    for _, cell in _all_cells(kind):
+        for slot, v in zip(values, store.coords(cell)[1]):
+            if v not in slot:
+                slot.append(v)
     return list(names), values
 
 
-def suite_cell(kind: str, values: tuple) -> Cell | None:
-    """The suite cell at these asv parameter values, or None when no suite has it."""
-    from harness.store import coords
+def _all_cells(kind: str):
+    """(options, cell) for every cell of ``kind`` in every suite; options of GEMM blocks."""
     for name in available():
-        for c in load(name).cells():
-            if c.kind == kind and coords(c)[1] == tuple(values):
-                return c
-    return None
+        s = load(name)
+        if kind == "gemm":
+            for opts, cells in s.gemm_blocks():
+                for c in cells:
+                    yield opts, c
+        else:
+            for c in s.decode_cells():
+                yield decode.DecodeOptions(), c
 
 
 def run_one(kind: str, values: tuple) -> float:
-    """Run one suite cell in this process; the asv value (raises if it cannot be timed)."""
-    from harness.store import value_and_samples
-
-    cell = suite_cell(kind, values)
-    if cell is None:
-        raise NotImplementedError("no suite has this combination")  # asv: skipped
+    """Run the suite cell at these asv parameter values in this process (what ``bench/``
+    calls); returns the asv value, raises NotImplementedError (asv: skipped) or RuntimeError."""
+    found = next(((o, c) for o, c in _all_cells(kind) if store.coords(c)[1] == tuple(values)), None)
+    if found is None:
+        raise NotImplementedError("no suite has this combination")
+    opts, cell = found
     if kind == "gemm":
-        opts = next(o for o, cells in _blocks_with(cell) if any(c.key == cell.key for c in cells))
-        gemm.run([cell], dataclasses_replace(opts, isolate=False))
+        gemm.run([cell], dataclasses.replace(opts, isolate=False))
     else:
-        decode.run([cell], decode.DecodeOptions(isolate=False))
+        decode.run([cell], dataclasses.replace(opts, isolate=False))
     if cell.status == "skipped":
         raise NotImplementedError(cell.reason)
     if cell.status != "ok":
         raise RuntimeError(cell.reason)
-    return value_and_samples(cell)[0]
-
-
-def _blocks_with(cell: Cell):
-    for name in available():
-        yield from load(name).gemm_blocks()
-
-
-def dataclasses_replace(obj, **changes):
-    import dataclasses
-    return dataclasses.replace(obj, **changes)
+    return store.value_and_samples(cell)[0]

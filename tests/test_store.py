@@ -386,3 +386,22 @@ def test_record_spreads_cells_over_gpu_processes(project, mini):
     gem = {p: v for p, v, s in entry.cells(store.GEMM_BENCH)}
     dec = {p: v for p, v, s in entry.cells(store.DECODE_BENCH)}
     assert len(gem) == 4 and len(dec) == 1  # 4 timed GEMM cells + 1 decode cell
+
+
+def test_asv_benchmarks_are_thin_wrappers_over_suite_cells():
+    sys.path.insert(0, str(PROJECT / "bench"))
+    try:
+        import decode as bench_decode
+        import gemm as bench_gemm
+    finally:
+        sys.path.remove(str(PROJECT / "bench"))
+    f = bench_gemm.track_seconds_per_gemm
+    assert f.unit == "seconds" and f.param_names == list(store.GEMM_PARAMS)
+    assert "tiny" in f.params[0] and "qwen3.6-27b" in f.params[0]
+    assert 0 < f("tiny", "o_proj", 1, "torch-bf16", "off") < 1
+    with pytest.raises(NotImplementedError, match="flashinfer cudnn needs"):
+        f("tiny", "o_proj", 1, "flashinfer-cudnn", "off")  # asv records it as skipped
+    with pytest.raises(NotImplementedError, match="no suite"):
+        f("tiny", "o_proj", 2, "torch-bf16", "off")
+    per_token = bench_decode.track_seconds_per_token("tiny-hybrid", 2, 8, "torch-dequant", "off", "native")
+    assert 0 < per_token < 1
