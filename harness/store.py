@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.records import (Cell, DecodeCell, GemmCell, ResultsFileError, atomic_write_json,
+from harness.records import (Cell, GemmCell, ResultsFileError, atomic_write_json,
                              read_json)
 
 GEMM_BENCH = "gemm.track_seconds_per_gemm"

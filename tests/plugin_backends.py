@@ -2,9 +2,7 @@
 
 import os
 
-import torch
-
-from harness.backends import GemmBackend, register
+from harness.backends import register
 from harness.backends.torch_bf16 import TorchBF16
 
 

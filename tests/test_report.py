@@ -1,13 +1,11 @@
 """The HTML report from recorded smoke data: every cell, verdicts, skip reasons, figures."""
 
 import html
-import json
 import re
-import textwrap
 
 import pytest
 
-from harness import record, report, store
+from harness import record
 from harness.cli import main
 from harness.records import GemmCell
 
