@@ -8,8 +8,8 @@ block scale, giving ``e2m1 * sf * 2^-8`` exactly in fp16; the epilogue multiplie
 ``2^8 / gsf``. Under the Triton interpreter the same values come from plain Triton ops.
 
 Two paths:
-* ``gemv`` (M == 1): CUDA-core dot products over [BLOCK_N, BLOCK_K/16, 8] tiles, no
-  shared-memory staging;
+* ``gemv`` (M == 1): CUDA-core dot products over [BLOCK_N, BLOCK_K/8] tiles of int32 words
+  (8 nibbles each, decoded to fp32 in inline PTX), reduced over K once at the end;
 * ``gemm`` (M > 1, and a candidate at M == 1 when tuning): fp16 ``tl.dot`` on tensor
   cores, even and odd K columns as two dots so nibbles never need interleaving.
 Both split K across programs when M is small, so the whole GPU streams the weight; the
@@ -171,9 +171,9 @@ if triton is not None:
                      M, N, K, stride_xm, stride_om, M_BUCKET, stride_wn,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
                      USE_ASM: tl.constexpr = False):
-        # Everything lives in one [BLOCK_N, words] layout: no shared-memory staging, no
-        # barriers and no cross-thread reduction inside the loop (the sum over K happens
-        # once, at the end), so each thread keeps its weight loads in flight.
+        # The tile is [BLOCK_N, words] of int32 (8 nibbles each). Products accumulate
+        # elementwise and the sum over K happens once, after the loop: no cross-thread
+        # reduction per step. One layout conversion per step is left (scales vs words).
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         W: tl.constexpr = BLOCK_K // 8
