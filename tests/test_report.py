@@ -17,7 +17,8 @@ def test_report_from_recorded_data(project, tmp_path):  # noqa: F811
     conf, base, head = project
     suite = tmp_path / "mini.toml"
     suite.write_text(MINI)
-    recs = [record.record(str(suite), conf, commit=sha) for sha in (base, head)]
+    # a slice of the smoke suite at the base commit, the whole smoke suite at the head
+    recs = [record.record(str(suite), conf, commit=base), record.record("smoke", conf, commit=head)]
     out = tmp_path / "report"
     assert main(["report", "--config", str(conf.path), "--output", str(out)]) == 0
     page = (out / "index.html").read_text()
