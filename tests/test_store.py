@@ -357,6 +357,10 @@ def test_import_pytest_benchmark(project, tmp_path):
     assert p10 == ("10",) and len(s10) >= 20 and v1000 > v10 > 0
     r = _asv(conf, "compare", base, base, "--machine", "planted")
     assert r.returncode == 0 and "pytest.test_k.test_sum('10')" in r.stdout
+    # ... and the report shows them
+    from harness import report
+    page = report.render(report.gather(conf), tmp_path / "rep").read_text()
+    assert "pytest-benchmark suites at" in page and "pytest.test_k.test_sum[1000]" in page
     out.write_text('{"benchmarks": [{"name": "x"}]}')
     assert main(["import-pytest-benchmark", str(out), "--config", str(conf.path)]) == 2
 

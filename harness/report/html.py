@@ -188,6 +188,26 @@ def _claims_table(h) -> str:
                    "detail"], rows, classes=classes)
 
 
+def _imported_table(h) -> str:
+    """Benchmarks imported from pytest-benchmark runs: newest value, and the one before."""
+    from harness.pytest_import import PREFIX
+    if h.head is None:
+        return ""
+    rows = []
+    for bench in sorted(k for k in h.head.results.get_all_result_keys() if k.startswith(PREFIX)):
+        before = {p: v for p, v, _ in h.base.cells(bench)} if h.base is not None else {}
+        for params, v, samples in h.head.cells(bench):
+            old = before.get(params)
+            change = f"{(v / old - 1) * 100:+.1f}%" if v and old else "-"
+            rows.append([bench + (f"[{params[0]}]" if params else ""), _fmt_t(v),
+                         len(samples or []), _fmt_t(old) if old is not None else "-", change])
+    if not rows:
+        return ""
+    return (f"<h3>pytest-benchmark suites at {_e(h.head.commit[:8])}</h3>"
+            + _table(["benchmark", "median", "samples", "previous commit", "change"], rows,
+                     num_cols={1, 2, 3, 4}))
+
+
 def _compare_table(h) -> str:
     rows, classes = [], []
     order = {"slower": 0, "failed": 1, "missing": 2, "faster": 3, "no significant change": 4}
@@ -233,6 +253,7 @@ def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench repo
         if h.last_compare:
             parts.append(f"<h3>{_e(h.head.commit[:8])} vs {_e(h.base.commit[:8])}</h3>")
             parts.append(_compare_table(h))
+        parts.append(_imported_table(h))
     for i, r in enumerate(data.runs):
         parts.append(f"<h2>{_e(r.title)}</h2>")
         bw = r.environment.get("copy_bandwidth_Bps")
