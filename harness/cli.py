@@ -172,7 +172,8 @@ def cmd_decode(args) -> int:
     cells = decode.plan(model, args.batch, args.input_len, args.output_len, backends,
                         args.autotune, engine=args.engine, checkpoint=args.checkpoint)
     opts = decode.DecodeOptions(seed=args.seed, isolate=not args.in_process,
-                                checkpoint=args.checkpoint, use_graph=not args.no_graph)
+                                checkpoint=args.checkpoint, use_graph=not args.no_graph,
+                                compile=args.compile)
     env = detect()
     progress = _Progress(len(cells), args.quiet)
     progress.log(f"{len(cells)} decode cells on {env.machine_name()} "
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: synthetic weights from --seed)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-graph", action="store_true", help="time eager steps (no CUDA graph)")
+    d.add_argument("--compile", action="store_true",
+                   help="torch.compile the engine's non-GEMM pieces (GPU only)")
     d.add_argument("--in-process", action="store_true")
     d.add_argument("--json", metavar="PATH")
     d.add_argument("--quiet", action="store_true")

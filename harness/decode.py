@@ -39,6 +39,8 @@ class DecodeOptions:
     isolate: bool = True
     use_graph: bool = True
     checkpoint: str | None = None
+    # torch.compile the engine's non-GEMM pieces (GPU; fewer, fused kernels per step).
+    compile: bool = False
     # Headroom on top of weights + caches for activations and workspaces.
     memory_margin: float = 0.10
 
@@ -150,7 +152,8 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
             done(c)
         return cells
     try:
-        model = PreparedModel(weights, backend, device, autotune=autotune)
+        model = PreparedModel(weights, backend, device, autotune=autotune,
+                              compile=opts.compile and device.type == "cuda")
     except Exception as e:  # noqa: BLE001
         for c in todo:
             c.status, c.reason = "failed", f"preparing layers for {backend.name}: {describe_error(e)}"
@@ -221,7 +224,7 @@ def _run_cell(c: DecodeCell, engine: DecodeEngine, opts: DecodeOptions, device: 
     c.ci99_s = list(st.ci99_s)
     c.cv = st.cv
     c.tokens_per_s = c.batch / st.median_s
-    c.timing_method = method
+    c.timing_method = method + (", torch.compile'd non-GEMM ops" if engine.model.ops.compiled else "")
     context = c.input_len + WARMUP_STEPS + c.output_len // 2
     sb = engine.step_bytes(context)
     c.step_bytes = sb.total

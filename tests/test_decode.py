@@ -355,3 +355,18 @@ def test_decode_cli_writes_cells(tmp_path):
     sk = [c for c in cells if c.status == "skipped"]
     assert len(sk) == 2 and all("flashinfer cudnn needs" in c.reason for c in sk)
     assert main(["decode", "--model", "tiny", "--engine", "trt"]) == 2
+
+
+@pytest.mark.slow
+def test_compiled_ops_match_eager():
+    """torch.compile'd non-GEMM pieces compute the same step (up to summation order)."""
+    cfg = get_model("tiny-hybrid")
+    prompt = torch.randint(0, cfg.vocab, (2, 5), generator=torch.Generator().manual_seed(0))
+    tokens = [torch.tensor([3, 4]), torch.tensor([7, 8])]
+    out = []
+    for compile in (False, True):
+        pm = PreparedModel(wmod.synthetic(cfg, CPU, seed=0), get_backend("torch-dequant"), CPU,
+                           compile=compile)
+        assert pm.ops.compiled == compile
+        out.append(_teacher_logits(DecodeEngine(pm, 2, 16), prompt, tokens))
+    assert _rel(out[1], out[0]) < 2e-2

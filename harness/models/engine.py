@@ -85,6 +85,57 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot: int) -> t
     return torch.cat((out, xp), dim=-1) if xp.shape[-1] else out
 
 
+def gdn_gates(ba: torch.Tensor, a_log: torch.Tensor, dt_bias: torch.Tensor, hv: int):
+    """Per-head decay ``g = -exp(A_log) softplus(a + dt_bias)`` and write strength ``beta``."""
+    beta = torch.sigmoid(ba[..., :hv].float())
+    g = -torch.exp(a_log.float()) * F.softplus(ba[..., hv:].float() + dt_bias.float())
+    return g, beta
+
+
+def gdn_step(qkv: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, conv_w: torch.Tensor,
+             state: torch.Tensor, S: torch.Tensor, hk: int, hv: int, d: int) -> torch.Tensor:
+    """One token of Gated DeltaNet: conv window (state updated in place), delta-rule update of
+    ``S`` [B, Hv, d, d] in place; returns ``q^T S / sqrt(d)`` [B, Hv, d]."""
+    b = qkv.shape[0]
+    window = torch.cat((state, qkv[:, :, None]), dim=-1)        # [B, C, W]
+    state.copy_(window[:, :, 1:])
+    c = F.silu((window.float() * conv_w.float()).sum(-1))        # [B, C]
+    q, k, v = c.split([hk * d, hk * d, hv * d], dim=-1)
+    q = F.normalize(q.reshape(b, hk, d), dim=-1).repeat_interleave(hv // hk, dim=1)
+    k = F.normalize(k.reshape(b, hk, d), dim=-1).repeat_interleave(hv // hk, dim=1)
+    v = v.reshape(b, hv, d)
+    S.mul_(torch.exp(g)[:, :, None, None])
+    kv_mem = torch.einsum("bhk,bhkv->bhv", k, S)
+    delta = (v - kv_mem) * beta[:, :, None]
+    S.add_(k[:, :, :, None] * delta[:, :, None, :])
+    return torch.einsum("bhk,bhkv->bhv", q / math.sqrt(d), S)
+
+
+def gated_norm(o: torch.Tensor, z: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """``rmsnorm(o) * silu(z)`` per head, flattened to [B, T, Hv * d] in bf16."""
+    b, t, hv, d = o.shape
+    o = rms_norm(o, w, eps) * F.silu(z.reshape(b, t, hv, d).float())
+    return o.reshape(b, t, hv * d).to(torch.bfloat16)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+class Ops:
+    """The engine's non-GEMM pieces, eager or compiled by torch.compile (fused kernels, far
+    fewer launches per step; the GEMMs stay with the backend, outside the compiled code)."""
+
+    NAMES = ("rms_norm", "gdn_gates", "gdn_step", "gated_norm", "silu_mul")
+
+    def __init__(self, compile: bool = False):
+        self.compiled = compile
+        for name in self.NAMES:
+            fn = globals()[name]
+            setattr(self, name, torch.compile(fn, dynamic=False) if compile else fn)
+
+
 @dataclass
 class StepBytes:
     """Bytes one decode step must move, by kind (the roofline's numerator)."""
@@ -106,9 +157,10 @@ class PreparedModel:
     """Every layer in one backend's format, built once and shared by engines of any batch."""
 
     def __init__(self, weights: ModelWeights, backend: GemmBackend, device: torch.device,
-                 autotune: bool = False):
+                 autotune: bool = False, compile: bool = False):
         self.cfg: ModelConfig = weights.config
         self.backend, self.device, self.autotune = backend, device, autotune
+        self.ops = Ops(compile)
         self.dense = weights.dense
         self.lin: dict[str, Linear] = {}
         # Layer by layer, dropping the source as we go: peak memory stays near one format.
@@ -194,55 +246,39 @@ class DecodeEngine:
         return self.lin[p + "o_proj"](o)
 
     def _deltanet(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        cfg, p = self.cfg, f"layers.{i}.linear_attn."
+        cfg, p, ops = self.cfg, f"layers.{i}.linear_attn.", self.model.ops
         b, t, _ = x.shape
         hk, hv, d = cfg.linear_qk_heads, cfg.linear_v_heads, cfg.linear_head_dim
         qkvz = self.lin[p + "in_proj_qkvz"](x)
         qkv, z = qkvz.split([2 * hk * d + hv * d, hv * d], dim=-1)
         ba = F.linear(x, self.dense[p + "in_proj_ba"])
-        beta = torch.sigmoid(ba[..., :hv].float())
-        g = -torch.exp(self.dense[p + "A_log"].float()) * F.softplus(
-            ba[..., hv:].float() + self.dense[p + "dt_bias"].float())
+        g, beta = ops.gdn_gates(ba, self.dense[p + "A_log"], self.dense[p + "dt_bias"], hv)
         conv_w = self.dense[p + "conv1d"][:, 0, :]              # [C, W]
         state, S = self.conv_state[i], self.rec_state[i]
-        outs = []
-        for s in range(t):  # the recurrent form: decode is t == 1; prefill walks the prompt
-            window = torch.cat((state, qkv[:, s, :, None]), dim=-1)  # [B, C, W]
-            state.copy_(window[:, :, 1:])
-            c = F.silu((window.float() * conv_w.float()).sum(-1))    # [B, C]
-            q, k, v = c.split([hk * d, hk * d, hv * d], dim=-1)
-            q = F.normalize(q.reshape(b, hk, d), dim=-1).repeat_interleave(hv // hk, dim=1)
-            k = F.normalize(k.reshape(b, hk, d), dim=-1).repeat_interleave(hv // hk, dim=1)
-            v = v.reshape(b, hv, d)
-            S.mul_(torch.exp(g[:, s])[:, :, None, None])
-            kv_mem = torch.einsum("bhk,bhkv->bhv", k, S)
-            delta = (v - kv_mem) * beta[:, s, :, None]
-            S.add_(k[:, :, :, None] * delta[:, :, None, :])
-            outs.append(torch.einsum("bhk,bhkv->bhv", q / math.sqrt(d), S))
-        o = torch.stack(outs, dim=1)                              # [B, T, Hv, D]
-        o = rms_norm(o, self.dense[p + "norm"], cfg.rms_eps)
-        o = o * F.silu(z.reshape(b, t, hv, d).float())
-        return self.lin[p + "out_proj"](o.reshape(b, t, hv * d).to(torch.bfloat16))
+        # The recurrent form: decode is t == 1; prefill walks the prompt.
+        outs = [ops.gdn_step(qkv[:, s], g[:, s], beta[:, s], conv_w, state, S, hk, hv, d)
+                for s in range(t)]
+        o = ops.gated_norm(torch.stack(outs, dim=1), z, self.dense[p + "norm"], cfg.rms_eps)
+        return self.lin[p + "out_proj"](o)
 
     def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
         p = f"layers.{i}.mlp."
-        gate, up = self.lin[p + "gate_up_proj"](x).chunk(2, dim=-1)
-        return self.lin[p + "down_proj"](F.silu(gate) * up)
+        return self.lin[p + "down_proj"](self.model.ops.silu_mul(self.lin[p + "gate_up_proj"](x)))
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool) -> torch.Tensor:
         """tokens [B, T] -> logits of the last position [B, vocab] (bf16)."""
-        cfg, d = self.cfg, self.dense
+        cfg, d, norm = self.cfg, self.dense, self.model.ops.rms_norm
         x = F.embedding(tokens, d["embed_tokens"])
         for i in range(cfg.layers):
             p = f"layers.{i}."
-            h = rms_norm(x, d[p + "input_layernorm"], cfg.rms_eps)
+            h = norm(x, d[p + "input_layernorm"], cfg.rms_eps)
             if cfg.is_attention_layer(i):
                 x = x + self._attention(i, h, pos, prefill)
             else:
                 x = x + self._deltanet(i, h)
-            h = rms_norm(x, d[p + "post_attention_layernorm"], cfg.rms_eps)
+            h = norm(x, d[p + "post_attention_layernorm"], cfg.rms_eps)
             x = x + self._mlp(i, h)
-        x = rms_norm(x[:, -1], d["norm"], cfg.rms_eps)
+        x = norm(x[:, -1], d["norm"], cfg.rms_eps)
         return F.linear(x, d.get("lm_head", d["embed_tokens"]))
 
     # ---- the two phases ----------------------------------------------------------------
