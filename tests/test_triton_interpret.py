@@ -44,9 +44,9 @@ def test_split_k_configs(m, config):
     b = get_backend("triton")
     p = b.prepare(w)
     x = make_activations(m, k, seed=2, device=CPU)
-    out = w4a16_matmul(x, p["packed"], p["scales"], p["epilogue"], autotune=False, config=config)
+    out = w4a16_matmul(x, p["words"], p["scales"], p["epilogue"], autotune=False, config=config)
     assert _err(out, reference("w4a16", w, x, None)) < 1e-2
-    again = w4a16_matmul(x, p["packed"], p["scales"], p["epilogue"], autotune=False, config=config)
+    again = w4a16_matmul(x, p["words"], p["scales"], p["epilogue"], autotune=False, config=config)
     assert torch.equal(out, again)  # counters reset: a second launch is identical
 
 
@@ -58,3 +58,23 @@ def test_autotune_path_and_negative_weights():
         x = make_activations(m, 128, seed=m, device=CPU)
         b.tune(p, x, None)
         assert _err(b.run(p, x, None), reference("w4a16", w, x, None)) < 1e-2
+
+
+def test_word_layout_round_trips_every_code_and_matches_the_ptx_recipe():
+    """``shuffle_words`` keeps every code, and the shift/mask recipe of the PTX decode (emulated
+    here with torch integer ops) turns each word into fp16x2 pairs (0,2), (4,6), (1,3), (5,7)
+    of e2m1 * 2^-14: a wrong bit position in either fails."""
+    from harness.backends.triton_w4a16 import shuffle_words
+    from harness.nvfp4 import E2M1_VALUES
+
+    packed = torch.arange(256, dtype=torch.uint8).repeat(3, 1)  # every byte value, K = 512
+    packed = packed[:, torch.randperm(256, generator=torch.Generator().manual_seed(0))]
+    codes = torch.stack([packed & 15, packed >> 4], -1).reshape(3, -1, 8).long()
+    words = shuffle_words(packed).long() & 0xFFFFFFFF
+    signed = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES))
+    for shift_mag, shift_sign, (lo_el, hi_el) in [(0, 0, (0, 2)), (3, 3, (4, 6)),
+                                                  (6, 2, (1, 3)), (9, 1, (5, 7))]:
+        bits = ((words << shift_mag) & 0x0E000E00) | ((words << shift_sign) & 0x80008000)
+        for lane, el in ((0, lo_el), (1, hi_el)):
+            half = ((bits >> (16 * lane)) & 0xFFFF).to(torch.int16).view(torch.float16).float()
+            assert torch.equal(half * 2 ** 14, signed[codes[..., el]])

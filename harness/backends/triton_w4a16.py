@@ -1,11 +1,14 @@
 """``triton``: W4A16 NVFP4 GEMM for GPUs without FP4 tensor cores (SM80 and newer).
 
-The kernel reads the packed checkpoint weight as it is (uint8 [N, K/2] codes, e4m3
-[N, K/16] block scales) and decodes it in registers. On the GPU the decode is a few
-integer instructions per 4 packed bytes (PRMT, shifts, masks: the nibble's magnitude and
-sign become fp16 bits of ``e2m1 * 2^-14``) and one HFMA2 per element pair that applies the
-block scale, giving ``e2m1 * sf * 2^-8`` exactly in fp16; the epilogue multiplies by
-``2^8 / gsf``. Under the Triton interpreter the same values come from plain Triton ops.
+At load the backend re-packs the checkpoint's codes (uint8 [N, K/2], two e2m1 nibbles per
+byte) into its own word layout (int32 [N, K/8], same bytes, same K order; the e4m3
+[N, K/16] block scales are used as they are): within each 32-bit word the 8 codes are
+placed so that one AND, or two shifts and two LOP3s, turn a whole word into two fp16 lanes
+per instruction (``e2m1 * 2^-14`` as fp16 bits; see ``shuffle_words``). On the GPU the
+decode is 11 integer instructions per word (it was 22 for the checkpoint's nibble order)
+and one HFMA2 per element pair applies the block scale, giving ``e2m1 * sf * 2^-8`` exactly
+in fp16; the epilogue multiplies by ``2^8 / gsf``. Under the Triton interpreter the same
+values come from plain Triton ops.
 
 Two paths:
 * ``gemv`` (M == 1): CUDA-core dot products over [BLOCK_N, BLOCK_K/8] tiles of int32 words
@@ -69,40 +72,42 @@ if triton is not None:
         sf = bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
         return (sf * 16384.0).to(tl.float16)
 
-    # Per 4 packed bytes: two PRMTs spread bytes into 16-bit lanes, shifts and masks place
-    # each nibble's magnitude and sign as fp16 bits (e2m1 * 2^-14), one HFMA2 per pair applies
-    # the block scale. Products e2m1 * sf * 2^-8 have at most 6 significant bits: exact.
+    # Per word (4 bytes; pack=4 hands the asm one word): the four fp16x2 registers come out as
+    # (elements 0, 2), (4, 6), (1, 3), (5, 7), i.e. the (low, high) nibble values of bytes 0-1
+    # and 2-3; one HFMA2 per pair applies the block scale. Products e2m1 * sf * 2^-8 have at
+    # most 6 significant bits: exact.
     _DECODE_ASM = tl.constexpr("""
     {
-    .reg .b32 a, b, z, t, u, mz;
-    mov.b32 z, 0;
-    mov.b32 mz, 0x80008000;
-    prmt.b32 a, $4, z, 0x4140;
-    prmt.b32 b, $4, z, 0x4342;
-    shl.b32 t, a, 9;  and.b32 t, t, 0x0E000E00; shl.b32 u, a, 12; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   fma.rn.f16x2 $0, t, $5, mz;
-    shl.b32 t, b, 9;  and.b32 t, t, 0x0E000E00; shl.b32 u, b, 12; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   fma.rn.f16x2 $1, t, $6, mz;
-    shl.b32 t, a, 5;  and.b32 t, t, 0x0E000E00; shl.b32 u, a, 8;  and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   fma.rn.f16x2 $2, t, $5, mz;
-    shl.b32 t, b, 5;  and.b32 t, t, 0x0E000E00; shl.b32 u, b, 8;  and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   fma.rn.f16x2 $3, t, $6, mz;
+    .reg .b32 t, u;
+    and.b32 t, $4, 0x8E008E00;  fma.rn.f16x2 $0, t, $5, 0x80008000;
+    shl.b32 t, $4, 3; and.b32 t, t, 0x8E008E00; fma.rn.f16x2 $1, t, $5, 0x80008000;
+    shl.b32 t, $4, 6; and.b32 t, t, 0x0E000E00; shl.b32 u, $4, 2; and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   fma.rn.f16x2 $2, t, $5, 0x80008000;
+    shl.b32 t, $4, 9; and.b32 t, t, 0x0E000E00; shl.b32 u, $4, 1; and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   fma.rn.f16x2 $3, t, $5, 0x80008000;
     }
     """)
 
     @triton.jit
     def _decode(wb, sf16, USE_ASM: tl.constexpr):
-        """Packed bytes (uint8) and per-byte fp16 scales -> (low, high) nibble values in fp16,
-        each ``e2m1 * sf * 2^-8``."""
+        """[BN, G, 8] bytes of the word layout and per-byte fp16 scales -> (low, high) values
+        of each byte position in fp16, ``e2m1 * sf * 2^-8``: elements 2b and 2b+1 of a word."""
         if USE_ASM:
             lo, hi = tl.inline_asm_elementwise(
                 _DECODE_ASM, "=r,=r,=r,=r,r,r,r", [wb, sf16],
                 dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
         else:
-            b = wb.to(tl.int32)
+            bn: tl.constexpr = wb.shape[0]
+            g: tl.constexpr = wb.shape[1]
+            q = tl.arange(0, 4)
+            shifted = tl.reshape(wb.to(tl.int32), [bn, g, 2, 4]) << (8 * q)[None, None, None, :]
+            word = tl.sum(shifted, axis=3)
+            d0, d1, d2, d3, d4, d5, d6, d7 = _decode_word(word, False)
             sf = sf16.to(tl.float32)
-            lo = (_e2m1_as_f32(b & 15) * sf).to(tl.float16)
-            hi = (_e2m1_as_f32(b >> 4) * sf).to(tl.float16)
+            lo = tl.reshape(tl.join(tl.join(d0, d4), tl.join(d2, d6)), [bn, g, 8])
+            hi = tl.reshape(tl.join(tl.join(d1, d5), tl.join(d3, d7)), [bn, g, 8])
+            lo = (lo * sf).to(tl.float16)
+            hi = (hi * sf).to(tl.float16)
         return lo, hi
 
     @triton.jit
@@ -127,43 +132,55 @@ if triton is not None:
                 tl.store(out_ptrs, (total * scale).to(tl.bfloat16), mask=mask)
                 tl.store(cnt_ptr + pid_tile, 0)  # ready for the next launch (graph replay)
 
-    # One packed int32 word (8 nibbles, element 0 in the low nibble) -> the 8 values as fp32
-    # ``e2m1 * 2^-14``: two PRMTs spread the bytes into 16-bit lanes, shifts and masks build
-    # fp16 bits per lane pair, one CVT per value.
+    # One word of the backend's layout -> its 8 values as fp32 ``e2m1 * 2^-14``: four
+    # (shift,) AND(, OR) groups give fp16x2 registers (elements 0,2), (4,6), (1,3), (5,7),
+    # one CVT per value.
     _WORD_ASM = tl.constexpr("""
     {
-    .reg .b32 a, b, z, t, u;
+    .reg .b32 t, u;
     .reg .b16 l, h;
-    mov.b32 z, 0;
-    prmt.b32 a, $8, z, 0x4140;
-    prmt.b32 b, $8, z, 0x4342;
-    shl.b32 t, a, 9;  and.b32 t, t, 0x0E000E00; shl.b32 u, a, 12; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   mov.b32 {l, h}, t; cvt.f32.f16 $0, l; cvt.f32.f16 $2, h;
-    shl.b32 t, a, 5;  and.b32 t, t, 0x0E000E00; shl.b32 u, a, 8;  and.b32 u, u, 0x80008000;
+    and.b32 t, $8, 0x8E008E00;
+    mov.b32 {l, h}, t; cvt.f32.f16 $0, l; cvt.f32.f16 $2, h;
+    shl.b32 t, $8, 3; and.b32 t, t, 0x8E008E00;
+    mov.b32 {l, h}, t; cvt.f32.f16 $4, l; cvt.f32.f16 $6, h;
+    shl.b32 t, $8, 6; and.b32 t, t, 0x0E000E00; shl.b32 u, $8, 2; and.b32 u, u, 0x80008000;
     or.b32 t, t, u;   mov.b32 {l, h}, t; cvt.f32.f16 $1, l; cvt.f32.f16 $3, h;
-    shl.b32 t, b, 9;  and.b32 t, t, 0x0E000E00; shl.b32 u, b, 12; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   mov.b32 {l, h}, t; cvt.f32.f16 $4, l; cvt.f32.f16 $6, h;
-    shl.b32 t, b, 5;  and.b32 t, t, 0x0E000E00; shl.b32 u, b, 8;  and.b32 u, u, 0x80008000;
+    shl.b32 t, $8, 9; and.b32 t, t, 0x0E000E00; shl.b32 u, $8, 1; and.b32 u, u, 0x80008000;
     or.b32 t, t, u;   mov.b32 {l, h}, t; cvt.f32.f16 $5, l; cvt.f32.f16 $7, h;
     }
     """)
 
     @triton.jit
+    def _code_at(wv, lane: tl.constexpr, slot: tl.constexpr):
+        """The 4-bit e2m1 code stored in one (16-bit lane, slot) of the word layout."""
+        # Slots 0..3: magnitude (e1 e0 m) at bits 9, 6, 3, 0 and sign at 15, 12, 13, 14 of the
+        # lane (see ``shuffle_words``).
+        base: tl.constexpr = 16 * lane
+        mag = (wv >> (base + 9 - 3 * slot)) & 7
+        if slot == 0:
+            sign = (wv >> (base + 15)) & 1
+        else:
+            sign = (wv >> (base + 11 + slot)) & 1
+        return mag | (sign << 3)
+
+    @triton.jit
     def _decode_word(wv, USE_ASM: tl.constexpr):
-        """int32 words -> 8 fp32 tensors (elements 0..7 of each word), ``e2m1 * 2^-14``."""
+        """int32 words of the backend layout -> 8 fp32 tensors (elements 0..7 of each word),
+        ``e2m1 * 2^-14``."""
         if USE_ASM:
             d0, d1, d2, d3, d4, d5, d6, d7 = tl.inline_asm_elementwise(
                 _WORD_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r", [wv],
                 dtype=(tl.float32,) * 8, is_pure=True, pack=1)
         else:
-            d0 = _e2m1_as_f32(wv & 15)
-            d1 = _e2m1_as_f32((wv >> 4) & 15)
-            d2 = _e2m1_as_f32((wv >> 8) & 15)
-            d3 = _e2m1_as_f32((wv >> 12) & 15)
-            d4 = _e2m1_as_f32((wv >> 16) & 15)
-            d5 = _e2m1_as_f32((wv >> 20) & 15)
-            d6 = _e2m1_as_f32((wv >> 24) & 15)
-            d7 = _e2m1_as_f32((wv >> 28) & 15)
+            # Lane 0 holds elements (0, 4, 1, 5) in slots 0..3, lane 1 holds (2, 6, 3, 7).
+            d0 = _e2m1_as_f32(_code_at(wv, 0, 0))
+            d4 = _e2m1_as_f32(_code_at(wv, 0, 1))
+            d1 = _e2m1_as_f32(_code_at(wv, 0, 2))
+            d5 = _e2m1_as_f32(_code_at(wv, 0, 3))
+            d2 = _e2m1_as_f32(_code_at(wv, 1, 0))
+            d6 = _e2m1_as_f32(_code_at(wv, 1, 1))
+            d3 = _e2m1_as_f32(_code_at(wv, 1, 2))
+            d7 = _e2m1_as_f32(_code_at(wv, 1, 3))
         return d0, d1, d2, d3, d4, d5, d6, d7
 
     @triton.jit
@@ -269,7 +286,7 @@ if triton is not None:
     def _gemv_space() -> list:
         return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, num_warps=w,
                               num_stages=2)
-                for bn in (16, 32, 64) for bk in (256, 512) for sk in (1, 2, 4, 8, 16)
+                for bn in (16, 32, 64, 128) for bk in (256, 512) for sk in (1, 2, 4, 8, 16)
                 for w in (4,)]
 
     def _gemm_space() -> list:
@@ -397,18 +414,48 @@ class _Workspace:
 _WORKSPACE = _Workspace()
 
 
-def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales_u8: torch.Tensor,
+# Word layout: 16-bit lane 0 holds elements (0, 4, 1, 5) of the word in slots 0..3, lane 1
+# holds (2, 6, 3, 7); slot s keeps the code's magnitude (e1 e0 m) at bit 9 - 3s and its sign
+# at bit (15, 12, 13, 14)[s] of the lane. Shifting the word left by (0, 3, 6, 9) puts slot s's
+# magnitude at fp16 bits 11..9 of both lanes (exponent low bits and top mantissa bit:
+# e2m1 * 2^-14 as fp16) and shifting by (0, 3, 2, 1) puts its sign at bit 15, so the slot
+# pairs come out as fp16x2 (0, 2), (4, 6), (1, 3), (5, 7): the (low, high) nibble values
+# of bytes (0, 1) and (2, 3) of the checkpoint's word.
+_LANE_ELEMENTS = ((0, 4, 1, 5), (2, 6, 3, 7))
+_SIGN_BITS = (15, 12, 13, 14)
+
+
+def shuffle_words(packed: torch.Tensor) -> torch.Tensor:
+    """Checkpoint codes (uint8 [N, K/2], element 2i in the low nibble of byte i) -> the
+    backend's int32 [N, K/8] word layout. Same bytes, same K order of words."""
+    if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] % 4:
+        raise ValueError(f"packed codes must be uint8 [N, K/2] with K % 8 == 0, "
+                         f"got {packed.dtype} {tuple(packed.shape)}")
+    words = packed.contiguous().view(torch.int32)
+    out = torch.zeros_like(words)
+    for lane, elements in enumerate(_LANE_ELEMENTS):
+        for slot, element in enumerate(elements):
+            code = (words >> (4 * element)) & 15
+            out |= (code & 7) << (16 * lane + 9 - 3 * slot)
+            out |= (code >> 3) << (16 * lane + _SIGN_BITS[slot])
+    return out
+
+
+def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
                  epilogue_scale: torch.Tensor, autotune: bool,
                  config: dict | None = None) -> torch.Tensor:
     """``x[M, K] bf16 @ dequant(W)[N, K]^T`` -> bf16 [M, N].
 
     ``config`` forces one kernel config (the meta-parameters of the path M selects).
     """
-    if x.dim() != 2 or x.shape[1] != packed.shape[1] * 2:
-        raise ValueError(f"x {tuple(x.shape)} does not match packed weight {tuple(packed.shape)}")
+    if words.dtype != torch.int32:
+        raise ValueError("the triton backend takes its own word layout (shuffle_words)")
+    if x.dim() != 2 or x.shape[1] != words.shape[1] * 8:
+        raise ValueError(f"x {tuple(x.shape)} does not match the weight words {tuple(words.shape)}")
     x = x.contiguous()
     m, k = x.shape
-    n = packed.shape[0]
+    n = words.shape[0]
+    packed = words.view(torch.uint8)  # the tensor-core path reads the same words as bytes
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
     if m == 0:
         return out
@@ -425,7 +472,6 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scales_u8: torch.Tensor,
             out.stride(0), _m_bucket(m))
     use_asm = not _interpreting()
 
-    words = packed.view(torch.int32)  # 8 nibbles per word; rows stay contiguous
 
     def run_gemv():
         gemv[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
@@ -489,14 +535,14 @@ class TritonW4A16(GemmBackend):
     def prepare(self, weights: LayerWeights, autotune: bool = False):
         w = weights.fp4
         return {
-            "packed": w.packed.contiguous(),
+            "words": shuffle_words(w.packed),
             "scales": w.scales.view(torch.uint8).contiguous(),
             "epilogue": (DECODE_FACTOR / w.global_scale.float()).reshape(1).contiguous(),
             "autotune": autotune,
         }
 
     def run(self, prepared, x, x_global_scale):
-        return w4a16_matmul(x, prepared["packed"], prepared["scales"], prepared["epilogue"],
+        return w4a16_matmul(x, prepared["words"], prepared["scales"], prepared["epilogue"],
                             prepared["autotune"])
 
     def tune(self, prepared, x, x_global_scale):
