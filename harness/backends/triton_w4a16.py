@@ -78,13 +78,14 @@ if triton is not None:
     # most 6 significant bits: exact.
     _DECODE_ASM = tl.constexpr("""
     {
-    .reg .b32 t, u;
-    and.b32 t, $4, 0x8E008E00;  fma.rn.f16x2 $0, t, $5, 0x80008000;
-    shl.b32 t, $4, 3; and.b32 t, t, 0x8E008E00; fma.rn.f16x2 $1, t, $5, 0x80008000;
+    .reg .b32 t, u, mz;
+    mov.b32 mz, 0x80008000;
+    and.b32 t, $4, 0x8E008E00;  fma.rn.f16x2 $0, t, $5, mz;
+    shl.b32 t, $4, 3; and.b32 t, t, 0x8E008E00; fma.rn.f16x2 $1, t, $5, mz;
     shl.b32 t, $4, 6; and.b32 t, t, 0x0E000E00; shl.b32 u, $4, 2; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   fma.rn.f16x2 $2, t, $5, 0x80008000;
+    or.b32 t, t, u;   fma.rn.f16x2 $2, t, $5, mz;
     shl.b32 t, $4, 9; and.b32 t, t, 0x0E000E00; shl.b32 u, $4, 1; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   fma.rn.f16x2 $3, t, $5, 0x80008000;
+    or.b32 t, t, u;   fma.rn.f16x2 $3, t, $5, mz;
     }
     """)
 
