@@ -3,12 +3,12 @@
 At load the backend re-packs the checkpoint's codes (uint8 [N, K/2], two e2m1 nibbles per
 byte) into its own word layout (int32 [N, K/8], same bytes, same K order; the e4m3
 [N, K/16] block scales are used as they are): within each 32-bit word the 8 codes are
-placed so that one AND, or two shifts and two LOP3s, turn a whole word into two fp16 lanes
-per instruction (``e2m1 * 2^-14`` as fp16 bits; see ``shuffle_words``). On the GPU the
-decode is 11 integer instructions per word (it was 22 for the checkpoint's nibble order)
-and one HFMA2 per element pair applies the block scale, giving ``e2m1 * sf * 2^-8`` exactly
-in fp16; the epilogue multiplies by ``2^8 / gsf``. Under the Triton interpreter the same
-values come from plain Triton ops.
+placed so that an AND, a shift and an AND, or two shifts and two LOP3s turn a word into an
+fp16x2 register, both lanes at once (``e2m1 * 2^-14`` as fp16 bits; see
+``shuffle_words``). On the GPU the decode is 11 integer instructions per word (it was 22
+for the checkpoint's nibble order) and one HFMA2 per element pair applies the block scale,
+giving ``e2m1 * sf * 2^-8`` exactly in fp16; the epilogue multiplies by ``2^8 / gsf``.
+Under the Triton interpreter the same values come from plain Triton ops.
 
 Two paths:
 * ``gemv`` (M == 1): CUDA-core dot products over [BLOCK_N, BLOCK_K/8] tiles of int32 words
@@ -472,7 +472,6 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
     args = (x, packed, scales_u8, out, ws, cnt, epilogue_scale, m, n, k, x.stride(0),
             out.stride(0), _m_bucket(m))
     use_asm = not _interpreting()
-
 
     def run_gemv():
         gemv[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
