@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from harness.backends import triton_swap_ab
 from harness.backends.base import Availability, GemmBackend, LayerWeights
 from harness.hardware import compute_capability
 
@@ -50,6 +51,11 @@ SPLIT_K_MAX_M = 64
 
 # Above this M every tile is full and split-K is off: one tuned config serves all M.
 M_BUCKET_CAP = 256
+
+
+def _block_b(m: int) -> int:
+    """Batch columns of one swapped-operand tile: the MMA's n (8) up to 32 (registers)."""
+    return 8 if m <= 8 else (16 if m <= 16 else 32)
 
 
 def _m_bucket(m: int) -> int:
@@ -296,6 +302,57 @@ if triton is not None:
                 for bm in (16, 32, 64, 128) for bn in (64, 128) for bk in (128,)
                 for sk in (1, 2, 4, 8) for w in (4,)]
 
+    # Swapped-operand tensor-core path (M <= 64; Gluon, GPU only). The batch tile follows M.
+    SWAP_AB_DEFAULT = triton.Config({"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 4,
+                                     "PREFETCH": False}, num_warps=2, num_stages=1)
+
+    def _swap_ab_space() -> list:
+        # (BLOCK_N, warps): 2 or 4 row tiles of 16 per warp; more rows per warp share each
+        # activation conversion, fewer give more programs in flight.
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "PREFETCH": pf},
+                              num_warps=w, num_stages=1)
+                for bn, w in ((64, 2), (128, 2), (128, 4)) for bk in (128, 256)
+                for sk in (1, 2, 4, 8) for pf in (False, True)]
+
+    def _swap_ab_fits(kw: dict, num_warps: int, m: int, k: int) -> bool:
+        """Config constraints of the kernel's layouts and of its register budget."""
+        bn, bk, sk = kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"]
+        bb = _block_b(m)
+        return (16 * num_warps <= bn <= 64 * num_warps and k % bk == 0 and k // bk >= sk
+                # each thread holds its batch rows' activations for the whole BLOCK_K
+                and bb * bk <= 32 * 256 and (bb < 32 or bn * bk <= 128 * 256))
+
+    def _prune_swap_ab(configs, named_args):
+        m, n, k = named_args["M"], named_args["N"], named_args["K"]
+        sms = _sms()
+        keep = []
+        for c in configs:
+            kw = c.kwargs
+            if not _swap_ab_fits(kw, c.num_warps, m, k):
+                continue
+            progs = triton.cdiv(m, _block_b(m)) * triton.cdiv(n, kw["BLOCK_N"]) * kw["SPLIT_K"]
+            if sms // 2 <= progs <= 16 * sms:
+                keep.append(c)
+        # The fixed config of autotune=off is always a candidate: tuning never loses to it
+        # except by timing noise.
+        default = _swap_ab_default(k)
+        if not any(c.kwargs == default.kwargs and c.num_warps == default.num_warps
+                   for c in keep):
+            keep.append(default)
+        return keep
+
+    def _swap_ab_default(k: int):
+        if k % SWAP_AB_DEFAULT.kwargs["BLOCK_K"] == 0:
+            return SWAP_AB_DEFAULT
+        return triton.Config(dict(SWAP_AB_DEFAULT.kwargs, BLOCK_K=triton_swap_ab.K_GROUP),
+                             num_warps=SWAP_AB_DEFAULT.num_warps, num_stages=1)
+
+    @functools.lru_cache(maxsize=None)
+    def _swap_ab_tuned():
+        return triton.autotune(_swap_ab_space(), key=_KEY,
+                               prune_configs_by={"early_config_prune": _pruner(_prune_swap_ab)},
+                               warmup=5, rep=20)(triton_swap_ab.swap_ab_kernel)
+
     def _sms() -> int:
         if torch.cuda.is_available():
             return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
@@ -481,7 +538,9 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
         gemm[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]),
                            meta["SPLIT_K"])](*args, USE_ASM=use_asm)
 
-    if m > 1 or gemv is None:
+    if config is None and _swap_ab_ok(x, m, k):
+        run_swap_ab(x, words, packed, args, autotune)
+    elif m > 1 or gemv is None:
         run_gemm()
     elif gemm is None or not autotune or config is not None:
         run_gemv()
@@ -504,6 +563,30 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
 
 
 _M1_PATH: dict[tuple[int, int], str] = {}
+
+
+def _swap_ab_ok(x: torch.Tensor, m: int, k: int) -> bool:
+    """The swapped-operand path runs for M <= 64 on a CUDA GPU when Gluon is present."""
+    return (triton_swap_ab.gluon is not None and x.is_cuda and not _interpreting()
+            and m <= triton_swap_ab.MAX_M and k % triton_swap_ab.K_GROUP == 0
+            and compute_capability(x.device) >= 80)
+
+
+def run_swap_ab(x, words, packed, args, autotune: bool) -> None:
+    """Launch the swapped-operand kernel on ``args`` (the shared argument tuple)."""
+    m, n, k = args[7], args[8], args[9]
+    scales = args[2]
+    kernel_args = (x, words, scales, *args[3:12], words.stride(0), scales.stride(0), args[12])
+    bb = _block_b(m)
+
+    def grid(meta):
+        return (triton.cdiv(m, bb), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
+
+    if autotune:
+        _swap_ab_tuned()[grid](*kernel_args, BLOCK_B=bb)
+    else:
+        _fixed(triton_swap_ab.swap_ab_kernel, _swap_ab_default(k))[grid](*kernel_args,
+                                                                          BLOCK_B=bb)
 
 
 def _bench(fn) -> float:

@@ -1,0 +1,248 @@
+"""Small-M path of the ``triton`` backend: swapped-operand tensor-core W4A16 in Gluon.
+
+For M <= 64 the weight is the MMA's A operand (``mma.sync`` m16n8k16, fp16 in, fp32
+accumulate) and the activations are B, so the N rows of the weight fill the 16-row MMA
+tiles and the batch needs only 8 to 64 columns. The weight words are decoded in registers
+straight into the A fragment: no shared memory, no shuffles. That needs explicit layouts,
+which is why this kernel is written in Gluon (Triton's layout-explicit dialect).
+
+Inside a 128-wide K group the MMA runs over K in a permuted order, the same for A and B
+(a dot product does not care about the order of its terms):
+
+* lane ``4g + t`` of a warp loads words ``4t .. 4t+3`` of rows ``g`` and ``g + 8`` of the
+  group (16 bytes per row: one 128-bit load) and the two scale bytes of blocks
+  ``2t, 2t+1`` (a 16-bit load);
+* the decode of one word gives fp16x2 registers holding its elements (0, 2), (4, 6), (1, 3),
+  (5, 7) (see ``shuffle_words``); word ``c`` of lane ``t`` becomes logical columns
+  ``32c + 16s + 8h + 2t + p`` of the group, where its element ``e = s + 2p + 4h``;
+* the activations of batch row ``g`` at the same physical K (32 contiguous bf16 per lane
+  and group) are permuted the same way in registers into the B fragment.
+
+Each element of a decoded fragment is then already in the lane and register where the MMA
+wants it; ``convert_layout(..., assert_trivial=True)`` makes the compiler prove it.
+"""
+
+from __future__ import annotations
+
+try:
+    from triton.runtime.jit import constexpr_function
+except ImportError:  # no triton: the layout arithmetic below stays plain Python
+    def constexpr_function(fn):
+        return fn
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+except ImportError:  # older Triton: the backend keeps its other paths
+    gluon = None
+
+K_GROUP = 128  # elements of K per lane-quad layout unit (16 words per row)
+MAX_M = 64  # above this the M x N tiles of the plain tensor-core path fill the GPU
+
+
+@constexpr_function
+def _log2(v: int) -> int:
+    if v <= 0 or v & (v - 1):
+        raise ValueError(f"{v} is not a power of two")
+    return v.bit_length() - 1
+
+
+@constexpr_function
+def word_layout_bases(block_n: int, block_k: int, num_warps: int) -> dict:
+    """Linear-layout bases of the [block_n, block_k / 8] int32 word tile (rows, words)."""
+    groups, row_tiles = block_k // K_GROUP, block_n // (16 * num_warps)
+    return {
+        "reg": [[0, 1], [0, 2], [8, 0]] + [[0, 16 << i] for i in range(_log2(groups))]
+        + [[16 * num_warps << i, 0] for i in range(_log2(row_tiles))],
+        "lane": [[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]],
+        "warp": [[16 << i, 0] for i in range(_log2(num_warps))],
+        "shape": [block_n, block_k // 8],
+    }
+
+
+@constexpr_function
+def scale_layout_bases(block_n: int, block_k: int, num_warps: int) -> dict:
+    """Bases of the [block_n, block_k / 16] e4m3 scale tile: lane t holds blocks 2t, 2t+1."""
+    groups, row_tiles = block_k // K_GROUP, block_n // (16 * num_warps)
+    return {
+        "reg": [[0, 1], [8, 0]] + [[0, 8 << i] for i in range(_log2(groups))]
+        + [[16 * num_warps << i, 0] for i in range(_log2(row_tiles))],
+        "lane": [[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]],
+        "warp": [[16 << i, 0] for i in range(_log2(num_warps))],
+        "shape": [block_n, block_k // 16],
+    }
+
+
+@constexpr_function
+def act_layout_bases(block_b: int, block_k: int, num_warps: int) -> dict:
+    """Bases of the [block_b, block_k] bf16 activation tile: lane 4g + t holds batch row g,
+    32 contiguous K of each group; every warp holds the whole tile (B is shared)."""
+    groups = block_k // K_GROUP
+    return {
+        "reg": [[0, 1 << i] for i in range(5)] + [[0, K_GROUP << i] for i in range(_log2(groups))]
+        + [[8 << i, 0] for i in range(_log2(block_b // 8))],
+        "lane": [[0, 32], [0, 64], [1, 0], [2, 0], [4, 0]],
+        "warp": [[0, 0]] * _log2(num_warps),
+        "shape": [block_b, block_k],
+    }
+
+
+@constexpr_function
+def logical_column(word: int, element: int) -> int:
+    """Column of the MMA's K order (within one 128-wide group) that holds ``element`` of
+    ``word`` (0..15) of the group: the permutation that A and B share."""
+    t, c = word // 4, word % 4
+    s, p, h = element & 1, (element >> 1) & 1, element >> 2
+    return 32 * c + 16 * s + 8 * h + 2 * t + p
+
+
+if gluon is not None:
+
+    @gluon.constexpr_function
+    def _linear(bases):
+        return gl.DistributedLinearLayout(reg_bases=bases["reg"], lane_bases=bases["lane"],
+                                          warp_bases=bases["warp"], block_bases=[],
+                                          shape=bases["shape"])
+
+    @gluon.constexpr_function
+    def _word_layout(block_n, block_k, num_warps):
+        return _linear(word_layout_bases(block_n, block_k, num_warps))
+
+    @gluon.constexpr_function
+    def _scale_layout(block_n, block_k, num_warps):
+        return _linear(scale_layout_bases(block_n, block_k, num_warps))
+
+    @gluon.constexpr_function
+    def _act_layout(block_b, block_k, num_warps):
+        return _linear(act_layout_bases(block_b, block_k, num_warps))
+
+    @gluon.constexpr_function
+    def _mma_layout(num_warps):
+        return gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1],
+                                         instr_shape=[16, 8])
+
+    # One word and its block scale (fp16 sf * 2^6) -> 8 fp16 ``e2m1 * sf * 2^-8`` (exact), as
+    # the (low, high) halves of the registers (elements 0, 2), (4, 6), (1, 3), (5, 7).
+    _DECODE_ASM = gl.constexpr("""
+    {
+    .reg .b32 t, u, s2, mz, r0, r1, r2, r3;
+    mov.b32 s2, {$9, $9};
+    mov.b32 mz, 0x80008000;
+    and.b32 t, $8, 0x8E008E00;  fma.rn.f16x2 r0, t, s2, mz;
+    shl.b32 t, $8, 3; and.b32 t, t, 0x8E008E00; fma.rn.f16x2 r1, t, s2, mz;
+    shl.b32 t, $8, 6; and.b32 t, t, 0x0E000E00; shl.b32 u, $8, 2; and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   fma.rn.f16x2 r2, t, s2, mz;
+    shl.b32 t, $8, 9; and.b32 t, t, 0x0E000E00; shl.b32 u, $8, 1; and.b32 u, u, 0x80008000;
+    or.b32 t, t, u;   fma.rn.f16x2 r3, t, s2, mz;
+    mov.b32 {$0, $1}, r0; mov.b32 {$2, $3}, r1; mov.b32 {$4, $5}, r2; mov.b32 {$6, $7}, r3;
+    }
+    """)
+
+    @gluon.jit
+    def _a_fragment(wv, sb, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+                    A_LAYOUT: gl.constexpr):
+        """Words [BN, BK/8] and scale bytes [BN, BK/16] -> fp16 A tile [BN, BK] in K order
+        ``logical_column``, already in the MMA operand layout."""
+        sf = sb.to(gl.float8e4nv, bitcast=True).to(gl.float16) * 64.0
+        sw = gl.reshape(gl.join(sf, sf), [BLOCK_N, BLOCK_K // 8])
+        e0, e2, e4, e6, e1, e3, e5, e7 = gl.inline_asm_elementwise(
+            _DECODE_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,h", [wv, sw], dtype=(gl.float16,) * 8,
+            is_pure=True, pack=1)
+        # Each join appends the new axis last: the element axis comes out as (p, h, s).
+        a = gl.join(gl.join(gl.join(e0, e2), gl.join(e4, e6)),
+                    gl.join(gl.join(e1, e3), gl.join(e5, e7)))
+        a = gl.reshape(a, [BLOCK_N, BLOCK_K // 128, 4, 4, 2, 2, 2])  # n, G, t, c, p, h, s
+        a = gl.permute(a, [0, 1, 3, 6, 5, 2, 4])  # n, G, c, s, h, t, p
+        return gl.convert_layout(gl.reshape(a, [BLOCK_N, BLOCK_K]), A_LAYOUT, assert_trivial=True)
+
+    @gluon.jit
+    def _b_fragment(xv, BLOCK_B: gl.constexpr, BLOCK_K: gl.constexpr, B_LAYOUT: gl.constexpr):
+        """Activations [BB, BK] bf16 in physical K order -> fp16 B tile [BK, BB] in K order
+        ``logical_column``, in the MMA operand layout."""
+        xh = gl.reshape(xv.to(gl.float16), [BLOCK_B, BLOCK_K // 128, 4, 4, 2, 2, 2])
+        xh = gl.permute(xh, [0, 1, 3, 6, 4, 2, 5])  # b, G, t, c, h, p, s -> b, G, c, s, h, t, p
+        xh = gl.permute(gl.reshape(xh, [BLOCK_B, BLOCK_K]), [1, 0])
+        return gl.convert_layout(xh, B_LAYOUT, assert_trivial=True)
+
+    @gluon.jit
+    def swap_ab_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
+                       M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
+                       BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+                       SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr):
+        nw: gl.constexpr = gl.num_warps()
+        WL: gl.constexpr = _word_layout(BLOCK_N, BLOCK_K, nw)
+        SL: gl.constexpr = _scale_layout(BLOCK_N, BLOCK_K, nw)
+        XL: gl.constexpr = _act_layout(BLOCK_B, BLOCK_K, nw)
+        MMA: gl.constexpr = _mma_layout(nw)
+        A_LAYOUT: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
+        B_LAYOUT: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
+        # Batch tiles vary fastest: programs that share weight rows run together (L2 reuse).
+        pid_b = gl.program_id(0)
+        pid_n = gl.program_id(1)
+        pid_k = gl.program_id(2)
+        # Rows past N re-read the last row (no masks in the loop); they are never stored.
+        rw = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WL)),
+                        N - 1)
+        rs = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, SL)),
+                        N - 1)
+        jw = gl.arange(0, BLOCK_K // 8, layout=gl.SliceLayout(0, WL))
+        js = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SL))
+        rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XL))
+        jk = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XL))
+        steps = K // BLOCK_K
+        per_split = (steps + SPLIT_K - 1) // SPLIT_K
+        first = pid_k * per_split
+        last = gl.minimum(first + per_split, steps)
+        w_ptrs = w_ptr + rw.to(gl.int64)[:, None] * stride_wn + jw[None, :]
+        s_ptrs = s_ptr + rs.to(gl.int64)[:, None] * stride_sn + js[None, :]
+        x_ptrs = x_ptr + rb[:, None] * stride_xm + jk[None, :]
+        x_ok = rb[:, None] < M
+        acc = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
+        if PREFETCH:
+            # Software pipeline in registers: the loads of step i + 1 are in flight while step
+            # i decodes (Triton pipelines loads only through shared memory, for dot operands).
+            # Costs registers (occupancy); the tuner decides per shape.
+            wv = gl.load(w_ptrs + first * (BLOCK_K // 8))
+            sb = gl.load(s_ptrs + first * (BLOCK_K // 16))
+            xv = gl.load(x_ptrs + first * BLOCK_K, mask=x_ok, other=0.0)
+            for step in range(first, last):
+                nxt = gl.minimum(step + 1, last - 1)  # the last step re-reads itself (cached)
+                wv_next = gl.load(w_ptrs + nxt * (BLOCK_K // 8))
+                sb_next = gl.load(s_ptrs + nxt * (BLOCK_K // 16))
+                xv_next = gl.load(x_ptrs + nxt * BLOCK_K, mask=x_ok, other=0.0)
+                a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT)
+                b = _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT)
+                acc = mma_v2(a, b, acc)
+                wv, sb, xv = wv_next, sb_next, xv_next
+        else:
+            for step in range(first, last):
+                wv = gl.load(w_ptrs + step * (BLOCK_K // 8))
+                sb = gl.load(s_ptrs + step * (BLOCK_K // 16))
+                xv = gl.load(x_ptrs + step * BLOCK_K, mask=x_ok, other=0.0)
+                a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT)
+                b = _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT)
+                acc = mma_v2(a, b, acc)
+        on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))
+        ob = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(0, MMA))
+        mask = (ob[None, :] < M) & (on[:, None] < N)
+        out_ptrs = out_ptr + ob[None, :] * stride_om + on[:, None]
+        scale = gl.load(scale_ptr)
+        if SPLIT_K == 1:
+            gl.store(out_ptrs, (acc * scale).to(gl.bfloat16), mask=mask)
+        else:
+            # Deterministic split-K in one launch: every program stores its partial, the last
+            # to arrive at the tile's counter sums them in split order.
+            plane = M * N
+            ws_ptrs = ws_ptr + ob[None, :] * N + on[:, None]
+            gl.store(ws_ptrs + pid_k * plane, acc, mask=mask)
+            gl.thread_barrier()
+            tile = pid_n * gl.num_programs(0) + pid_b
+            arrived = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT_K - 1:
+                total = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
+                for s in range(SPLIT_K):
+                    total += gl.load(ws_ptrs + s * plane, mask=mask, other=0.0,
+                                     cache_modifier=".cg")
+                gl.store(out_ptrs, (total * scale).to(gl.bfloat16), mask=mask)
+                gl.store(cnt_ptr + tile, 0)  # ready for the next launch (graph replay)

@@ -1,0 +1,102 @@
+"""The swapped-operand kernel's layouts, checked on the CPU against Triton's own MMA layouts.
+
+The kernel decodes weight words in the lanes that loaded them and asserts (at compile time)
+that the result already sits where ``mma.sync`` wants its A and B operands. These tests
+check the same promise without a GPU, from the linear layouts Triton derives for the MMA
+operands: every value must be owned by the lane and warp that loaded (or decoded) it, and
+A's K order must be B's K order.
+"""
+
+import itertools
+
+import pytest
+
+from harness.backends import triton_swap_ab as sab
+
+gluon_ir = pytest.importorskip("triton._C.libtriton.gluon_ir")
+pytest.importorskip("triton.experimental.gluon")
+from triton._C.libtriton import ir  # noqa: E402
+from triton.experimental.gluon import language as gl  # noqa: E402
+
+CONFIGS = [(64, 128, 8, 4), (64, 256, 8, 2), (128, 256, 16, 4), (128, 128, 32, 2),
+           (256, 128, 8, 4), (64, 256, 32, 1)]
+
+
+def _mma_operand_bases(block_n, block_k, block_b, num_warps):
+    ctx = ir.context()
+    ir.load_dialects(ctx)
+    builder = gluon_ir.GluonOpBuilder(ctx)
+    mma = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1],
+                                    instr_shape=[16, 8])
+    a = builder.to_linear_layout(gl.DotOperandLayout(0, mma, 2)._to_ir(builder),
+                                 [block_n, block_k])
+    b = builder.to_linear_layout(gl.DotOperandLayout(1, mma, 2)._to_ir(builder),
+                                 [block_k, block_b])
+    return ({"reg": a.reg_bases, "lane": a.lane_bases, "warp": a.warp_bases},
+            {"reg": b.reg_bases, "lane": b.lane_bases, "warp": b.warp_bases})
+
+
+def _owners(bases):
+    """coordinate -> set of (lane, warp) holding it (a broadcast layout has several)."""
+    def span(vectors):
+        for bits in itertools.product((0, 1), repeat=len(vectors)):
+            coord = [0] * len(vectors[0]) if vectors else [0, 0]
+            for bit, v in zip(bits, vectors):
+                if bit:
+                    coord = [c ^ x for c, x in zip(coord, v)]
+            yield bits, tuple(coord)
+
+    out = {}
+    for lane_bits, lane_c in span(bases["lane"]):
+        lane = sum(b << i for i, b in enumerate(lane_bits))
+        for warp_bits, warp_c in (span(bases["warp"]) if bases["warp"] else [((), (0, 0))]):
+            warp = sum(b << i for i, b in enumerate(warp_bits))
+            for _, reg_c in span(bases["reg"]):
+                coord = tuple(r ^ ln ^ w for r, ln, w in zip(reg_c, lane_c, warp_c))
+                out.setdefault(coord, set()).add((lane, warp))
+    return out
+
+
+def test_logical_column_is_a_permutation_of_each_group():
+    cols = sorted(sab.logical_column(w, e) for w in range(16) for e in range(8))
+    assert cols == list(range(128))
+
+
+def test_decoded_register_pairs_are_adjacent_k_columns():
+    # The decode yields fp16x2 registers (elements 0, 2), (4, 6), (1, 3), (5, 7); the MMA
+    # packs columns (2j, 2j + 1) into one register, so each pair must land there as is.
+    for w in range(16):
+        for lo, hi in ((0, 2), (4, 6), (1, 3), (5, 7)):
+            col = sab.logical_column(w, lo)
+            assert col % 2 == 0 and sab.logical_column(w, hi) == col + 1, (w, lo, hi)
+
+
+@pytest.mark.parametrize("block_n,block_k,block_b,num_warps", CONFIGS)
+def test_decoded_words_land_in_the_mma_a_operand_lanes(block_n, block_k, block_b, num_warps):
+    a_bases, _ = _mma_operand_bases(block_n, block_k, block_b, num_warps)
+    a = _owners(a_bases)
+    words = _owners(sab.word_layout_bases(block_n, block_k, num_warps))
+    scales = _owners(sab.scale_layout_bases(block_n, block_k, num_warps))
+    assert len(words) == block_n * block_k // 8 and len(a) == block_n * block_k
+    for (row, w), who in words.items():
+        assert len(who) == 1  # each word is loaded (and decoded) exactly once
+        group, in_group = divmod(w, 16)
+        for e in range(8):
+            col = 128 * group + sab.logical_column(in_group, e)
+            assert a[(row, col)] == who, (row, w, e)
+        # the word's block scale (2 words per 16-element block) is in the same lane
+        assert who <= scales[(row, w // 2)]
+
+
+@pytest.mark.parametrize("block_n,block_k,block_b,num_warps", CONFIGS)
+def test_activations_land_in_the_mma_b_operand_lanes_in_the_same_k_order(
+        block_n, block_k, block_b, num_warps):
+    _, b_bases = _mma_operand_bases(block_n, block_k, block_b, num_warps)
+    b = _owners(b_bases)
+    act = _owners(sab.act_layout_bases(block_b, block_k, num_warps))
+    assert len(act) == block_b * block_k
+    for (row, k), who in act.items():
+        group, within = divmod(k, 128)
+        logical = 128 * group + sab.logical_column(within // 8, within % 8)
+        # every warp holds the whole B operand; the activation loads match it lane by lane
+        assert b[(logical, row)] == who, (row, k)
