@@ -10,17 +10,19 @@ for the checkpoint's nibble order) and one HFMA2 per element pair applies the bl
 giving ``e2m1 * sf * 2^-8`` exactly in fp16; the epilogue multiplies by ``2^8 / gsf``.
 Under the Triton interpreter the same values come from plain Triton ops.
 
-Two paths:
-* ``gemv`` (M == 1): CUDA-core dot products over [BLOCK_N, BLOCK_K/8] tiles of int32 words
-  (8 nibbles each, decoded to fp32 in inline PTX), reduced over K once at the end;
-* ``gemm`` (M > 1, and a candidate at M == 1 when tuning): fp16 ``tl.dot`` on tensor
-  cores, even and odd K columns as two dots so nibbles never need interleaving.
-Both split K across programs when M is small, so the whole GPU streams the weight; the
+Paths:
+* ``swap_ab`` (M <= 64 on a GPU, K a multiple of 128; ``triton_swap_ab``): the weight is
+  the ``mma.sync`` A operand, decoded in registers straight into its fragment (Gluon);
+* ``gemm`` (larger M): fp16 ``tl.dot`` on tensor cores, even and odd K columns as two dots
+  so nibbles never need interleaving;
+* ``gemv`` (M == 1 where ``swap_ab`` cannot run, e.g. under the interpreter): CUDA-core dot
+  products over [BLOCK_N, BLOCK_K/8] tiles of int32 words, reduced over K once at the end.
+All split K across programs when M is small, so the whole GPU streams the weight; the
 last program to finish an output tile sums the partials in a fixed order (deterministic,
 one launch, no atomics on data).
 
-Autotune ``on`` searches a config space keyed on (N, K, M bucket) (and, at M == 1, picks
-the faster of the two paths); ``off`` uses one fixed config per path.
+Autotune ``on`` searches a config space keyed on (N, K, M bucket); ``off`` uses one fixed
+config per path.
 """
 
 from __future__ import annotations
