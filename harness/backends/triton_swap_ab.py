@@ -141,10 +141,15 @@ if gluon is not None:
 
     @gluon.jit
     def _a_fragment(wv, sb, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
-                    A_LAYOUT: gl.constexpr):
+                    A_LAYOUT: gl.constexpr, FP8_CVT: gl.constexpr):
         """Words [BN, BK/8] and scale bytes [BN, BK/16] -> fp16 A tile [BN, BK] in K order
         ``logical_column``, already in the MMA operand layout."""
-        sf = sb.to(gl.float8e4nv, bitcast=True).to(gl.float16) * 64.0
+        if FP8_CVT:  # SM89+: one cvt per two scales
+            sf = sb.to(gl.float8e4nv, bitcast=True).to(gl.float16) * 64.0
+        else:  # e4m3 bits moved into fp16 bits: sf * 2^-8 exactly (subnormals included)
+            s32 = sb.to(gl.int32)
+            bits = ((s32 & 0x7F) << 7) | ((s32 & 0x80) << 8)
+            sf = bits.to(gl.uint16).to(gl.float16, bitcast=True) * 16384.0
         sw = gl.reshape(gl.join(sf, sf), [BLOCK_N, BLOCK_K // 8])
         e0, e2, e4, e6, e1, e3, e5, e7 = gl.inline_asm_elementwise(
             _DECODE_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,h", [wv, sw], dtype=(gl.float16,) * 8,
@@ -169,7 +174,7 @@ if gluon is not None:
     def swap_ab_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                        M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
                        BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
-                       SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr):
+                       SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr, FP8_CVT: gl.constexpr):
         nw: gl.constexpr = gl.num_warps()
         WL: gl.constexpr = _word_layout(BLOCK_N, BLOCK_K, nw)
         SL: gl.constexpr = _scale_layout(BLOCK_N, BLOCK_K, nw)
@@ -211,7 +216,7 @@ if gluon is not None:
                 wv_next = gl.load(w_ptrs + nxt * (BLOCK_K // 8))
                 sb_next = gl.load(s_ptrs + nxt * (BLOCK_K // 16))
                 xv_next = gl.load(x_ptrs + nxt * BLOCK_K, mask=x_ok, other=0.0)
-                a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT)
+                a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
                 b = _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT)
                 acc = mma_v2(a, b, acc)
                 wv, sb, xv = wv_next, sb_next, xv_next
@@ -220,7 +225,7 @@ if gluon is not None:
                 wv = gl.load(w_ptrs + step * (BLOCK_K // 8))
                 sb = gl.load(s_ptrs + step * (BLOCK_K // 16))
                 xv = gl.load(x_ptrs + step * BLOCK_K, mask=x_ok, other=0.0)
-                a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT)
+                a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
                 b = _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT)
                 acc = mma_v2(a, b, acc)
         on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))

@@ -584,11 +584,16 @@ def run_swap_ab(x, words, packed, args, autotune: bool) -> None:
     def grid(meta):
         return (triton.cdiv(m, bb), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
+    extra = {"BLOCK_B": bb, "FP8_CVT": _has_fp8_cvt(x.device)}
     if autotune:
-        _swap_ab_tuned()[grid](*kernel_args, BLOCK_B=bb)
+        _swap_ab_tuned()[grid](*kernel_args, **extra)
     else:
-        _fixed(triton_swap_ab.swap_ab_kernel, _swap_ab_default(k))[grid](*kernel_args,
-                                                                          BLOCK_B=bb)
+        _fixed(triton_swap_ab.swap_ab_kernel, _swap_ab_default(k))[grid](*kernel_args, **extra)
+
+
+def _has_fp8_cvt(device: torch.device) -> bool:
+    """SM89+ converts e4m3 pairs to f16x2 in one instruction; Triton rejects e4m3 below."""
+    return compute_capability(device) >= 89
 
 
 def _bench(fn) -> float:
