@@ -2,7 +2,7 @@
 
 For M <= 64 the weight is the MMA's A operand (``mma.sync`` m16n8k16, fp16 in, fp32
 accumulate) and the activations are B, so the N rows of the weight fill the 16-row MMA
-tiles and the batch needs only 8 to 64 columns. The weight words are decoded in registers
+tiles and the batch needs only 8, 16 or 32 columns per tile. The weight words are decoded in registers
 straight into the A fragment: no shared memory, no shuffles. That needs explicit layouts,
 which is why this kernel is written in Gluon (Triton's layout-explicit dialect).
 
@@ -164,7 +164,8 @@ if gluon is not None:
     @gluon.jit
     def _b_fragment(xv, BLOCK_B: gl.constexpr, BLOCK_K: gl.constexpr, B_LAYOUT: gl.constexpr):
         """Activations [BB, BK] bf16 in physical K order -> fp16 B tile [BK, BB] in K order
-        ``logical_column``, in the MMA operand layout."""
+        ``logical_column``, in the MMA operand layout. fp16 keeps more mantissa than bf16; an
+        activation beyond 65504 would become Inf and fail the cell's health check."""
         xh = gl.reshape(xv.to(gl.float16), [BLOCK_B, BLOCK_K // 128, 4, 4, 2, 2, 2])
         xh = gl.permute(xh, [0, 1, 3, 6, 4, 2, 5])  # b, G, t, c, h, p, s -> b, G, c, s, h, t, p
         xh = gl.permute(gl.reshape(xh, [BLOCK_B, BLOCK_K]), [1, 0])
@@ -208,9 +209,11 @@ if gluon is not None:
             # Software pipeline in registers: the loads of step i + 1 are in flight while step
             # i decodes (Triton pipelines loads only through shared memory, for dot operands).
             # Costs registers (occupancy); the tuner decides per shape.
-            wv = gl.load(w_ptrs + first * (BLOCK_K // 8))
-            sb = gl.load(s_ptrs + first * (BLOCK_K // 16))
-            xv = gl.load(x_ptrs + first * BLOCK_K, mask=x_ok, other=0.0)
+            # A split past the end of K has no steps; its first load must stay in bounds.
+            head = gl.minimum(first, steps - 1)
+            wv = gl.load(w_ptrs + head * (BLOCK_K // 8))
+            sb = gl.load(s_ptrs + head * (BLOCK_K // 16))
+            xv = gl.load(x_ptrs + head * BLOCK_K, mask=x_ok, other=0.0)
             for step in range(first, last):
                 nxt = gl.minimum(step + 1, last - 1)  # the last step re-reads itself (cached)
                 wv_next = gl.load(w_ptrs + nxt * (BLOCK_K // 8))

@@ -541,7 +541,7 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
                            meta["SPLIT_K"])](*args, USE_ASM=use_asm)
 
     if config is None and _swap_ab_ok(x, m, k):
-        run_swap_ab(x, words, packed, args, autotune)
+        run_swap_ab(x, words, args, autotune)
     elif m > 1 or gemv is None:
         run_gemm()
     elif gemm is None or not autotune or config is not None:
@@ -574,7 +574,7 @@ def _swap_ab_ok(x: torch.Tensor, m: int, k: int) -> bool:
             and compute_capability(x.device) >= 80)
 
 
-def run_swap_ab(x, words, packed, args, autotune: bool) -> None:
+def run_swap_ab(x, words, args, autotune: bool) -> None:
     """Launch the swapped-operand kernel on ``args`` (the shared argument tuple)."""
     m, n, k = args[7], args[8], args[9]
     scales = args[2]
