@@ -100,3 +100,45 @@ def test_activations_land_in_the_mma_b_operand_lanes_in_the_same_k_order(
         logical = 128 * group + sab.logical_column(within // 8, within % 8)
         # every warp holds the whole B operand; the activation loads match it lane by lane
         assert b[(logical, row)] == who, (row, k)
+
+
+def _coords(bases, reg, lane, warp):
+    coord = [0] * len(bases["shape"])
+    for key, index in (("reg", reg), ("lane", lane), ("warp", warp)):
+        for i, v in enumerate(bases[key]):
+            if index >> i & 1:
+                coord = [c ^ x for c, x in zip(coord, v)]
+    return tuple(coord)
+
+
+@pytest.mark.parametrize("block_n,block_k,block_b,num_warps", CONFIGS)
+def test_staged_word_view_holds_the_same_words_in_the_same_lanes(block_n, block_k, block_b,
+                                                                  num_warps):
+    # The shared-memory ring reads words back in the [group, row, word] view; after the
+    # (free) permute and reshape every lane must hold what the flat layout gives it.
+    flat = sab.word_layout_bases(block_n, block_k, num_warps)
+    staged = sab.staged_word_layout_bases(block_n, block_k, num_warps)
+    assert staged["shape"] == [block_k // 128, block_n, 16]
+    for reg in range(1 << len(flat["reg"])):
+        for lane in range(32):
+            for warp in range(num_warps):
+                row, word = _coords(flat, reg, lane, warp)
+                assert _coords(staged, reg, lane, warp) == (word // 16, row, word % 16)
+
+
+@pytest.mark.parametrize("block_n,block_k,block_b,num_warps", CONFIGS)
+def test_staged_word_reads_are_free_of_bank_conflicts(block_n, block_k, block_b, num_warps):
+    # A 16-byte shared-memory load is served 8 lanes at a time; those 8 lanes must read 8
+    # different 16-byte bank groups of the row-major [group, row, 16 words] ring slot.
+    staged = sab.staged_word_layout_bases(block_n, block_k, num_warps)
+    _, rows, words = staged["shape"]
+    vector_regs = 4  # regs 0-3: four contiguous words, one 16-byte load
+    for reg in range(0, 1 << len(staged["reg"]), vector_regs):
+        for warp in range(num_warps):
+            for phase in range(4):
+                chunks = set()
+                for lane in range(8 * phase, 8 * phase + 8):
+                    g, r, w = _coords(staged, reg, lane, warp)
+                    assert w % 4 == 0
+                    chunks.add(((g * rows + r) * words + w) * 4 // 16 % 8)
+                assert len(chunks) == 8, (reg, warp, phase)

@@ -33,7 +33,7 @@ except ImportError:  # no triton: the layout arithmetic below stays plain Python
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 except ImportError:  # older Triton: the backend keeps its other paths
     gluon = None
 
@@ -59,6 +59,20 @@ def word_layout_bases(block_n: int, block_k: int, num_warps: int) -> dict:
         "warp": [[16 << i, 0] for i in range(_log2(num_warps))],
         "shape": [block_n, block_k // 8],
     }
+
+
+@constexpr_function
+def staged_word_layout_bases(block_n: int, block_k: int, num_warps: int) -> dict:
+    """The word tile of ``word_layout_bases`` as [groups, block_n, 16]: the shared-memory
+    view, where one row of a group is 64 contiguous bytes, so the eight lanes of each
+    16-byte shared-memory phase (two rows, four lanes per row) cover 128 distinct bytes."""
+    flat = word_layout_bases(block_n, block_k, num_warps)
+
+    def split(base):
+        row, word = base
+        return [word // 16, row, word % 16]
+    return {key: ([split(b) for b in flat[key]] if key != "shape"
+                  else [block_k // K_GROUP, block_n, 16]) for key in flat}
 
 
 @constexpr_function
@@ -108,6 +122,10 @@ if gluon is not None:
     @gluon.constexpr_function
     def _word_layout(block_n, block_k, num_warps):
         return _linear(word_layout_bases(block_n, block_k, num_warps))
+
+    @gluon.constexpr_function
+    def _staged_word_layout(block_n, block_k, num_warps):
+        return _linear(staged_word_layout_bases(block_n, block_k, num_warps))
 
     @gluon.constexpr_function
     def _scale_layout(block_n, block_k, num_warps):
@@ -172,10 +190,89 @@ if gluon is not None:
         return gl.convert_layout(xh, B_LAYOUT, assert_trivial=True)
 
     @gluon.jit
+    def _issue_stage(w_smem, s_smem, x_smem, w_src, s_src, x_src, x_ok, slot, step, live,
+                     BLOCK_K: gl.constexpr):
+        """Start the copies of K step ``step`` into ring slot ``slot`` as one commit group
+        (an empty group when ``live`` is false: the wait counts stay uniform). Batch rows
+        past M are zero-filled without reading memory."""
+        async_copy.async_copy_global_to_shared(w_smem.index(slot), w_src + step * (BLOCK_K // 8),
+                                               mask=live)
+        async_copy.async_copy_global_to_shared(s_smem.index(slot), s_src + step * (BLOCK_K // 16),
+                                               mask=live)
+        async_copy.async_copy_global_to_shared(x_smem.index(slot), x_src + step * BLOCK_K,
+                                               mask=x_ok & live)
+        async_copy.commit_group()
+
+    @gluon.jit
+    def _staged_loop(w_ptr, stride_wn, x_ptrs, x_ok, s_ptr, stride_sn, pid_n, N, first, last,
+                     acc,
+                     BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+                     STAGES: gl.constexpr, FP8_CVT: gl.constexpr):
+        """The K loop with the weight streamed through a ring of ``STAGES`` shared-memory
+        slots by ``cp.async``: ``STAGES - 1`` steps of words and scales are in flight while
+        one decodes, without the registers a register pipeline of that depth would need.
+        Each lane copies the 16-byte word chunks it later reads back (the copy and the read
+        use one layout); scales are copied a row per thread; activations ride in the same
+        ring (read straight from L2 in the loop, their latency stalled every step)."""
+        nw: gl.constexpr = gl.num_warps()
+        WL: gl.constexpr = _word_layout(BLOCK_N, BLOCK_K, nw)
+        WL3: gl.constexpr = _staged_word_layout(BLOCK_N, BLOCK_K, nw)
+        SL: gl.constexpr = _scale_layout(BLOCK_N, BLOCK_K, nw)
+        XL: gl.constexpr = _act_layout(BLOCK_B, BLOCK_K, nw)
+        SC: gl.constexpr = gl.BlockedLayout([1, BLOCK_K // 16], [32, 1], [nw, 1], [1, 0])
+        MMA: gl.constexpr = _mma_layout(nw)
+        A_LAYOUT: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
+        B_LAYOUT: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
+        G: gl.constexpr = BLOCK_K // 128  # K groups per step
+        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, G, BLOCK_N, 16],
+                                           gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+        s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, BLOCK_K // 16],
+                                           gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        # Activations: each warp copies the whole tile it reads (every warp needs all of
+        # it). The swizzle spreads the rows of a shared-memory phase over the banks.
+        x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_B, BLOCK_K],
+                                           gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
+        # Built in the staged layout itself (not by reshaping ``w_ptrs``) so the compiler
+        # sees 16 contiguous aligned words per row and group: 16-byte copies.
+        GR: gl.constexpr = gl.SliceLayout(2, WL3)
+        gw = gl.arange(0, G, layout=gl.SliceLayout(1, GR))
+        rw = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, GR)),
+                        N - 1)
+        jw = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL3)))
+        w_src = (w_ptr + rw.to(gl.int64)[None, :, None] * stride_wn
+                 + (gw[:, None, None] * 16 + jw[None, None, :]))
+        rsc = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, SC)),
+                         N - 1)
+        jsc = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SC))
+        s_src = s_ptr + rsc.to(gl.int64)[:, None] * stride_sn + jsc[None, :]
+        for j in gl.static_range(STAGES - 1):
+            _issue_stage(w_smem, s_smem, x_smem, w_src, s_src, x_ptrs, x_ok, j, first + j,
+                         first + j < last, BLOCK_K)
+        for step in range(first, last):
+            i = step - first
+            async_copy.wait_group(STAGES - 2)  # this thread's copies of `step` have landed
+            gl.thread_barrier()  # ...everyone's, and slot (i - 1) % STAGES is read by all
+            ahead = step + STAGES - 1
+            _issue_stage(w_smem, s_smem, x_smem, w_src, s_src, x_ptrs, x_ok,
+                         (i + STAGES - 1) % STAGES, ahead, ahead < last, BLOCK_K)
+            slot = i % STAGES
+            w3 = w_smem.index(slot).load(WL3)
+            wv = gl.convert_layout(gl.reshape(gl.permute(w3, [1, 0, 2]),
+                                              [BLOCK_N, BLOCK_K // 8]), WL, assert_trivial=True)
+            sb = s_smem.index(slot).load(SL)
+            xv = x_smem.index(slot).load(XL)
+            a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
+            b = _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT)
+            acc = mma_v2(a, b, acc)
+        async_copy.wait_group(0)
+        return acc
+
+    @gluon.jit
     def swap_ab_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                        M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
                        BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
-                       SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr, FP8_CVT: gl.constexpr):
+                       SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr, FP8_CVT: gl.constexpr,
+                       STAGES: gl.constexpr = 0):
         nw: gl.constexpr = gl.num_warps()
         WL: gl.constexpr = _word_layout(BLOCK_N, BLOCK_K, nw)
         SL: gl.constexpr = _scale_layout(BLOCK_N, BLOCK_K, nw)
@@ -205,7 +302,10 @@ if gluon is not None:
         x_ptrs = x_ptr + rb[:, None] * stride_xm + jk[None, :]
         x_ok = rb[:, None] < M
         acc = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
-        if PREFETCH:
+        if STAGES > 0:
+            acc = _staged_loop(w_ptr, stride_wn, x_ptrs, x_ok, s_ptr, stride_sn, pid_n, N, first,
+                               last, acc, BLOCK_N, BLOCK_K, BLOCK_B, STAGES, FP8_CVT)
+        elif PREFETCH:
             # Software pipeline in registers: the loads of step i + 1 are in flight while step
             # i decodes (Triton pipelines loads only through shared memory, for dot operands).
             # Costs registers (occupancy); the tuner decides per shape.

@@ -306,15 +306,17 @@ if triton is not None:
 
     # Swapped-operand tensor-core path (M <= 64; Gluon, GPU only). The batch tile follows M.
     SWAP_AB_DEFAULT = triton.Config({"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 4,
-                                     "PREFETCH": False}, num_warps=2, num_stages=1)
+                                     "PREFETCH": False, "STAGES": 0}, num_warps=2, num_stages=1)
 
     def _swap_ab_space() -> list:
         # (BLOCK_N, warps): 2 or 4 row tiles of 16 per warp; more rows per warp share each
-        # activation conversion, fewer give more programs in flight.
-        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "PREFETCH": pf},
-                              num_warps=w, num_stages=1)
+        # activation conversion, fewer give more programs in flight. STAGES 0 loads into
+        # registers (PREFETCH: one step ahead); STAGES 2 streams through shared memory
+        # (deeper rings never won on H200: the decode, not the memory latency, is the limit).
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "PREFETCH": pf,
+                               "STAGES": st}, num_warps=w, num_stages=1)
                 for bn, w in ((64, 2), (128, 2), (128, 4)) for bk in (128, 256)
-                for sk in (1, 2, 4, 8) for pf in (False, True)]
+                for sk in (1, 2, 4, 8) for pf, st in ((False, 0), (True, 0), (False, 2))]
 
     def _swap_ab_fits(kw: dict, num_warps: int, m: int, k: int) -> bool:
         """Config constraints of the kernel's layouts and of its register budget."""
