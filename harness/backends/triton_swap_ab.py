@@ -20,6 +20,10 @@ Inside a 128-wide K group the MMA runs over K in a permuted order, the same for 
 
 Each element of a decoded fragment is then already in the lane and register where the MMA
 wants it; ``convert_layout(..., assert_trivial=True)`` makes the compiler prove it.
+
+The K loop reads its operands either straight into registers (``STAGES = 0``, optionally one
+step ahead) or through a ring of ``STAGES`` shared-memory slots filled by ``cp.async``
+(``_staged_loop``); which one is faster depends on the shape, so both are tuning candidates.
 """
 
 from __future__ import annotations
