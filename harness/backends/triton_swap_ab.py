@@ -216,8 +216,8 @@ if gluon is not None:
         slots by ``cp.async``: ``STAGES - 1`` steps of words and scales are in flight while
         one decodes, without the registers a register pipeline of that depth would need.
         Each lane copies the 16-byte word chunks it later reads back (the copy and the read
-        use one layout); scales are copied a row per thread; activations ride in the same
-        ring (read straight from L2 in the loop, their latency stalled every step)."""
+        use one layout); scales are copied a row per thread. Activations ride in the same
+        ring: loaded from L2 inside the loop, their latency stalled every step."""
         nw: gl.constexpr = gl.num_warps()
         WL: gl.constexpr = _word_layout(BLOCK_N, BLOCK_K, nw)
         WL3: gl.constexpr = _staged_word_layout(BLOCK_N, BLOCK_K, nw)
