@@ -173,7 +173,7 @@ def cmd_decode(args) -> int:
                         args.autotune, engine=args.engine, checkpoint=args.checkpoint)
     opts = decode.DecodeOptions(seed=args.seed, isolate=not args.in_process,
                                 checkpoint=args.checkpoint, use_graph=not args.no_graph,
-                                compile=args.compile)
+                                compile=args.compile, fused_gdn=not args.unfused_gdn)
     env = detect()
     progress = _Progress(len(cells), args.quiet)
     progress.log(f"{len(cells)} decode cells on {env.machine_name()} "
@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-graph", action="store_true", help="time eager steps (no CUDA graph)")
     d.add_argument("--compile", action="store_true",
                    help="torch.compile the engine's non-GEMM pieces (GPU only)")
+    d.add_argument("--unfused-gdn", action="store_true",
+                   help="run each Gated DeltaNet token as separate torch ops instead of the "
+                   "fused Triton kernel (the default on GPUs)")
     d.add_argument("--in-process", action="store_true")
     d.add_argument("--json", metavar="PATH")
     d.add_argument("--quiet", action="store_true")

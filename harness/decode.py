@@ -23,7 +23,7 @@ from harness.backends import GemmBackend, get_backend
 from harness.gemm import AUTOTUNE_VALUES, describe_error, why_skipped
 from harness.hardware import copy_bandwidth, default_device
 from harness.measure import summarize
-from harness.models import get_model
+from harness.models import gdn_kernel, get_model
 from harness.models import weights as weights_mod
 from harness.models.engine import DecodeEngine, PreparedModel
 from harness.records import DecodeCell
@@ -41,6 +41,8 @@ class DecodeOptions:
     checkpoint: str | None = None
     # torch.compile the engine's non-GEMM pieces (GPU; fewer, fused kernels per step).
     compile: bool = False
+    # One Triton kernel per Gated DeltaNet token (GPU with triton); False: separate torch ops.
+    fused_gdn: bool = True
     # Headroom on top of weights + caches for activations and workspaces.
     memory_margin: float = 0.10
 
@@ -76,7 +78,7 @@ def cache_bytes(cfg, batch: int, max_len: int) -> int:
     attn = cfg.attention_layers * 2 * batch * cfg.kv_heads * max_len * cfg.head_dim * 2
     dk, hv = cfg.linear_head_dim, cfg.linear_v_heads
     ch = 2 * cfg.linear_qk_heads * dk + hv * dk
-    gdn = cfg.deltanet_layers * batch * (hv * dk * dk * 4 + ch * max(cfg.conv_kernel - 1, 0) * 2)
+    gdn = cfg.deltanet_layers * batch * (hv * dk * dk * 4 + ch * cfg.conv_kernel * 2)
     return attn + gdn
 
 
@@ -153,7 +155,9 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
         return cells
     try:
         model = PreparedModel(weights, backend, device, autotune=autotune,
-                              compile=opts.compile and device.type == "cuda")
+                              compile=opts.compile and device.type == "cuda",
+                              fused_gdn=opts.fused_gdn and device.type == "cuda"
+                              and gdn_kernel.available())
     except Exception as e:  # noqa: BLE001
         for c in todo:
             c.status, c.reason = "failed", f"preparing layers for {backend.name}: {describe_error(e)}"
@@ -224,7 +228,8 @@ def _run_cell(c: DecodeCell, engine: DecodeEngine, opts: DecodeOptions, device: 
     c.ci99_s = list(st.ci99_s)
     c.cv = st.cv
     c.tokens_per_s = c.batch / st.median_s
-    c.timing_method = method + (", torch.compile'd non-GEMM ops" if engine.model.ops.compiled else "")
+    ops = engine.model.ops.describe()
+    c.timing_method = method + (f", {ops}" if ops else "")
     context = c.input_len + WARMUP_STEPS + c.output_len // 2
     sb = engine.step_bytes(context)
     c.step_bytes = sb.total

@@ -1,9 +1,10 @@
 """A compact NVFP4 decode engine for Qwen3 (dense GQA) and Qwen3.5/3.6 (hybrid) models.
 
-Every linear layer runs through one GEMM backend of the registry; embeddings, ``lm_head``,
-norms and the Gated DeltaNet recurrence are plain torch in bf16/fp32. The decode step is
-static (fixed batch, KV cache of fixed length, position in a device tensor), so it can be
-captured in one CUDA graph.
+Every linear layer runs through one GEMM backend of the registry; embeddings, ``lm_head``
+and norms are plain torch in bf16/fp32 (optionally torch.compile'd); the Gated DeltaNet token
+is plain torch too, or on GPUs one fused Triton kernel (:mod:`harness.models.gdn_kernel`).
+The decode step is static (fixed batch, KV cache of fixed length, position in a device
+tensor), so it can be captured in one CUDA graph.
 
 Qwen3.6 hybrid layers (``full_attention_interval`` = 4: three Gated DeltaNet layers, then
 one gated-attention layer):
@@ -12,7 +13,8 @@ one gated-attention layer):
   per head; rotary on the first ``partial_rotary`` of each head; GQA; the attention output
   is multiplied by ``sigmoid(gate)`` before ``o_proj``;
 * Gated DeltaNet: ``in_proj_qkvz`` -> q, k, v, z; ``in_proj_ba`` -> b, a per v-head; a
-  causal depthwise conv (width ``conv_kernel``) over q|k|v with its rolling state, SiLU;
+  causal depthwise conv (width ``conv_kernel``) over q|k|v with a ring of the last
+  ``conv_kernel`` inputs as its state, SiLU;
   L2-normalised q, k (qk heads shared by ``v_heads / qk_heads`` v-heads); decay
   ``g = -exp(A_log) * softplus(a + dt_bias)``, ``beta = sigmoid(b)``; per v-head state
   ``S`` [dk, dv]: ``S = exp(g) S``; ``S += k (beta (v - k^T S))^T``; ``o = q^T S / sqrt(dk)``;
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 
 from harness import nvfp4
 from harness.backends.base import GemmBackend
+from harness.models import gdn_kernel
 from harness.models.configs import ModelConfig
 from harness.models.weights import ModelWeights
 
@@ -93,12 +96,15 @@ def gdn_gates(ba: torch.Tensor, a_log: torch.Tensor, dt_bias: torch.Tensor, hv: 
 
 
 def gdn_step(qkv: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, conv_w: torch.Tensor,
-             state: torch.Tensor, S: torch.Tensor, hk: int, hv: int, d: int) -> torch.Tensor:
-    """One token of Gated DeltaNet: conv window (state updated in place), delta-rule update of
-    ``S`` [B, Hv, d, d] in place; returns ``q^T S / sqrt(d)`` [B, Hv, d]."""
-    b = qkv.shape[0]
-    window = torch.cat((state, qkv[:, :, None]), dim=-1)        # [B, C, W]
-    state.copy_(window[:, :, 1:])
+             ring: torch.Tensor, S: torch.Tensor, pos: torch.Tensor, hk: int, hv: int,
+             d: int) -> torch.Tensor:
+    """One token of Gated DeltaNet at position ``pos``: causal conv over the ring of the last
+    ``W`` inputs (slot ``pos % W``, updated in place), delta-rule update of ``S`` [B, Hv, d, d]
+    in place; returns ``q^T S / sqrt(d)`` [B, Hv, d]."""
+    b, width = qkv.shape[0], ring.shape[-1]
+    older = (pos + 1 + torch.arange(width - 1, device=pos.device)) % width  # oldest first
+    window = torch.cat((ring.index_select(2, older), qkv[:, :, None]), dim=-1)  # [B, C, W]
+    ring.index_copy_(2, pos % width, qkv[:, :, None])
     c = F.silu((window.float() * conv_w.float()).sum(-1))        # [B, C]
     q, k, v = c.split([hk * d, hk * d, hv * d], dim=-1)
     q = F.normalize(q.reshape(b, hk, d), dim=-1).repeat_interleave(hv // hk, dim=1)
@@ -123,17 +129,49 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def add_rms_norm(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add and the next norm: ``(x + y, rms_norm(x + y))``."""
+    s = x + y
+    return s, rms_norm(s, w, eps)
+
+
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor,
+                 cos: torch.Tensor, sin: torch.Tensor, rot: int,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head q/k RMSNorm, then partial rotary on both."""
+    return (rotate(rms_norm(q, wq, eps), cos, sin, rot),
+            rotate(rms_norm(k, wk, eps), cos, sin, rot))
+
+
+def sigmoid_gate(o: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return o * torch.sigmoid(gate)
+
+
 class Ops:
     """The engine's non-GEMM pieces, eager or compiled by torch.compile (fused kernels, far
-    fewer launches per step; the GEMMs stay with the backend, outside the compiled code)."""
+    fewer launches per step; the GEMMs stay with the backend, outside the compiled code).
 
-    NAMES = ("rms_norm", "gdn_gates", "gdn_step", "gated_norm", "silu_mul")
+    ``fused_gdn``: a Gated DeltaNet decode token runs as one Triton kernel
+    (:mod:`harness.models.gdn_kernel`) instead of the gates/step/gated-norm ops."""
 
-    def __init__(self, compile: bool = False):
+    NAMES = ("rms_norm", "add_rms_norm", "qk_norm_rope", "sigmoid_gate", "gdn_gates",
+             "gdn_step", "gated_norm", "silu_mul")
+
+    def __init__(self, compile: bool = False, fused_gdn: bool = False):
         self.compiled = compile
+        if fused_gdn and not gdn_kernel.available():
+            raise RuntimeError("the fused Gated DeltaNet kernel needs triton")
+        self.fused_gdn = fused_gdn
         for name in self.NAMES:
             fn = globals()[name]
             setattr(self, name, torch.compile(fn, dynamic=False) if compile else fn)
+
+    def describe(self) -> str:
+        parts = ["torch.compile'd non-GEMM ops"] if self.compiled else []
+        if self.fused_gdn:
+            parts.append("fused Gated DeltaNet kernel")
+        return ", ".join(parts)
 
 
 @dataclass
@@ -157,10 +195,10 @@ class PreparedModel:
     """Every layer in one backend's format, built once and shared by engines of any batch."""
 
     def __init__(self, weights: ModelWeights, backend: GemmBackend, device: torch.device,
-                 autotune: bool = False, compile: bool = False):
+                 autotune: bool = False, compile: bool = False, fused_gdn: bool = False):
         self.cfg: ModelConfig = weights.config
         self.backend, self.device, self.autotune = backend, device, autotune
-        self.ops = Ops(compile)
+        self.ops = Ops(compile, fused_gdn)
         self.dense = weights.dense
         self.lin: dict[str, Linear] = {}
         # Layer by layer, dropping the source as we go: peak memory stays near one format.
@@ -200,9 +238,14 @@ class DecodeEngine:
             else:
                 dk, hv = cfg.linear_head_dim, cfg.linear_v_heads
                 ch = 2 * cfg.linear_qk_heads * dk + hv * dk
-                self.conv_state[i] = torch.zeros((b, ch, cfg.conv_kernel - 1), dtype=torch.bfloat16,
+                # A ring of the last conv_kernel inputs per channel (see gdn_kernel).
+                self.conv_state[i] = torch.zeros((b, ch, cfg.conv_kernel), dtype=torch.bfloat16,
                                                  device=device)
                 self.rec_state[i] = torch.zeros((b, hv, dk, dk), dtype=torch.float32, device=device)
+        self.gdn_work, self.gdn_split = None, 1
+        if self.conv_state and model.ops.fused_gdn:
+            self.gdn_split = gdn_kernel.head_split(cfg.linear_head_dim)
+            self.gdn_work = gdn_kernel.Workspace(b, cfg.linear_v_heads, cfg.linear_head_dim, device)
         # Static decode-step inputs and outputs (what a CUDA graph reads and writes).
         self.tokens = torch.zeros(b, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
@@ -223,12 +266,12 @@ class DecodeEngine:
         if cfg.attn_output_gate:
             q, gate = q.reshape(b, t, hq, 2 * hd).chunk(2, dim=-1)
             gate = gate.reshape(b, t, hq * hd)
-        q = rms_norm(q.reshape(b, t, hq, hd), self.dense[p + "q_norm"], cfg.rms_eps)
-        k = rms_norm(k.reshape(b, t, hkv, hd), self.dense[p + "k_norm"], cfg.rms_eps)
         v = v.reshape(b, t, hkv, hd)
         positions = pos + torch.arange(t, device=x.device)
         cos, sin = self.cos[positions][None, :, None, :], self.sin[positions][None, :, None, :]
-        q, k = rotate(q, cos, sin, self.rot), rotate(k, cos, sin, self.rot)
+        q, k = self.model.ops.qk_norm_rope(q.reshape(b, t, hq, hd), k.reshape(b, t, hkv, hd),
+                                           self.dense[p + "q_norm"], self.dense[p + "k_norm"],
+                                           cos, sin, self.rot, cfg.rms_eps)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         kc, vc = self.k_cache[i], self.v_cache[i]
         if prefill:
@@ -242,23 +285,30 @@ class DecodeEngine:
             o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=True)
         o = o.transpose(1, 2).reshape(b, t, hq * hd)
         if gate is not None:
-            o = o * torch.sigmoid(gate)
+            o = self.model.ops.sigmoid_gate(o, gate)
         return self.lin[p + "o_proj"](o)
 
-    def _deltanet(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        cfg, p, ops = self.cfg, f"layers.{i}.linear_attn.", self.model.ops
-        b, t, _ = x.shape
+    def _deltanet(self, i: int, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        cfg, p, ops, dense = self.cfg, f"layers.{i}.linear_attn.", self.model.ops, self.dense
+        t = x.shape[1]
         hk, hv, d = cfg.linear_qk_heads, cfg.linear_v_heads, cfg.linear_head_dim
         qkvz = self.lin[p + "in_proj_qkvz"](x)
-        qkv, z = qkvz.split([2 * hk * d + hv * d, hv * d], dim=-1)
-        ba = F.linear(x, self.dense[p + "in_proj_ba"])
-        g, beta = ops.gdn_gates(ba, self.dense[p + "A_log"], self.dense[p + "dt_bias"], hv)
-        conv_w = self.dense[p + "conv1d"][:, 0, :]              # [C, W]
-        state, S = self.conv_state[i], self.rec_state[i]
+        conv_w = dense[p + "conv1d"][:, 0, :]                    # [C, W]
+        ring, S = self.conv_state[i], self.rec_state[i]
         # The recurrent form: decode is t == 1; prefill walks the prompt.
-        outs = [ops.gdn_step(qkv[:, s], g[:, s], beta[:, s], conv_w, state, S, hk, hv, d)
-                for s in range(t)]
-        o = ops.gated_norm(torch.stack(outs, dim=1), z, self.dense[p + "norm"], cfg.rms_eps)
+        if ops.fused_gdn:  # in_proj_ba, gates, conv, delta rule and gated norm in one kernel
+            outs = [gdn_kernel.gdn_decode(
+                x[:, s], dense[p + "in_proj_ba"], qkvz[:, s], ring, conv_w, dense[p + "A_log"],
+                dense[p + "dt_bias"], S, dense[p + "norm"], pos + s if s else pos, hk, hv, d,
+                cfg.rms_eps, self.gdn_work, self.gdn_split) for s in range(t)]
+            o = outs[0][:, None] if t == 1 else torch.stack(outs, dim=1)
+        else:
+            ba = F.linear(x, dense[p + "in_proj_ba"])
+            qkv, z = qkvz.split([2 * hk * d + hv * d, hv * d], dim=-1)
+            g, beta = ops.gdn_gates(ba, dense[p + "A_log"], dense[p + "dt_bias"], hv)
+            outs = [ops.gdn_step(qkv[:, s], g[:, s], beta[:, s], conv_w, ring, S, pos + s,
+                                 hk, hv, d) for s in range(t)]
+            o = ops.gated_norm(torch.stack(outs, dim=1), z, dense[p + "norm"], cfg.rms_eps)
         return self.lin[p + "out_proj"](o)
 
     def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -267,19 +317,21 @@ class DecodeEngine:
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool) -> torch.Tensor:
         """tokens [B, T] -> logits of the last position [B, vocab] (bf16)."""
-        cfg, d, norm = self.cfg, self.dense, self.model.ops.rms_norm
+        cfg, d, ops = self.cfg, self.dense, self.model.ops
         x = F.embedding(tokens, d["embed_tokens"])
+        h = ops.rms_norm(x, d["layers.0.input_layernorm"], cfg.rms_eps)
         for i in range(cfg.layers):
             p = f"layers.{i}."
-            h = norm(x, d[p + "input_layernorm"], cfg.rms_eps)
             if cfg.is_attention_layer(i):
-                x = x + self._attention(i, h, pos, prefill)
+                y = self._attention(i, h, pos, prefill)
             else:
-                x = x + self._deltanet(i, h)
-            h = norm(x, d[p + "post_attention_layernorm"], cfg.rms_eps)
-            x = x + self._mlp(i, h)
-        x = norm(x[:, -1], d["norm"], cfg.rms_eps)
-        return F.linear(x, d.get("lm_head", d["embed_tokens"]))
+                y = self._deltanet(i, h, pos)
+            x, h = ops.add_rms_norm(x, y, d[p + "post_attention_layernorm"], cfg.rms_eps)
+            # The residual add and the next layer's input norm in one op; the last layer's
+            # next norm is the final one (applied to every position, the last one is kept).
+            nxt = f"layers.{i + 1}.input_layernorm" if i + 1 < cfg.layers else "norm"
+            x, h = ops.add_rms_norm(x, self._mlp(i, h), d[nxt], cfg.rms_eps)
+        return F.linear(h[:, -1], d.get("lm_head", d["embed_tokens"]))
 
     # ---- the two phases ----------------------------------------------------------------
 
@@ -325,7 +377,8 @@ class DecodeEngine:
         lin = sum(lin.weight_bytes for lin in self.lin.values())
         lm = cfg.vocab * cfg.hidden * 2
         kv = sum(2 * b * cfg.kv_heads * context * cfg.head_dim * 2 for _ in self.k_cache)
-        rec = sum(2 * s.numel() * s.element_size() + 2 * c.numel() * c.element_size()
+        # The state is read and written; of the conv ring, W - 1 slots are read and one written.
+        rec = sum(2 * s.numel() * s.element_size() + c.numel() * c.element_size()
                   for s, c in zip(self.rec_state.values(), self.conv_state.values()))
         other = sum(t.numel() * t.element_size() for k, t in self.dense.items()
                     if k not in ("embed_tokens", "lm_head"))
