@@ -129,6 +129,23 @@ def decode_table(cells) -> list[list[str]]:
     return rows
 
 
+def kernel_table(c, top: int = 25) -> str:
+    """A profiled decode cell's step by kernel: the largest ``top`` and the rest summed."""
+    total = sum(k["ms_per_call"] for k in c.kernels)
+    launches = sum(k["launches_per_call"] for k in c.kernels)
+    step = f"{c.median_step_s * 1e3:.2f} ms step, " if c.median_step_s else ""
+    lines = [f"\n{c.backend} autotune={c.autotune} batch={c.batch}: {step}kernels {total:.2f} ms "
+             f"in {launches:.0f} launches per step"]
+    for k in c.kernels[:top]:
+        lines.append(f"  {k['ms_per_call']:8.3f} ms {100 * k['ms_per_call'] / total:5.1f}% "
+                     f"{k['launches_per_call']:6.0f}x  {k['name'][:100]}")
+    rest = c.kernels[top:]
+    if rest:
+        lines.append(f"  {sum(k['ms_per_call'] for k in rest):8.3f} ms        "
+                     f"{sum(k['launches_per_call'] for k in rest):6.0f}x  ({len(rest)} more kernels)")
+    return "\n".join(lines)
+
+
 class _Progress:
     """A one-line progress bar on a terminal; plain lines otherwise (CI logs)."""
 
@@ -173,7 +190,8 @@ def cmd_decode(args) -> int:
                         args.autotune, engine=args.engine, checkpoint=args.checkpoint)
     opts = decode.DecodeOptions(seed=args.seed, isolate=not args.in_process,
                                 checkpoint=args.checkpoint, use_graph=not args.no_graph,
-                                compile=args.compile, fused_gdn=not args.unfused_gdn)
+                                compile=args.compile, fused_gdn=not args.unfused_gdn,
+                                profile_steps=args.profile)
     env = detect()
     progress = _Progress(len(cells), args.quiet)
     progress.log(f"{len(cells)} decode cells on {env.machine_name()} "
@@ -183,6 +201,10 @@ def cmd_decode(args) -> int:
     finally:
         progress.close()
     print_table(decode_table(cells))
+    if args.profile:
+        for c in cells:
+            if c.kernels:
+                print(kernel_table(c))
     if args.json:
         write_run(args.json, env.to_json(), cells, command=sys.argv,
                   extra={"options": opts.__dict__})
@@ -347,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--unfused-gdn", action="store_true",
                    help="run each Gated DeltaNet token as separate torch ops instead of the "
                    "fused Triton kernel (the default on GPUs)")
+    d.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after the timed steps, run STEPS more under the torch profiler and "
+                   "report time per step by kernel (stored in the cell as `kernels`)")
     d.add_argument("--in-process", action="store_true")
     d.add_argument("--json", metavar="PATH")
     d.add_argument("--quiet", action="store_true")

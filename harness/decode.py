@@ -22,7 +22,7 @@ from harness import isolate
 from harness.backends import GemmBackend, get_backend
 from harness.gemm import AUTOTUNE_VALUES, describe_error, why_skipped
 from harness.hardware import copy_bandwidth, default_device
-from harness.measure import summarize
+from harness.measure import kernel_breakdown, summarize
 from harness.models import gdn_kernel, get_model
 from harness.models import weights as weights_mod
 from harness.models.engine import DecodeEngine, PreparedModel
@@ -43,6 +43,8 @@ class DecodeOptions:
     compile: bool = False
     # One Triton kernel per Gated DeltaNet token (GPU with triton); False: separate torch ops.
     fused_gdn: bool = True
+    # After the timed steps, this many more under the torch profiler: per-kernel time per step.
+    profile_steps: int = 0
     # Headroom on top of weights + caches for activations and workspaces.
     memory_margin: float = 0.10
 
@@ -133,7 +135,7 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
     todo = []
     for c in cells:
         if cfg is not None:
-            r = memory_check(backend, cfg, c.batch, c.input_len + c.output_len + WARMUP_STEPS + 1,
+            r = memory_check(backend, cfg, c.batch, _max_len(c, opts),
                              c.input_len, device, opts.memory_margin)
             if r is not None:
                 c.status, c.reason = "skipped", r
@@ -167,7 +169,7 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
     for c in sorted(todo, key=lambda c: -c.batch):  # largest batch first: it tunes
         engine = None
         try:
-            max_len = c.input_len + c.output_len + WARMUP_STEPS + 1
+            max_len = _max_len(c, opts)
             engine = DecodeEngine(model, c.batch, max_len)
             c.weight_bytes = sum(lin.weight_bytes for lin in model.lin.values())
             c.model_bytes = model_bytes
@@ -212,7 +214,10 @@ def _run_cell(c: DecodeCell, engine: DecodeEngine, opts: DecodeOptions, device: 
     for _ in range(WARMUP_STEPS):
         engine.step()
     sync()
-    samples, method = _time_steps(engine, c.output_len, device, opts.use_graph)
+    samples, method, run = _time_steps(engine, c.output_len, device, opts.use_graph)
+    if opts.profile_steps:
+        c.kernels = [dataclasses.asdict(k) for k in
+                     kernel_breakdown(run, device, reps=opts.profile_steps)]
     bad_rows = engine.bad_rows.nonzero().flatten().tolist()
     c.health = {"nan_inf_or_zero_rows": len(bad_rows), "rows": c.batch,
                 "ok": not bad_rows}
@@ -252,15 +257,21 @@ def _bad_rows(logits: torch.Tensor) -> str:
     return "; ".join(parts)
 
 
+def _max_len(c: DecodeCell, opts: DecodeOptions) -> int:
+    """Cache length: prompt, warm-up, timed and profiled steps, and the next token."""
+    return c.input_len + WARMUP_STEPS + c.output_len + opts.profile_steps + 1
+
+
 def _time_steps(engine: DecodeEngine, steps: int, device: torch.device,
-                use_graph: bool) -> tuple[list[float], str]:
+                use_graph: bool) -> tuple[list[float], str, Callable[[], None]]:
+    """Per-step samples, how they were taken, and the step as timed (a graph replay)."""
     if device.type != "cuda":
         out = []
         for _ in range(steps):
             t0 = time.perf_counter()
             engine.step()
             out.append(time.perf_counter() - t0)
-        return out, "cpu-perf_counter per step"
+        return out, "cpu-perf_counter per step", engine.step
     run = engine.step
     method = "cuda-events per step (eager)"
     if use_graph:
@@ -287,7 +298,7 @@ def _time_steps(engine: DecodeEngine, steps: int, device: torch.device,
         run()
         ends[i].record()
     torch.cuda.synchronize(device)
-    return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)], method
+    return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)], method, run
 
 
 # ---- process isolation and the CLI's entry ---------------------------------------------

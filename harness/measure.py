@@ -154,3 +154,42 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, samples: int, war
     if device.type == "cuda":
         return time_gpu(fn, samples=samples, warmup=warmup, cold_l2=cold_l2)
     return time_cpu(fn, samples=samples, warmup=warmup)
+
+
+@dataclass
+class KernelTime:
+    """One kernel (GPU) or operator (CPU, self time) of a profiled callable, per call."""
+
+    name: str
+    ms_per_call: float
+    launches_per_call: float
+
+
+def kernel_breakdown(fn: Callable[[], object], device: torch.device, reps: int = 5,
+                     top: int | None = None) -> list[KernelTime]:
+    """Where ``fn``'s time goes: ``reps`` calls under the torch profiler, summed per kernel name
+    (CUDA activity: kernels inside CUDA graphs are listed too) or per operator's self CPU time
+    on the CPU; largest first. ``fn`` has run before (nothing left to compile or capture)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+    total_us: dict[str, float] = {}
+    launches: dict[str, int] = {}
+    for e in prof.events():
+        if cuda and e.device_type == DeviceType.CUDA:
+            t = e.device_time_total
+        elif not cuda and e.device_type == DeviceType.CPU:
+            t = e.self_cpu_time_total  # self time: nested operators are not counted twice
+        else:
+            continue
+        total_us[e.name] = total_us.get(e.name, 0.0) + t
+        launches[e.name] = launches.get(e.name, 0) + 1
+    rows = sorted((KernelTime(n, t / reps / 1e3, launches[n] / reps) for n, t in total_us.items()),
+                  key=lambda k: -k.ms_per_call)
+    return rows[:top] if top else rows

@@ -79,6 +79,8 @@ class DecodeCell:
     model_bytes: int | None = None      # all weights as loaded (NVFP4 linears + dense)
     load_peak_bytes: int | None = None  # peak GPU memory while loading them
     health: dict | None = None
+    # With --profile: [{name, ms_per_call, launches_per_call}] per decode step, largest first.
+    kernels: list[dict] | None = None
     kind: str = "decode"
 
     @property

@@ -357,6 +357,23 @@ def test_decode_cli_writes_cells(tmp_path):
     assert main(["decode", "--model", "tiny", "--engine", "trt"]) == 2
 
 
+def test_profile_reports_the_step_by_kernel(tmp_path, capsys):
+    """--profile runs extra steps (the caches must hold them) and stores per-kernel times."""
+    from harness.cli import main
+    out = tmp_path / "p.json"
+    rc = main(["decode", "--model", "tiny-hybrid", "--batch", "2", "--input-len", "4",
+               "--output-len", "3", "--backends", "torch-dequant", "--autotune", "off",
+               "--profile", "6", "--in-process", "--quiet", "--json", str(out)])
+    assert rc == 0
+    _, (cell,) = read_run(out)
+    assert cell.status == "ok", cell.reason
+    ks = cell.kernels
+    assert ks and all(k["ms_per_call"] >= 0 and k["launches_per_call"] > 0 for k in ks)
+    assert [k["ms_per_call"] for k in ks] == sorted((k["ms_per_call"] for k in ks), reverse=True)
+    assert any("mm" in k["name"] for k in ks)  # the GEMMs are in there
+    assert "launches per step" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_compiled_ops_match_eager():
     """torch.compile'd non-GEMM pieces compute the same step (up to summation order)."""
