@@ -165,8 +165,8 @@ class KernelTime:
     launches_per_call: float
 
 
-def kernel_breakdown(fn: Callable[[], object], device: torch.device, reps: int = 5,
-                     top: int | None = None) -> list[KernelTime]:
+def kernel_breakdown(fn: Callable[[], object], device: torch.device,
+                     reps: int = 5) -> list[KernelTime]:
     """Where ``fn``'s time goes: ``reps`` calls under the torch profiler, summed per kernel name
     (CUDA activity: kernels inside CUDA graphs are listed too) or per operator's self CPU time
     on the CPU; largest first. ``fn`` has run before (nothing left to compile or capture)."""
@@ -190,6 +190,5 @@ def kernel_breakdown(fn: Callable[[], object], device: torch.device, reps: int =
             continue
         total_us[e.name] = total_us.get(e.name, 0.0) + t
         launches[e.name] = launches.get(e.name, 0) + 1
-    rows = sorted((KernelTime(n, t / reps / 1e3, launches[n] / reps) for n, t in total_us.items()),
+    return sorted((KernelTime(n, t / reps / 1e3, launches[n] / reps) for n, t in total_us.items()),
                   key=lambda k: -k.ms_per_call)
-    return rows[:top] if top else rows
