@@ -191,6 +191,7 @@ def cmd_decode(args) -> int:
     opts = decode.DecodeOptions(seed=args.seed, isolate=not args.in_process,
                                 checkpoint=args.checkpoint, use_graph=not args.no_graph,
                                 compile=args.compile, fused_gdn=not args.unfused_gdn,
+                                fused_attn=not args.unfused_attn,
                                 profile_steps=args.profile)
     env = detect()
     progress = _Progress(len(cells), args.quiet)
@@ -369,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--unfused-gdn", action="store_true",
                    help="run each Gated DeltaNet token as separate torch ops instead of the "
                    "fused Triton kernel (the default on GPUs)")
+    d.add_argument("--unfused-attn", action="store_true",
+                   help="run each attention decode token as torch ops + SDPA instead of the "
+                   "two fused Triton kernels (the default on GPUs)")
     d.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after the timed steps, run STEPS more under the torch profiler and "
                    "report time per step by kernel (stored in the cell as `kernels`)")

@@ -43,6 +43,8 @@ class DecodeOptions:
     compile: bool = False
     # One Triton kernel per Gated DeltaNet token (GPU with triton); False: separate torch ops.
     fused_gdn: bool = True
+    # Two Triton kernels per attention decode token (GPU with triton); False: torch ops + SDPA.
+    fused_attn: bool = True
     # After the timed steps, this many more under the torch profiler: per-kernel time per step.
     profile_steps: int = 0
     # Headroom on top of weights + caches for activations and workspaces.
@@ -155,11 +157,12 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
             c.status, c.reason = "failed", f"loading weights: {describe_error(e)}"
             done(c)
         return cells
+    fused_ok = device.type == "cuda" and gdn_kernel.available()
     try:
         model = PreparedModel(weights, backend, device, autotune=autotune,
                               compile=opts.compile and device.type == "cuda",
-                              fused_gdn=opts.fused_gdn and device.type == "cuda"
-                              and gdn_kernel.available())
+                              fused_gdn=opts.fused_gdn and fused_ok,
+                              fused_attn=opts.fused_attn and fused_ok)
     except Exception as e:  # noqa: BLE001
         for c in todo:
             c.status, c.reason = "failed", f"preparing layers for {backend.name}: {describe_error(e)}"

@@ -1,8 +1,9 @@
 """A compact NVFP4 decode engine for Qwen3 (dense GQA) and Qwen3.5/3.6 (hybrid) models.
 
 Every linear layer runs through one GEMM backend of the registry; embeddings, ``lm_head``
-and norms are plain torch in bf16/fp32 (optionally torch.compile'd); the Gated DeltaNet token
-is plain torch too, or on GPUs one fused Triton kernel (:mod:`harness.models.gdn_kernel`).
+and norms are plain torch in bf16/fp32 (optionally torch.compile'd); a decode token's Gated
+DeltaNet and attention pieces are plain torch too, or on GPUs fused Triton kernels
+(:mod:`harness.models.gdn_kernel`, :mod:`harness.models.attn_kernel`).
 The decode step is static (fixed batch, KV cache of fixed length, position in a device
 tensor), so it can be captured in one CUDA graph.
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 from harness import nvfp4
 from harness.backends.base import GemmBackend
-from harness.models import gdn_kernel
+from harness.models import attn_kernel, gdn_kernel
 from harness.models.configs import ModelConfig
 from harness.models.weights import ModelWeights
 
@@ -153,16 +154,18 @@ class Ops:
     fewer launches per step; the GEMMs stay with the backend, outside the compiled code).
 
     ``fused_gdn``: a Gated DeltaNet decode token runs as one Triton kernel
-    (:mod:`harness.models.gdn_kernel`) instead of the gates/step/gated-norm ops."""
+    (:mod:`harness.models.gdn_kernel`) instead of the gates/step/gated-norm ops.
+    ``fused_attn``: an attention decode token runs as two Triton kernels
+    (:mod:`harness.models.attn_kernel`) instead of norms, rotary, cache copies and SDPA."""
 
     NAMES = ("rms_norm", "add_rms_norm", "qk_norm_rope", "sigmoid_gate", "gdn_gates",
              "gdn_step", "gated_norm", "silu_mul")
 
-    def __init__(self, compile: bool = False, fused_gdn: bool = False):
+    def __init__(self, compile: bool = False, fused_gdn: bool = False, fused_attn: bool = False):
         self.compiled = compile
-        if fused_gdn and not gdn_kernel.available():
-            raise RuntimeError("the fused Gated DeltaNet kernel needs triton")
-        self.fused_gdn = fused_gdn
+        if (fused_gdn or fused_attn) and not gdn_kernel.available():
+            raise RuntimeError("the fused decode kernels need triton")
+        self.fused_gdn, self.fused_attn = fused_gdn, fused_attn
         for name in self.NAMES:
             fn = globals()[name]
             setattr(self, name, torch.compile(fn, dynamic=False) if compile else fn)
@@ -171,6 +174,8 @@ class Ops:
         parts = ["torch.compile'd non-GEMM ops"] if self.compiled else []
         if self.fused_gdn:
             parts.append("fused Gated DeltaNet kernel")
+        if self.fused_attn:
+            parts.append("fused attention kernels")
         return ", ".join(parts)
 
 
@@ -195,10 +200,11 @@ class PreparedModel:
     """Every layer in one backend's format, built once and shared by engines of any batch."""
 
     def __init__(self, weights: ModelWeights, backend: GemmBackend, device: torch.device,
-                 autotune: bool = False, compile: bool = False, fused_gdn: bool = False):
+                 autotune: bool = False, compile: bool = False, fused_gdn: bool = False,
+                 fused_attn: bool = False):
         self.cfg: ModelConfig = weights.config
         self.backend, self.device, self.autotune = backend, device, autotune
-        self.ops = Ops(compile, fused_gdn)
+        self.ops = Ops(compile, fused_gdn, fused_attn)
         self.dense = weights.dense
         self.lin: dict[str, Linear] = {}
         # Layer by layer, dropping the source as we go: peak memory stays near one format.
@@ -246,6 +252,10 @@ class DecodeEngine:
         if self.conv_state and model.ops.fused_gdn:
             self.gdn_split = gdn_kernel.head_split(cfg.linear_head_dim)
             self.gdn_work = gdn_kernel.Workspace(b, cfg.linear_v_heads, cfg.linear_head_dim, device)
+        self.attn_work = None
+        if self.k_cache and model.ops.fused_attn:
+            self.attn_work = attn_kernel.Workspace(b, cfg.q_heads, cfg.kv_heads, cfg.head_dim,
+                                                   max_len, device)
         # Static decode-step inputs and outputs (what a CUDA graph reads and writes).
         self.tokens = torch.zeros(b, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
@@ -260,6 +270,12 @@ class DecodeEngine:
         b, t, _ = x.shape
         hd, hq, hkv = cfg.head_dim, cfg.q_heads, cfg.kv_heads
         qkv = self.lin[p + "qkv_proj"](x)
+        if not prefill and self.attn_work is not None:  # norms .. output gate in two kernels
+            o = attn_kernel.attn_decode(qkv[:, 0], self.dense[p + "q_norm"],
+                                        self.dense[p + "k_norm"], self.cos, self.sin, pos,
+                                        self.k_cache[i], self.v_cache[i], self.attn_work, hq,
+                                        hkv, hd, self.rot, cfg.rms_eps, cfg.attn_output_gate)
+            return self.lin[p + "o_proj"](o[:, None])
         q_out = hq * hd * (2 if cfg.attn_output_gate else 1)
         q, k, v = qkv.split([q_out, hkv * hd, hkv * hd], dim=-1)
         gate = None
