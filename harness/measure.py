@@ -1,10 +1,20 @@
-"""Timing engine: warm-up, CUDA-graph replays timed with events, L2 flush, statistics.
+"""Timing engine: warm-up, CUDA-graph replays, L2 flush, statistics.
 
-On a GPU every sample is one replay of a captured CUDA graph between two CUDA events. In
-cold-L2 mode a 2x-L2 buffer is rewritten before each sample (FlashInfer's benchmark does the
-same), so weights come from DRAM as they do in a real decode step; in warm mode a graph holds
-several calls and the sample is their mean, which hides launch gaps. Without a GPU the
-same interface times with ``time.perf_counter`` so every caller also runs in CI.
+On a GPU every sample is one replay of a captured CUDA graph. In cold-L2 mode a read of a
+2x-L2 buffer runs before each sample, so weights come from DRAM as they do in a real decode
+step. The flush reads rather than writes: a written buffer leaves the L2 full of dirty lines
+whose write-back lands inside the next timed kernel (on an H200 that added 1-8 us per call,
+more to some backends than to others), while in decode the lines left behind by the previous
+layers' weight reads are clean.
+
+A cold sample is the GPU span of the callable's own kernels, first start to last end, read
+from the profiler's CUDA activity records (CUPTI), as FlashInfer's benchmarks do. Timing
+the replay between two CUDA events instead adds the GPU's launch latency (~2.7 us per
+sample on an H200), a large share of a 10 us kernel, which a decode step's back-to-back
+kernels do not pay; events remain the fallback where the activity records are missing. In
+warm mode a graph holds several calls and the sample is their mean between events, which
+hides launch gaps. Without a GPU the same interface times with ``time.perf_counter`` so
+every caller also runs in CI.
 """
 
 from __future__ import annotations
@@ -72,12 +82,93 @@ def summarize(samples: list[float], confidence: float = 0.99) -> Stats:
 def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
     props = torch.cuda.get_device_properties(device)
     l2 = getattr(props, "L2_cache_size", 0) or (64 << 20)
-    return torch.empty(2 * l2, dtype=torch.uint8, device=device)
+    return torch.zeros(2 * l2 // 4, dtype=torch.int32, device=device)
+
+
+class _ReadFlush:
+    """Evicts the L2 by reading (summing) a 2x-L2 buffer: the lines it leaves are clean."""
+
+    def __init__(self, device: torch.device):
+        self.buf = _l2_flush_buffer(device)
+        self.sink = torch.zeros((), dtype=torch.int32, device=device)
+
+    def __call__(self) -> None:
+        torch.sum(self.buf, 0, dtype=torch.int32, out=self.sink)
+
+
+@dataclass(frozen=True)
+class GpuActivity:
+    """One record of the profiler's CUDA activity: a kernel, memset or copy on the GPU."""
+
+    name: str
+    start_us: float
+    end_us: float
+
+
+def sample_spans(activity: list[GpuActivity], flush_names: list[str],
+                 samples: int) -> list[float] | None:
+    """Per-sample GPU spans (seconds) of a run of ``samples`` x (flush, callable).
+
+    ``flush_names`` is what one flush launches, in order. The records must repeat that
+    pattern: the flush's records, then the same list of the callable's records, once per
+    sample; anything else (a record missing or extra) gives None, and the caller falls back
+    to event timing rather than guess which record belongs to which sample.
+    """
+    acts = sorted(activity, key=lambda a: a.start_us)
+    nf = len(flush_names)
+    if samples <= 0 or nf == 0 or len(acts) % samples:
+        return None
+    per = len(acts) // samples
+    if per <= nf:
+        return None  # the callable launched nothing on the GPU
+    spans, body_names = [], None
+    for i in range(samples):
+        chunk = acts[i * per:(i + 1) * per]
+        if [a.name for a in chunk[:nf]] != flush_names:
+            return None
+        body = chunk[nf:]
+        names = [a.name for a in body]
+        if body_names is None:
+            body_names = names
+        elif names != body_names:
+            return None
+        spans.append((max(a.end_us for a in body) - body[0].start_us) * 1e-6)
+    return spans
+
+
+def _gpu_activity(run: Callable[[], object]) -> list[GpuActivity] | None:
+    """``run()`` under the torch profiler: its CUDA activity, or None if none was recorded."""
+    try:
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run()
+            torch.cuda.synchronize()
+        acts = [GpuActivity(e.name, e.time_range.start, e.time_range.end)
+                for e in prof.events() if e.device_type == DeviceType.CUDA]
+    except Exception:  # noqa: BLE001 - no CUPTI here: event timing instead
+        return None
+    return acts or None
+
+
+def _kernel_spans(run: Callable[[], object], flush: Callable[[], object],
+                  samples: int) -> list[float] | None:
+    flush_only = _gpu_activity(flush)
+    if not flush_only:
+        return None
+    flush_names = [a.name for a in sorted(flush_only, key=lambda a: a.start_us)]
+
+    def all_samples() -> None:
+        for _ in range(samples):
+            flush()
+            run()
+    acts = _gpu_activity(all_samples)
+    return sample_spans(acts, flush_names, samples) if acts else None
 
 
 def time_gpu(fn: Callable[[], object], *, samples: int = 100, warmup: int = 10,
              cold_l2: bool = True, use_graph: bool = True,
-             min_sample_s: float = 100e-6) -> Timing:
+             min_sample_s: float = 100e-6, kernel_clock: bool = True) -> Timing:
     """Time ``fn`` (which launches work on the current stream) on the GPU."""
     device = torch.device("cuda", torch.cuda.current_device())
     side = torch.cuda.Stream()
@@ -107,7 +198,7 @@ def time_gpu(fn: Callable[[], object], *, samples: int = 100, warmup: int = 10,
                 for _ in range(inner):
                     fn()
             run = graph.replay
-            method = "cuda-graph+events"
+            method = "cuda-graph"
         except Exception:  # noqa: BLE001 - some kernels refuse capture; time them eagerly
             torch.cuda.synchronize()
             run = _repeat(fn, inner)
@@ -116,19 +207,24 @@ def time_gpu(fn: Callable[[], object], *, samples: int = 100, warmup: int = 10,
     run()
     torch.cuda.synchronize()
 
-    flush = _l2_flush_buffer(device) if cold_l2 else None
+    if cold_l2:
+        flush = _ReadFlush(device)
+        spans = _kernel_spans(run, flush, samples) if kernel_clock else None
+        if spans is not None:
+            return Timing(samples_s=spans, method=method + "+kernel-span cold-L2(read)",
+                          cold_l2=True)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(samples)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(samples)]
     for i in range(samples):
-        if flush is not None:
-            flush.zero_()
+        if cold_l2:
+            flush()
         starts[i].record()
         run()
         ends[i].record()
     torch.cuda.synchronize()
     out = [s.elapsed_time(e) / 1e3 / inner for s, e in zip(starts, ends)]
-    return Timing(samples_s=out, method=method + (" cold-L2" if cold_l2 else f" warm x{inner}"),
-                  cold_l2=cold_l2)
+    return Timing(samples_s=out, method=method + "+events" + (
+        " cold-L2(read)" if cold_l2 else f" warm x{inner}"), cold_l2=cold_l2)
 
 
 def _repeat(fn: Callable[[], object], inner: int) -> Callable[[], None]:

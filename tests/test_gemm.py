@@ -124,3 +124,39 @@ def test_summarize_and_cpu_timer():
     assert len(t.samples_s) == 7 and all(s > 0 for s in t.samples_s)
     with pytest.raises(ValueError):
         summarize([])
+
+
+def _acts(pattern):
+    """GpuActivity records laid end to end from (name, duration_us) pairs, 1 us apart."""
+    from harness.measure import GpuActivity
+    out, t = [], 0.0
+    for name, dur in pattern:
+        out.append(GpuActivity(name, t, t + dur))
+        t += dur + 1.0
+    return out
+
+
+def test_sample_spans_take_the_callables_kernels_between_flushes():
+    from harness.measure import sample_spans
+    # flush = one reduction; the callable = a memset and two kernels
+    per = [("flush", 30.0), ("memset", 0.5), ("gemm", 10.0), ("reduce", 2.0)]
+    acts = _acts(per * 3)
+    spans = sample_spans(list(reversed(acts)), ["flush"], 3)  # order of records is not trusted
+    # span = first start of the callable to its last end: 0.5 + 1 + 10 + 1 + 2 us
+    assert spans == pytest.approx([14.5e-6] * 3)
+
+
+@pytest.mark.parametrize("broken", ["missing", "extra", "renamed", "no_body"])
+def test_sample_spans_refuse_an_ambiguous_record(broken):
+    from harness.measure import sample_spans
+    per = [("flush", 30.0), ("gemm", 10.0)]
+    pattern = per * 4
+    if broken == "missing":
+        pattern = pattern[:-1]
+    elif broken == "extra":
+        pattern = pattern + [("gemm", 1.0)] * 4  # divisible by 4, but not the pattern
+    elif broken == "renamed":
+        pattern[5] = ("other", 10.0)
+    else:
+        pattern = [("flush", 30.0)] * 4
+    assert sample_spans(_acts(pattern), ["flush"], 4) is None
