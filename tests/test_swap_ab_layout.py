@@ -63,10 +63,11 @@ def test_logical_column_is_a_permutation_of_each_group():
 
 
 def test_decoded_register_pairs_are_adjacent_k_columns():
-    # The decode yields fp16x2 registers (elements 0, 2), (4, 6), (1, 3), (5, 7); the MMA
-    # packs columns (2j, 2j + 1) into one register, so each pair must land there as is.
+    # The decode yields bf16x2 registers (elements 0, 1), (2, 3), (4, 5), (6, 7), and each
+    # activation register holds two neighbouring elements too; the MMA packs columns
+    # (2j, 2j + 1) into one register, so each pair must land there as is.
     for w in range(16):
-        for lo, hi in ((0, 2), (4, 6), (1, 3), (5, 7)):
+        for lo, hi in ((0, 1), (2, 3), (4, 5), (6, 7)):
             col = sab.logical_column(w, lo)
             assert col % 2 == 0 and sab.logical_column(w, hi) == col + 1, (w, lo, hi)
 

@@ -62,8 +62,8 @@ def test_autotune_path_and_negative_weights():
 
 def test_word_layout_round_trips_every_code_and_matches_the_ptx_recipe():
     """``shuffle_words`` keeps every code, and the shift/mask recipe of the PTX decode (emulated
-    here with torch integer ops) turns each word into fp16x2 pairs (0,2), (4,6), (1,3), (5,7)
-    of e2m1 * 2^-14: a wrong bit position in either fails."""
+    here with torch integer ops) turns each word into bf16x2 pairs (0,1), (2,3), (4,5), (6,7)
+    of e2m1 * 2^-126: a wrong bit position in either fails."""
     from harness.backends.triton_w4a16 import shuffle_words
     from harness.nvfp4 import E2M1_VALUES
 
@@ -72,9 +72,11 @@ def test_word_layout_round_trips_every_code_and_matches_the_ptx_recipe():
     codes = torch.stack([packed & 15, packed >> 4], -1).reshape(3, -1, 8).long()
     words = shuffle_words(packed).long() & 0xFFFFFFFF
     signed = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES))
-    for shift_mag, shift_sign, (lo_el, hi_el) in [(0, 0, (0, 2)), (3, 3, (4, 6)),
-                                                  (6, 2, (1, 3)), (9, 1, (5, 7))]:
-        bits = ((words << shift_mag) & 0x0E000E00) | ((words << shift_sign) & 0x80008000)
-        for lane, el in ((0, lo_el), (1, hi_el)):
-            half = ((bits >> (16 * lane)) & 0xFFFF).to(torch.int16).view(torch.float16).float()
-            assert torch.equal(half * 2 ** 14, signed[codes[..., el]])
+    registers = [words & 0x81C081C0, (words << 3) & 0x81C081C0, (words << 6) & 0x81C081C0,
+                 ((words >> 4) & 0x00C000C0) | ((words >> 5) & 0x01000100)
+                 | ((words << 1) & 0x80008000)]
+    for q, bits in enumerate(registers):
+        for lane in range(2):
+            half = ((bits >> (16 * lane)) & 0xFFFF).to(torch.int16).view(torch.bfloat16).float()
+            # bf16 -> fp32 keeps subnormals on the CPU: the codes 0.5 and 0 round-trip too
+            assert torch.equal(half * 2.0 ** 126, signed[codes[..., 2 * q + lane]]), (q, lane)

@@ -1,10 +1,10 @@
 """Small-M path of the ``triton`` backend: swapped-operand tensor-core W4A16 in Gluon.
 
-For M <= 64 the weight is the MMA's A operand (``mma.sync`` m16n8k16, fp16 in, fp32
+For M <= 64 the weight is the MMA's A operand (``mma.sync`` m16n8k16, bf16 in, fp32
 accumulate) and the activations are B, so the N rows of the weight fill the 16-row MMA
-tiles and the batch needs only 8, 16 or 32 columns per tile. The weight words are decoded in registers
-straight into the A fragment: no shared memory, no shuffles. That needs explicit layouts,
-which is why this kernel is written in Gluon (Triton's layout-explicit dialect).
+tiles and the batch needs only 8, 16 or 32 columns per tile. The weight words are decoded in
+registers straight into the A fragment: no shared memory, no shuffles. That needs explicit
+layouts, which is why this kernel is written in Gluon (Triton's layout-explicit dialect).
 
 Inside a 128-wide K group the MMA runs over K in a permuted order, the same for A and B
 (a dot product does not care about the order of its terms):
@@ -12,11 +12,12 @@ Inside a 128-wide K group the MMA runs over K in a permuted order, the same for 
 * lane ``4g + t`` of a warp loads words ``4t .. 4t+3`` of rows ``g`` and ``g + 8`` of the
   group (16 bytes per row: one 128-bit load) and the two scale bytes of blocks
   ``2t, 2t+1`` (a 16-bit load);
-* the decode of one word gives fp16x2 registers holding its elements (0, 2), (4, 6), (1, 3),
-  (5, 7) (see ``shuffle_words``); word ``c`` of lane ``t`` becomes logical columns
-  ``32c + 16s + 8h + 2t + p`` of the group, where its element ``e = s + 2p + 4h``;
+* the decode of one word gives bf16x2 registers holding its elements (0, 1), (2, 3), (4, 5),
+  (6, 7) (see ``shuffle_words``); word ``c`` of lane ``t`` becomes logical columns
+  ``32c + 16s + 8h + 2t + p`` of the group, where its element ``e = p + 2h + 4s``;
 * the activations of batch row ``g`` at the same physical K (32 contiguous bf16 per lane
-  and group) are permuted the same way in registers into the B fragment.
+  and group) are the B fragment as loaded: a register holds two neighbouring elements, as
+  the decoded weight registers do, so the permutation only renames registers.
 
 Each element of a decoded fragment is then already in the lane and register where the MMA
 wants it; ``convert_layout(..., assert_trivial=True)`` makes the compiler prove it.
@@ -43,6 +44,29 @@ except ImportError:  # older Triton: the backend keeps its other paths
 
 K_GROUP = 128  # elements of K per lane-quad layout unit (16 words per row)
 MAX_M = 64  # above this the M x N tiles of the plain tensor-core path fill the GPU
+# Scale operand of the decode: bf16 S = sf * 2^119, so that S times the masked bits
+# (e2m1 * 2^-126) is e2m1 * sf * 2^-7. sf * 2^119 is at most 448 * 2^119 < 2^128.
+S_BIAS = 2.0 ** 119
+
+# One word of the backend's layout ($8) and its block scale S ($9, bf16) -> the word's 8
+# elements in K order ($0..$7, bf16 ``e2m1 * sf * 2^-7``), as the halves of four bf16x2
+# registers: (0, 1), (2, 3), (4, 5), (6, 7). The masked bits are ``e2m1 * 2^-126`` (bf16
+# subnormals for the codes 0.5 and 0, which the bf16 FMA takes as they are); products of at
+# most 6 significant bits are exact. ``fma.bf16x2`` runs on SM80+ (``mul.bf16x2`` needs SM90).
+DECODE_ASM = """
+{
+.reg .b32 t, u, v, s2, mz, r0, r1, r2, r3;
+mov.b32 s2, {$9, $9};
+mov.b32 mz, 0x80008000;
+and.b32 t, $8, 0x81C081C0;                              fma.rn.bf16x2 r0, t, s2, mz;
+shl.b32 t, $8, 3; and.b32 t, t, 0x81C081C0;             fma.rn.bf16x2 r1, t, s2, mz;
+shl.b32 t, $8, 6; and.b32 t, t, 0x81C081C0;             fma.rn.bf16x2 r2, t, s2, mz;
+shr.b32 t, $8, 4; and.b32 t, t, 0x00C000C0; shr.b32 u, $8, 5; and.b32 u, u, 0x01000100;
+shl.b32 v, $8, 1; and.b32 v, v, 0x80008000; or.b32 t, t, u; or.b32 t, t, v;
+fma.rn.bf16x2 r3, t, s2, mz;
+mov.b32 {$0, $1}, r0; mov.b32 {$2, $3}, r1; mov.b32 {$4, $5}, r2; mov.b32 {$6, $7}, r3;
+}
+"""
 
 
 @constexpr_function
@@ -111,7 +135,7 @@ def logical_column(word: int, element: int) -> int:
     """Column of the MMA's K order (within one 128-wide group) that holds ``element`` of
     ``word`` (0..15) of the group: the permutation that A and B share."""
     t, c = word // 4, word % 4
-    s, p, h = element & 1, (element >> 1) & 1, element >> 2
+    p, h, s = element & 1, (element >> 1) & 1, element >> 2
     return 32 * c + 16 * s + 8 * h + 2 * t + p
 
 
@@ -144,52 +168,40 @@ if gluon is not None:
         return gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1],
                                          instr_shape=[16, 8])
 
-    # One word and its block scale (fp16 sf * 2^6) -> 8 fp16 ``e2m1 * sf * 2^-8`` (exact), as
-    # the (low, high) halves of the registers (elements 0, 2), (4, 6), (1, 3), (5, 7).
-    _DECODE_ASM = gl.constexpr("""
-    {
-    .reg .b32 t, u, s2, mz, r0, r1, r2, r3;
-    mov.b32 s2, {$9, $9};
-    mov.b32 mz, 0x80008000;
-    and.b32 t, $8, 0x8E008E00;  fma.rn.f16x2 r0, t, s2, mz;
-    shl.b32 t, $8, 3; and.b32 t, t, 0x8E008E00; fma.rn.f16x2 r1, t, s2, mz;
-    shl.b32 t, $8, 6; and.b32 t, t, 0x0E000E00; shl.b32 u, $8, 2; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   fma.rn.f16x2 r2, t, s2, mz;
-    shl.b32 t, $8, 9; and.b32 t, t, 0x0E000E00; shl.b32 u, $8, 1; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   fma.rn.f16x2 r3, t, s2, mz;
-    mov.b32 {$0, $1}, r0; mov.b32 {$2, $3}, r1; mov.b32 {$4, $5}, r2; mov.b32 {$6, $7}, r3;
-    }
-    """)
+    _DECODE_ASM = gl.constexpr(DECODE_ASM)
+    _S_BIAS = gl.constexpr(S_BIAS)
+    _S_BIAS_SM80 = gl.constexpr(2.0 ** 127)
 
     @gluon.jit
     def _a_fragment(wv, sb, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
                     A_LAYOUT: gl.constexpr, FP8_CVT: gl.constexpr):
-        """Words [BN, BK/8] and scale bytes [BN, BK/16] -> fp16 A tile [BN, BK] in K order
+        """Words [BN, BK/8] and scale bytes [BN, BK/16] -> bf16 A tile [BN, BK] in K order
         ``logical_column``, already in the MMA operand layout."""
         if FP8_CVT:  # SM89+: one cvt per two scales
-            sf = sb.to(gl.float8e4nv, bitcast=True).to(gl.float16) * 64.0
+            sf = sb.to(gl.float8e4nv, bitcast=True).to(gl.float32) * _S_BIAS
         else:  # e4m3 bits moved into fp16 bits: sf * 2^-8 exactly (subnormals included)
             s32 = sb.to(gl.int32)
             bits = ((s32 & 0x7F) << 7) | ((s32 & 0x80) << 8)
-            sf = bits.to(gl.uint16).to(gl.float16, bitcast=True) * 16384.0
+            sf = bits.to(gl.uint16).to(gl.float16, bitcast=True).to(gl.float32) * _S_BIAS_SM80
+        sf = sf.to(gl.bfloat16)
         sw = gl.reshape(gl.join(sf, sf), [BLOCK_N, BLOCK_K // 8])
-        e0, e2, e4, e6, e1, e3, e5, e7 = gl.inline_asm_elementwise(
-            _DECODE_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,h", [wv, sw], dtype=(gl.float16,) * 8,
+        e0, e1, e2, e3, e4, e5, e6, e7 = gl.inline_asm_elementwise(
+            _DECODE_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,h", [wv, sw], dtype=(gl.bfloat16,) * 8,
             is_pure=True, pack=1)
         # Each join appends the new axis last: the element axis comes out as (p, h, s).
-        a = gl.join(gl.join(gl.join(e0, e2), gl.join(e4, e6)),
-                    gl.join(gl.join(e1, e3), gl.join(e5, e7)))
+        a = gl.join(gl.join(gl.join(e0, e1), gl.join(e2, e3)),
+                    gl.join(gl.join(e4, e5), gl.join(e6, e7)))
         a = gl.reshape(a, [BLOCK_N, BLOCK_K // 128, 4, 4, 2, 2, 2])  # n, G, t, c, p, h, s
         a = gl.permute(a, [0, 1, 3, 6, 5, 2, 4])  # n, G, c, s, h, t, p
         return gl.convert_layout(gl.reshape(a, [BLOCK_N, BLOCK_K]), A_LAYOUT, assert_trivial=True)
 
     @gluon.jit
     def _b_fragment(xv, BLOCK_B: gl.constexpr, BLOCK_K: gl.constexpr, B_LAYOUT: gl.constexpr):
-        """Activations [BB, BK] bf16 in physical K order -> fp16 B tile [BK, BB] in K order
-        ``logical_column``, in the MMA operand layout. fp16 keeps more mantissa than bf16; an
-        activation beyond 65504 would become Inf and fail the cell's health check."""
-        xh = gl.reshape(xv.to(gl.float16), [BLOCK_B, BLOCK_K // 128, 4, 4, 2, 2, 2])
-        xh = gl.permute(xh, [0, 1, 3, 6, 4, 2, 5])  # b, G, t, c, h, p, s -> b, G, c, s, h, t, p
+        """Activations [BB, BK] bf16 in physical K order -> B tile [BK, BB] in K order
+        ``logical_column``, in the MMA operand layout: a renaming of registers, no data moves
+        (a register's two bf16 are neighbours in K both in memory and in the MMA)."""
+        xh = gl.reshape(xv, [BLOCK_B, BLOCK_K // 128, 4, 4, 2, 2, 2])  # b, G, t, c, s, h, p
+        xh = gl.permute(xh, [0, 1, 3, 4, 5, 2, 6])  # b, G, c, s, h, t, p
         xh = gl.permute(gl.reshape(xh, [BLOCK_B, BLOCK_K]), [1, 0])
         return gl.convert_layout(xh, B_LAYOUT, assert_trivial=True)
 

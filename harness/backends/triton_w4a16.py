@@ -3,18 +3,18 @@
 At load the backend re-packs the checkpoint's codes (uint8 [N, K/2], two e2m1 nibbles per
 byte) into its own word layout (int32 [N, K/8], same bytes, same K order; the e4m3
 [N, K/16] block scales are used as they are): within each 32-bit word the 8 codes are
-placed so that an AND, a shift and an AND, or two shifts and two LOP3s turn a word into an
-fp16x2 register, both lanes at once (``e2m1 * 2^-14`` as fp16 bits; see
-``shuffle_words``). On the GPU the decode is 11 integer instructions per word (it was 22
-for the checkpoint's nibble order) and one HFMA2 per element pair applies the block scale,
-giving ``e2m1 * sf * 2^-8`` exactly in fp16; the epilogue multiplies by ``2^8 / gsf``.
-Under the Triton interpreter the same values come from plain Triton ops.
+placed so that an AND, a shift and an AND, or three shifts and three LOP3s turn a word into
+a bf16x2 register of two neighbouring elements, both lanes at once (``e2m1 * 2^-126`` as
+bf16 bits, subnormal for the two smallest codes; see ``shuffle_words``). On the GPU the
+decode is 11 integer instructions per word and one bf16x2 FMA per element pair applies the
+block scale, giving ``e2m1 * sf * 2^-7`` exactly in bf16; the epilogue multiplies by
+``2^7 / gsf``. bf16 weights meet the bf16 activations as they are: no per-call conversion
+of the activations. Under the Triton interpreter the same values come from plain Triton ops.
 
 Paths:
 * ``swap_ab`` (M <= 64 on a GPU, K a multiple of 128; ``triton_swap_ab``): the weight is
   the ``mma.sync`` A operand, decoded in registers straight into its fragment (Gluon);
-* ``gemm`` (larger M): fp16 ``tl.dot`` on tensor cores, even and odd K columns as two dots
-  so nibbles never need interleaving;
+* ``gemm`` (larger M): bf16 ``tl.dot`` on tensor cores;
 * ``gemv`` (M == 1 where ``swap_ab`` cannot run, e.g. under the interpreter): CUDA-core dot
   products over [BLOCK_N, BLOCK_K/8] tiles of int32 words, reduced over K once at the end.
 All split K across programs when M is small, so the whole GPU streams the weight; the
@@ -44,8 +44,9 @@ except ImportError:  # the backend reports itself unavailable
     triton = None
     tl = None
 
-# Decoded weights are e2m1 * sf * 2^-8 (kept inside fp16 range); the epilogue undoes it.
-DECODE_FACTOR = float(2 ** 8)
+# Decoded weights are e2m1 * sf * 2^-7 (at most 21, at least 2^-17: normal bf16, exact); the
+# epilogue undoes it.
+DECODE_FACTOR = float(2 ** 7)
 MAX_SPLIT_K = 16
 # Split-K pays only while M is small; above this the M x N tiles fill the GPU.
 SPLIT_K_MAX_M = 64
@@ -74,50 +75,39 @@ if triton is not None:
         return bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
 
     @triton.jit
-    def _scale_f16(sb):
-        """e4m3fn scale bytes (int32) -> fp16 ``sf * 2^6`` (exact; at most 28672)."""
+    def _scale_f32(sb):
+        """e4m3fn scale bytes (int32) -> fp32 ``sf * 2^7`` (exact)."""
         bits = ((sb & 0x7F) << 7) | ((sb & 0x80) << 8)  # fp16 bits of sf * 2^-8
-        sf = bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-        return (sf * 16384.0).to(tl.float16)
+        return bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32) * 32768.0
 
-    # Per word (4 bytes; pack=4 hands the asm one word): the four fp16x2 registers come out as
-    # (elements 0, 2), (4, 6), (1, 3), (5, 7), i.e. the (low, high) nibble values of bytes 0-1
-    # and 2-3; one HFMA2 per pair applies the block scale. Products e2m1 * sf * 2^-8 have at
-    # most 6 significant bits: exact.
-    _DECODE_ASM = tl.constexpr("""
-    {
-    .reg .b32 t, u, mz;
-    mov.b32 mz, 0x80008000;
-    and.b32 t, $4, 0x8E008E00;  fma.rn.f16x2 $0, t, $5, mz;
-    shl.b32 t, $4, 3; and.b32 t, t, 0x8E008E00; fma.rn.f16x2 $1, t, $5, mz;
-    shl.b32 t, $4, 6; and.b32 t, t, 0x0E000E00; shl.b32 u, $4, 2; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   fma.rn.f16x2 $2, t, $5, mz;
-    shl.b32 t, $4, 9; and.b32 t, t, 0x0E000E00; shl.b32 u, $4, 1; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   fma.rn.f16x2 $3, t, $5, mz;
-    }
-    """)
+    # One word and its block scale S = sf * 2^119 -> its 8 elements in K order (bf16).
+    _DECODE_ASM = tl.constexpr(triton_swap_ab.DECODE_ASM)
 
     @triton.jit
-    def _decode(wb, sf16, USE_ASM: tl.constexpr):
-        """[BN, G, 8] bytes of the word layout and per-byte fp16 scales -> (low, high) values
-        of each byte position in fp16, ``e2m1 * sf * 2^-8``: elements 2b and 2b+1 of a word."""
+    def _scale_bf16(sb):
+        """e4m3fn scale bytes (int32) -> bf16 ``sf * 2^119`` (exact), the decode's S."""
+        bits = ((sb & 0x7F) << 7) | ((sb & 0x80) << 8)  # fp16 bits of sf * 2^-8
+        sf = bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+        return (sf * 1.7014118346046923e38).to(tl.bfloat16)  # sf * 2^-8 * 2^127
+
+    @triton.jit
+    def _decode_tile(wv, sb, BLOCK_N: tl.constexpr, W: tl.constexpr, USE_ASM: tl.constexpr):
+        """Words [BN, W] and their scale bytes [BN, W] (int32) -> [BN, 8 W] weights in K order,
+        ``e2m1 * sf * 2^-7``: bf16 on the GPU, fp32 (same values) under the interpreter."""
         if USE_ASM:
-            lo, hi = tl.inline_asm_elementwise(
-                _DECODE_ASM, "=r,=r,=r,=r,r,r,r", [wb, sf16],
-                dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+            e0, e1, e2, e3, e4, e5, e6, e7 = tl.inline_asm_elementwise(
+                _DECODE_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,h", [wv, _scale_bf16(sb)],
+                dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
         else:
-            bn: tl.constexpr = wb.shape[0]
-            g: tl.constexpr = wb.shape[1]
-            q = tl.arange(0, 4)
-            shifted = tl.reshape(wb.to(tl.int32), [bn, g, 2, 4]) << (8 * q)[None, None, None, :]
-            word = tl.sum(shifted, axis=3)
-            d0, d1, d2, d3, d4, d5, d6, d7 = _decode_word(word, False)
-            sf = sf16.to(tl.float32)
-            lo = tl.reshape(tl.join(tl.join(d0, d4), tl.join(d2, d6)), [bn, g, 8])
-            hi = tl.reshape(tl.join(tl.join(d1, d5), tl.join(d3, d7)), [bn, g, 8])
-            lo = (lo * sf).to(tl.float16)
-            hi = (hi * sf).to(tl.float16)
-        return lo, hi
+            d0, d1, d2, d3, d4, d5, d6, d7 = _decode_word(wv)
+            sf = _scale_f32(sb)
+            e0, e1, e2, e3 = d0 * sf, d1 * sf, d2 * sf, d3 * sf
+            e4, e5, e6, e7 = d4 * sf, d5 * sf, d6 * sf, d7 * sf
+        # Each join appends its axis last, so the element axis comes out bit-reversed.
+        w = tl.join(tl.join(tl.join(e0, e1), tl.join(e2, e3)),
+                    tl.join(tl.join(e4, e5), tl.join(e6, e7)))
+        w = tl.permute(tl.reshape(w, [BLOCK_N, W, 2, 2, 2]), [0, 1, 4, 3, 2])
+        return tl.reshape(w, [BLOCK_N, W * 8])
 
     @triton.jit
     def _finish_tile(acc, ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
@@ -141,62 +131,37 @@ if triton is not None:
                 tl.store(out_ptrs, (total * scale).to(tl.bfloat16), mask=mask)
                 tl.store(cnt_ptr + pid_tile, 0)  # ready for the next launch (graph replay)
 
-    # One word of the backend's layout -> its 8 values as fp32 ``e2m1 * 2^-14``: four
-    # (shift,) AND(, OR) groups give fp16x2 registers (elements 0,2), (4,6), (1,3), (5,7),
-    # one CVT per value.
-    _WORD_ASM = tl.constexpr("""
-    {
-    .reg .b32 t, u;
-    .reg .b16 l, h;
-    and.b32 t, $8, 0x8E008E00;
-    mov.b32 {l, h}, t; cvt.f32.f16 $0, l; cvt.f32.f16 $2, h;
-    shl.b32 t, $8, 3; and.b32 t, t, 0x8E008E00;
-    mov.b32 {l, h}, t; cvt.f32.f16 $4, l; cvt.f32.f16 $6, h;
-    shl.b32 t, $8, 6; and.b32 t, t, 0x0E000E00; shl.b32 u, $8, 2; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   mov.b32 {l, h}, t; cvt.f32.f16 $1, l; cvt.f32.f16 $3, h;
-    shl.b32 t, $8, 9; and.b32 t, t, 0x0E000E00; shl.b32 u, $8, 1; and.b32 u, u, 0x80008000;
-    or.b32 t, t, u;   mov.b32 {l, h}, t; cvt.f32.f16 $5, l; cvt.f32.f16 $7, h;
-    }
-    """)
-
     @triton.jit
     def _code_at(wv, lane: tl.constexpr, slot: tl.constexpr):
-        """The 4-bit e2m1 code stored in one (16-bit lane, slot) of the word layout."""
-        # Slots 0..3: magnitude (e1 e0 m) at bits 9, 6, 3, 0 and sign at 15, 12, 13, 14 of the
-        # lane (see ``shuffle_words``).
+        """The 4-bit e2m1 code stored in one (16-bit lane, slot) of the word layout: element
+        ``2 * slot + lane`` of the word (see ``shuffle_words``)."""
         base: tl.constexpr = 16 * lane
-        mag = (wv >> (base + 9 - 3 * slot)) & 7
-        if slot == 0:
-            sign = (wv >> (base + 15)) & 1
-        else:
-            sign = (wv >> (base + 11 + slot)) & 1
+        if slot == 3:  # m, e0 at bits 10-11, e1 at 13, sign at 14
+            mag = ((wv >> (base + 10)) & 3) | (((wv >> (base + 13)) & 1) << 2)
+            sign = (wv >> (base + 14)) & 1
+        else:  # magnitude (e1 e0 m) at bits 6, 3, 0 and sign at 15, 12, 9
+            mag = (wv >> (base + 6 - 3 * slot)) & 7
+            sign = (wv >> (base + 15 - 3 * slot)) & 1
         return mag | (sign << 3)
 
     @triton.jit
-    def _decode_word(wv, USE_ASM: tl.constexpr):
+    def _decode_word(wv):
         """int32 words of the backend layout -> 8 fp32 tensors (elements 0..7 of each word),
         ``e2m1 * 2^-14``."""
-        if USE_ASM:
-            d0, d1, d2, d3, d4, d5, d6, d7 = tl.inline_asm_elementwise(
-                _WORD_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r", [wv],
-                dtype=(tl.float32,) * 8, is_pure=True, pack=1)
-        else:
-            # Lane 0 holds elements (0, 4, 1, 5) in slots 0..3, lane 1 holds (2, 6, 3, 7).
-            d0 = _e2m1_as_f32(_code_at(wv, 0, 0))
-            d4 = _e2m1_as_f32(_code_at(wv, 0, 1))
-            d1 = _e2m1_as_f32(_code_at(wv, 0, 2))
-            d5 = _e2m1_as_f32(_code_at(wv, 0, 3))
-            d2 = _e2m1_as_f32(_code_at(wv, 1, 0))
-            d6 = _e2m1_as_f32(_code_at(wv, 1, 1))
-            d3 = _e2m1_as_f32(_code_at(wv, 1, 2))
-            d7 = _e2m1_as_f32(_code_at(wv, 1, 3))
+        d0 = _e2m1_as_f32(_code_at(wv, 0, 0))
+        d1 = _e2m1_as_f32(_code_at(wv, 1, 0))
+        d2 = _e2m1_as_f32(_code_at(wv, 0, 1))
+        d3 = _e2m1_as_f32(_code_at(wv, 1, 1))
+        d4 = _e2m1_as_f32(_code_at(wv, 0, 2))
+        d5 = _e2m1_as_f32(_code_at(wv, 1, 2))
+        d6 = _e2m1_as_f32(_code_at(wv, 0, 3))
+        d7 = _e2m1_as_f32(_code_at(wv, 1, 3))
         return d0, d1, d2, d3, d4, d5, d6, d7
 
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                      M, N, K, stride_xm, stride_om, M_BUCKET, stride_wn,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                     USE_ASM: tl.constexpr = False):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
         # The tile is [BLOCK_N, words] of int32 (8 nibbles each). Products accumulate
         # elementwise and the sum over K happens once, after the loop: no cross-thread
         # reduction per step. One layout conversion per step is left (scales vs words).
@@ -224,9 +189,9 @@ if triton is not None:
             sg = tl.load(s_row + kg[None, :], mask=n_ok[:, None] & (kg < kw_total // 2)[None, :],
                          other=0).to(tl.int32)
             sb = tl.reshape(tl.join(sg, sg), [BLOCK_N, W])
-            sf = _scale_f16(sb).to(tl.float32)
+            sf = _scale_f32(sb)
             xb = x_ptr + kw * 8
-            d0, d1, d2, d3, d4, d5, d6, d7 = _decode_word(wv, USE_ASM)
+            d0, d1, d2, d3, d4, d5, d6, d7 = _decode_word(wv)
             part = d0 * tl.load(xb, mask=ok, other=0.0).to(tl.float32)[None, :]
             part += d1 * tl.load(xb + 1, mask=ok, other=0.0).to(tl.float32)[None, :]
             part += d2 * tl.load(xb + 2, mask=ok, other=0.0).to(tl.float32)[None, :]
@@ -249,40 +214,34 @@ if triton is not None:
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         pid_k = tl.program_id(2)
-        G: tl.constexpr = BLOCK_K // 16
+        W: tl.constexpr = BLOCK_K // 8
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        g = tl.arange(0, G)
-        e = tl.arange(0, 8)
+        j = tl.arange(0, W)
         kk = tl.arange(0, BLOCK_K)
         m_ok = rm < M
         n_ok = rn < N
         k_chunk = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
         k_lo = pid_k * k_chunk
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        w_row = w_ptr + rn.to(tl.int64)[:, None, None] * (K // 2)
+        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        w_row = w_ptr + rn.to(tl.int64)[:, None] * (K // 8)
         s_row = s_ptr + rn.to(tl.int64)[:, None] * (K // 16)
-        x_row = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
+        xt_col = x_ptr + rm.to(tl.int64)[None, :] * stride_xm
         for k0 in range(k_lo, k_lo + k_chunk, BLOCK_K):
-            g_ok = (k0 + g * 16) < K
-            wb = tl.load(w_row + (k0 // 2 + g[None, :, None] * 8 + e[None, None, :]),
-                         mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
-            sb = tl.load(s_row + (k0 // 16 + g[None, :]), mask=n_ok[:, None] & g_ok[None, :],
-                         other=0).to(tl.int32)
-            sf = tl.broadcast_to(_scale_f16(sb)[:, :, None], [BLOCK_N, G, 8])
-            lo, hi = _decode(wb, sf, USE_ASM)
-            w_lo = tl.reshape(lo, [BLOCK_N, BLOCK_K // 2])
-            w_hi = tl.reshape(hi, [BLOCK_N, BLOCK_K // 2])
-            # fp16 operands: the weight values are exact in fp16; activations keep more
-            # mantissa than in bf16 (a |x| over 65504 would show up as Inf in the health check).
-            x = tl.load(x_row + k0 + kk[None, :], mask=m_ok[:, None] & ((k0 + kk) < K)[None, :],
-                        other=0.0).to(tl.float16)
-            xe, xo = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_K // 2, 2]))
-            acc = tl.dot(xe, tl.trans(w_lo), acc)
-            acc = tl.dot(xo, tl.trans(w_hi), acc)
+            kw = k0 // 8 + j
+            w_mask = n_ok[:, None] & (kw < K // 8)[None, :]
+            wv = tl.load(w_row + kw[None, :], mask=w_mask, other=0)
+            # the block scale of each word (one byte per two words; the repeat hits the cache)
+            sb = tl.load(s_row + (kw // 2)[None, :], mask=w_mask, other=0).to(tl.int32)
+            w = _decode_tile(wv, sb, BLOCK_N, W, USE_ASM)
+            # out^T = W x^T: the decoded tile is the A operand as it is (a transposed register
+            # tile trips Triton's dot-operand pass on SM90), x^T is loaded transposed.
+            xt = tl.load(xt_col + k0 + kk[:, None], mask=m_ok[None, :] & ((k0 + kk) < K)[:, None],
+                         other=0.0)
+            acc = tl.dot(w, xt.to(w.dtype), acc)
         scale = tl.load(scale_ptr)
         tile = pid_m * tl.num_programs(1) + pid_n
-        _finish_tile(acc, ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
+        _finish_tile(tl.trans(acc), ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
                      tile, pid_k, SPLIT_K)
 
     # ---- configurations ----------------------------------------------------------------
@@ -476,15 +435,14 @@ class _Workspace:
 _WORKSPACE = _Workspace()
 
 
-# Word layout: 16-bit lane 0 holds elements (0, 4, 1, 5) of the word in slots 0..3, lane 1
-# holds (2, 6, 3, 7); slot s keeps the code's magnitude (e1 e0 m) at bit 9 - 3s and its sign
-# at bit (15, 12, 13, 14)[s] of the lane. Shifting the word left by (0, 3, 6, 9) puts slot s's
-# magnitude at fp16 bits 11..9 of both lanes (exponent low bits and top mantissa bit:
-# e2m1 * 2^-14 as fp16) and shifting by (0, 3, 2, 1) puts its sign at bit 15, so the slot
-# pairs come out as fp16x2 (0, 2), (4, 6), (1, 3), (5, 7): the (low, high) nibble values
-# of bytes (0, 1) and (2, 3) of the checkpoint's word.
-_LANE_ELEMENTS = ((0, 4, 1, 5), (2, 6, 3, 7))
-_SIGN_BITS = (15, 12, 13, 14)
+# Word layout: slot q of 16-bit lane l holds element 2q + l of the word, so slot q of both
+# lanes is the neighbouring pair (2q, 2q + 1). Code bits (m, e0, e1) of slots 0-2 sit at lane
+# bits (6, 7, 8) - 3q with the sign 9 bits above: a left shift by 3q puts both where bf16
+# wants them (magnitude at bits 8..6 = exponent low bits and top mantissa bit, i.e.
+# e2m1 * 2^-126; sign at 15) in both lanes at once. The three slots tile bits 0-9, 12 and
+# 15; slot 3 takes the rest: (m, e0) at 10-11 (right shift 4), e1 at 13 (right shift 5),
+# sign at 14 (left shift 1). No tiling gives slot 3 fewer than three shifts.
+_SLOT_BITS = (((6, 7, 8), 15), ((3, 4, 5), 12), ((0, 1, 2), 9), ((10, 11, 13), 14))
 
 
 def shuffle_words(packed: torch.Tensor) -> torch.Tensor:
@@ -495,11 +453,12 @@ def shuffle_words(packed: torch.Tensor) -> torch.Tensor:
                          f"got {packed.dtype} {tuple(packed.shape)}")
     words = packed.contiguous().view(torch.int32)
     out = torch.zeros_like(words)
-    for lane, elements in enumerate(_LANE_ELEMENTS):
-        for slot, element in enumerate(elements):
-            code = (words >> (4 * element)) & 15
-            out |= (code & 7) << (16 * lane + 9 - 3 * slot)
-            out |= (code >> 3) << (16 * lane + _SIGN_BITS[slot])
+    for lane in range(2):
+        for slot, (mag_bits, sign_bit) in enumerate(_SLOT_BITS):
+            code = (words >> (4 * (2 * slot + lane))) & 15
+            for i, bit in enumerate(mag_bits):
+                out |= ((code >> i) & 1) << (16 * lane + bit)
+            out |= (code >> 3) << (16 * lane + sign_bit)
     return out
 
 
@@ -517,7 +476,6 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
     x = x.contiguous()
     m, k = x.shape
     n = words.shape[0]
-    packed = words.view(torch.uint8)  # the tensor-core path reads the same words as bytes
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
     if m == 0:
         return out
@@ -530,13 +488,13 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
             gemv = _fixed(_gemv_kernel, forced)
         else:
             gemm = _fixed(_gemm_kernel, forced)
-    args = (x, packed, scales_u8, out, ws, cnt, epilogue_scale, m, n, k, x.stride(0),
+    args = (x, words, scales_u8, out, ws, cnt, epilogue_scale, m, n, k, x.stride(0),
             out.stride(0), _m_bucket(m))
     use_asm = not _interpreting()
 
     def run_gemv():
         gemv[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
-            x, words, *args[2:], words.stride(0), USE_ASM=use_asm)
+            *args, words.stride(0))
 
     def run_gemm():
         gemm[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]),
