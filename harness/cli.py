@@ -246,7 +246,10 @@ def cmd_compare(args) -> int:
     base = store.resolve(conf, machine, args.base)
     head = store.resolve(conf, machine, args.head)
     rows = compare.compare(base, head, args.threshold)
-    text = compare.markdown(rows, base, head, args.threshold, only_changed=args.only_changed)
+    notes = compare.method_changes(store.timing_methods(conf, base),
+                                   store.timing_methods(conf, head))
+    text = compare.markdown(rows, base, head, args.threshold, only_changed=args.only_changed,
+                            method_notes=notes)
     print(text)
     if args.output:
         from harness.records import atomic_write_text

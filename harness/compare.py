@@ -89,8 +89,17 @@ def _fmt_time(v: float | None) -> str:
     return f"{v * 1e6:.2f} us"
 
 
+def method_changes(base_methods: dict[str, set[str]],
+                   head_methods: dict[str, set[str]]) -> list[str]:
+    """Cell kinds whose timing method differs between two runs, as readable lines."""
+    return [f"{kind}: base `{', '.join(sorted(base_methods[kind]))}`, "
+            f"head `{', '.join(sorted(head_methods[kind]))}`"
+            for kind in sorted(set(base_methods) & set(head_methods))
+            if base_methods[kind] != head_methods[kind]]
+
+
 def markdown(rows: list[Row], base: store.Entry, head: store.Entry, threshold: float,
-             only_changed: bool = False) -> str:
+             only_changed: bool = False, method_notes: list[str] = ()) -> str:
     def who(e: store.Entry) -> str:
         return f"`{e.label}` ({e.commit[:8]})" if e.label else f"`{e.commit[:8]}`"
     counts = {v: sum(r.verdict == v for r in rows) for v in (SLOWER, FASTER, SAME, MISSING, FAILED)}
@@ -100,9 +109,14 @@ def markdown(rows: list[Row], base: store.Entry, head: store.Entry, threshold: f
              f"**{counts[SLOWER]} slower**, {counts[FASTER]} faster, {counts[SAME]} unchanged, "
              f"{counts[MISSING]} missing, {counts[FAILED]} failed "
              f"(threshold {threshold * 100:.0f}%, Mann-Whitney U p < 0.002 on stored samples; "
-             f"times are lower-is-better: seconds per GEMM, seconds per token).", "",
-             "| cell | base | head | head/base | tokens/s change | verdict |",
-             "|---|---:|---:|---:|---:|---|"]
+             f"times are lower-is-better: seconds per GEMM, seconds per token).", ""]
+    if method_notes:
+        lines += ["> **The timing method changed between these runs**, so part of each change is "
+                  "the measurement, not the code:"]
+        lines += [f"> - {n}" for n in method_notes]
+        lines.append("")
+    lines += ["| cell | base | head | head/base | tokens/s change | verdict |",
+              "|---|---:|---:|---:|---:|---|"]
     order = {SLOWER: 0, FAILED: 1, MISSING: 2, FASTER: 3, SAME: 4}
     for r in sorted(rows, key=lambda r: (order[r.verdict], r.name)):
         if only_changed and r.verdict == SAME:

@@ -477,3 +477,24 @@ def partial_file(conf: Config, machine: str, sha: str, env: str, suite: str,
                  shard: str = "") -> Path:
     tag = f"-shard{shard.replace('/', 'of')}" if shard else ""
     return conf.partial_dir / machine / f"{sha[:8]}-{env}-{suite}{tag}.jsonl"
+
+
+def timing_methods(conf: Config, entry: Entry) -> dict[str, set[str]]:
+    """How the cells of ``entry`` were timed, by cell kind, from the run records that
+    ``record`` wrote beside it (empty when there are none). Only the method itself counts:
+    a decode method's engine description after the first comma is code, not measurement."""
+    from harness.records import read_run
+
+    out: dict[str, set[str]] = {}
+    pattern = f"{entry.commit[:8]}-{entry.env}-*.json"
+    for path in sorted((conf.runs_dir / entry.machine).glob(pattern)):
+        try:
+            doc, cells = read_run(path)
+        except ResultsFileError:
+            continue  # the report names unreadable records; a compare goes on without them
+        if "suite" not in doc:
+            continue  # an ad-hoc run stored beside the record, not what the history holds
+        for c in cells:
+            if c.status == "ok" and c.timing_method:
+                out.setdefault(c.kind, set()).add(c.timing_method.split(",")[0])
+    return out

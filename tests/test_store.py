@@ -409,3 +409,28 @@ def test_asv_benchmarks_are_thin_wrappers_over_suite_cells():
         f("tiny", "o_proj", 2, "torch-bf16", "off")
     per_token = bench_decode.track_seconds_per_token("tiny-hybrid", 2, 8, "torch-dequant", "off", "native")
     assert 0 < per_token < 1
+
+
+def test_compare_says_when_the_timing_method_changed(project, capsys):
+    from harness.records import write_run
+    conf, base, head = project
+
+    def run(sha, method, suite="mini", name=None):
+        cell = _gemm("torch-bf16", _noise(1e-3, seed=len(method)))
+        cell.timing_method = method
+        _plant(conf, sha, [cell])
+        extra = {"suite": suite, "commit": sha} if suite else {}
+        write_run(conf.runs_dir / "planted" / (name or f"{sha[:8]}-nvfp4-bench-{suite}.json"),
+                  {}, [cell], extra=extra)
+
+    run(base, "cuda-graph+events cold-L2")
+    run(head, "cuda-graph+events cold-L2")
+    # an ad-hoc run stored beside the record (no suite) does not speak for the history
+    run(head, "something else", suite=None, name=f"{head[:8]}-nvfp4-bench-adhoc.json")
+    main(["compare", base, head, "--config", str(conf.path)])
+    assert "timing method changed" not in capsys.readouterr().out
+    run(head, "cuda-graph+kernel-span cold-L2(read)")
+    main(["compare", base, head, "--config", str(conf.path)])
+    md = capsys.readouterr().out
+    assert "timing method changed" in md
+    assert "gemm: base `cuda-graph+events cold-L2`, head `cuda-graph+kernel-span cold-L2(read)`" in md
