@@ -192,6 +192,7 @@ def cmd_decode(args) -> int:
                                 checkpoint=args.checkpoint, use_graph=not args.no_graph,
                                 compile=args.compile, fused_gdn=not args.unfused_gdn,
                                 fused_attn=not args.unfused_attn,
+                                fused_norm=not args.unfused_norm, pdl=not args.no_pdl,
                                 profile_steps=args.profile)
     env = detect()
     progress = _Progress(len(cells), args.quiet)
@@ -376,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--unfused-attn", action="store_true",
                    help="run each attention decode token as torch ops + SDPA instead of the "
                    "two fused Triton kernels (the default on GPUs)")
+    d.add_argument("--unfused-norm", action="store_true",
+                   help="run the residual add + RMSNorm and the SiLU-mul as torch ops (compiled "
+                   "with --compile) instead of Triton kernels (the default on GPUs)")
+    d.add_argument("--no-pdl", action="store_true",
+                   help="launch the engine's kernels without programmatic dependent launch "
+                   "(on by default at batch 1 where the GPU has it: SM90+)")
     d.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after the timed steps, run STEPS more under the torch profiler and "
                    "report time per step by kernel (stored in the cell as `kernels`)")

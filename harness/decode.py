@@ -45,6 +45,11 @@ class DecodeOptions:
     fused_gdn: bool = True
     # Two Triton kernels per attention decode token (GPU with triton); False: torch ops + SDPA.
     fused_attn: bool = True
+    # Triton add+RMSNorm and SiLU-mul kernels (GPU with triton); False: torch (or compiled) ops.
+    fused_norm: bool = True
+    # Programmatic dependent launch of the engine's Triton kernels and GEMMs (SM90+; the
+    # engine uses it at batch sizes up to engine.PDL_MAX_BATCH).
+    pdl: bool = True
     # After the timed steps, this many more under the torch profiler: per-kernel time per step.
     profile_steps: int = 0
     # Headroom on top of weights + caches for activations and workspaces.
@@ -162,7 +167,9 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
         model = PreparedModel(weights, backend, device, autotune=autotune,
                               compile=opts.compile and device.type == "cuda",
                               fused_gdn=opts.fused_gdn and fused_ok,
-                              fused_attn=opts.fused_attn and fused_ok)
+                              fused_attn=opts.fused_attn and fused_ok,
+                              fused_norm=opts.fused_norm and fused_ok,
+                              pdl=opts.pdl)
     except Exception as e:  # noqa: BLE001
         for c in todo:
             c.status, c.reason = "failed", f"preparing layers for {backend.name}: {describe_error(e)}"
@@ -236,7 +243,7 @@ def _run_cell(c: DecodeCell, engine: DecodeEngine, opts: DecodeOptions, device: 
     c.ci99_s = list(st.ci99_s)
     c.cv = st.cv
     c.tokens_per_s = c.batch / st.median_s
-    ops = engine.model.ops.describe()
+    ops = engine.model.ops.describe(device, c.batch)
     c.timing_method = method + (f", {ops}" if ops else "")
     context = c.input_len + WARMUP_STEPS + c.output_len // 2
     sb = engine.step_bytes(context)

@@ -206,15 +206,30 @@ if gluon is not None:
         return gl.convert_layout(xh, B_LAYOUT, assert_trivial=True)
 
     @gluon.jit
-    def _issue_stage(w_smem, s_smem, x_smem, w_src, s_src, x_src, x_ok, slot, step, live,
-                     BLOCK_K: gl.constexpr):
-        """Start the copies of K step ``step`` into ring slot ``slot`` as one commit group
-        (an empty group when ``live`` is false: the wait counts stay uniform). Batch rows
-        past M are zero-filled without reading memory."""
+    def _gdc_launch_dependents():
+        """Let the next kernel in the stream launch (PDL; see ``harness.pdl``)."""
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _gdc_wait():
+        """Wait for the previous kernel in the stream to finish (PDL; see ``harness.pdl``)."""
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+    @gluon.jit
+    def _issue_weights(w_smem, s_smem, w_src, s_src, slot, step, live, BLOCK_K: gl.constexpr):
+        """Start the copies of K step ``step``'s words and scales into ring slot ``slot``."""
         async_copy.async_copy_global_to_shared(w_smem.index(slot), w_src + step * (BLOCK_K // 8),
                                                mask=live)
         async_copy.async_copy_global_to_shared(s_smem.index(slot), s_src + step * (BLOCK_K // 16),
                                                mask=live)
+
+    @gluon.jit
+    def _issue_acts(x_smem, x_src, x_ok, slot, step, live, BLOCK_K: gl.constexpr):
+        """Start the copy of K step ``step``'s activations and close the step's commit group
+        (an empty group when ``live`` is false: the wait counts stay uniform). Batch rows
+        past M are zero-filled without reading memory."""
         async_copy.async_copy_global_to_shared(x_smem.index(slot), x_src + step * BLOCK_K,
                                                mask=x_ok & live)
         async_copy.commit_group()
@@ -223,13 +238,17 @@ if gluon is not None:
     def _staged_loop(w_ptr, stride_wn, x_ptrs, x_ok, s_ptr, stride_sn, pid_n, N, first, last,
                      acc,
                      BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
-                     STAGES: gl.constexpr, FP8_CVT: gl.constexpr):
+                     STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr):
         """The K loop with the weight streamed through a ring of ``STAGES`` shared-memory
         slots by ``cp.async``: ``STAGES - 1`` steps of words and scales are in flight while
         one decodes, without the registers a register pipeline of that depth would need.
         Each lane copies the 16-byte word chunks it later reads back (the copy and the read
         use one layout); scales are copied a row per thread. Activations ride in the same
-        ring: loaded from L2 inside the loop, their latency stalled every step."""
+        ring: loaded from L2 inside the loop, their latency stalled every step.
+
+        Under PDL the words and scales of the first ``STAGES - 1`` steps are requested before
+        the wait for the previous kernel (nothing writes them); they join the first commit
+        group, so step 0's wait covers them."""
         nw: gl.constexpr = gl.num_warps()
         WL: gl.constexpr = _word_layout(BLOCK_N, BLOCK_K, nw)
         WL3: gl.constexpr = _staged_word_layout(BLOCK_N, BLOCK_K, nw)
@@ -262,15 +281,19 @@ if gluon is not None:
         jsc = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SC))
         s_src = s_ptr + rsc.to(gl.int64)[:, None] * stride_sn + jsc[None, :]
         for j in gl.static_range(STAGES - 1):
-            _issue_stage(w_smem, s_smem, x_smem, w_src, s_src, x_ptrs, x_ok, j, first + j,
-                         first + j < last, BLOCK_K)
+            _issue_weights(w_smem, s_smem, w_src, s_src, j, first + j, first + j < last, BLOCK_K)
+        if GDC:
+            _gdc_wait()
+        for j in gl.static_range(STAGES - 1):
+            _issue_acts(x_smem, x_ptrs, x_ok, j, first + j, first + j < last, BLOCK_K)
         for step in range(first, last):
             i = step - first
             async_copy.wait_group(STAGES - 2)  # this thread's copies of `step` have landed
             gl.thread_barrier()  # ...everyone's, and slot (i - 1) % STAGES is read by all
             ahead = step + STAGES - 1
-            _issue_stage(w_smem, s_smem, x_smem, w_src, s_src, x_ptrs, x_ok,
-                         (i + STAGES - 1) % STAGES, ahead, ahead < last, BLOCK_K)
+            slot_ahead = (i + STAGES - 1) % STAGES
+            _issue_weights(w_smem, s_smem, w_src, s_src, slot_ahead, ahead, ahead < last, BLOCK_K)
+            _issue_acts(x_smem, x_ptrs, x_ok, slot_ahead, ahead, ahead < last, BLOCK_K)
             slot = i % STAGES
             w3 = w_smem.index(slot).load(WL3)
             wv = gl.convert_layout(gl.reshape(gl.permute(w3, [1, 0, 2]),
@@ -288,7 +311,10 @@ if gluon is not None:
                        M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
                        BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                        SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr, FP8_CVT: gl.constexpr,
-                       STAGES: gl.constexpr = 0):
+                       STAGES: gl.constexpr = 0, GDC: gl.constexpr = False):
+        # GDC: grid-dependency control for a PDL launch (``harness.pdl``): wait for the
+        # previous kernel before the first activation load; let the next one launch once
+        # the K loop is done.
         nw: gl.constexpr = gl.num_warps()
         WL: gl.constexpr = _word_layout(BLOCK_N, BLOCK_K, nw)
         SL: gl.constexpr = _scale_layout(BLOCK_N, BLOCK_K, nw)
@@ -320,7 +346,7 @@ if gluon is not None:
         acc = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
         if STAGES > 0:
             acc = _staged_loop(w_ptr, stride_wn, x_ptrs, x_ok, s_ptr, stride_sn, pid_n, N, first,
-                               last, acc, BLOCK_N, BLOCK_K, BLOCK_B, STAGES, FP8_CVT)
+                               last, acc, BLOCK_N, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC)
         elif PREFETCH:
             # Software pipeline in registers: the loads of step i + 1 are in flight while step
             # i decodes (Triton pipelines loads only through shared memory, for dot operands).
@@ -329,6 +355,8 @@ if gluon is not None:
             head = gl.minimum(first, steps - 1)
             wv = gl.load(w_ptrs + head * (BLOCK_K // 8))
             sb = gl.load(s_ptrs + head * (BLOCK_K // 16))
+            if GDC:
+                _gdc_wait()
             xv = gl.load(x_ptrs + head * BLOCK_K, mask=x_ok, other=0.0)
             for step in range(first, last):
                 nxt = gl.minimum(step + 1, last - 1)  # the last step re-reads itself (cached)
@@ -340,6 +368,8 @@ if gluon is not None:
                 acc = mma_v2(a, b, acc)
                 wv, sb, xv = wv_next, sb_next, xv_next
         else:
+            if GDC:
+                _gdc_wait()
             for step in range(first, last):
                 wv = gl.load(w_ptrs + step * (BLOCK_K // 8))
                 sb = gl.load(s_ptrs + step * (BLOCK_K // 16))
@@ -347,6 +377,8 @@ if gluon is not None:
                 a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
                 b = _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT)
                 acc = mma_v2(a, b, acc)
+        if GDC:
+            _gdc_launch_dependents()
         on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))
         ob = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(0, MMA))
         mask = (ob[None, :] < M) & (on[:, None] < N)

@@ -33,6 +33,7 @@ import time
 
 import torch
 
+from harness import pdl
 from harness.backends import triton_swap_ab
 from harness.backends.base import Availability, GemmBackend, LayerWeights
 from harness.hardware import compute_capability
@@ -40,6 +41,7 @@ from harness.hardware import compute_capability
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # the backend reports itself unavailable
     triton = None
     tl = None
@@ -161,7 +163,10 @@ if triton is not None:
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                      M, N, K, stride_xm, stride_om, M_BUCKET, stride_wn,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                     GDC: tl.constexpr = False):
+        if GDC:  # a PDL launch (harness.pdl): the previous kernel wrote x
+            gdc_wait()
         # The tile is [BLOCK_N, words] of int32 (8 nibbles each). Products accumulate
         # elementwise and the sum over K happens once, after the loop: no cross-thread
         # reduction per step. One layout conversion per step is left (scales vs words).
@@ -201,6 +206,8 @@ if triton is not None:
             part += d6 * tl.load(xb + 6, mask=ok, other=0.0).to(tl.float32)[None, :]
             part += d7 * tl.load(xb + 7, mask=ok, other=0.0).to(tl.float32)[None, :]
             acc += part * sf
+        if GDC:  # the next kernel may launch while this one finishes
+            gdc_launch_dependents()
         scale = tl.load(scale_ptr)
         rm = tl.arange(0, 1)
         _finish_tile(tl.sum(acc, axis=1)[None, :], ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N,
@@ -210,7 +217,10 @@ if triton is not None:
     def _gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                      M, N, K, stride_xm, stride_om, M_BUCKET,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr = False):
+                     SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr = False,
+                     GDC: tl.constexpr = False):
+        if GDC:  # a PDL launch (harness.pdl): the previous kernel wrote x
+            gdc_wait()
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         pid_k = tl.program_id(2)
@@ -239,6 +249,8 @@ if triton is not None:
             xt = tl.load(xt_col + k0 + kk[:, None], mask=m_ok[None, :] & ((k0 + kk) < K)[:, None],
                          other=0.0)
             acc = tl.dot(w, xt.to(w.dtype), acc)
+        if GDC:  # the next kernel may launch while this one finishes
+            gdc_launch_dependents()
         scale = tl.load(scale_ptr)
         tile = pid_m * tl.num_programs(1) + pid_n
         _finish_tile(tl.trans(acc), ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
@@ -507,17 +519,18 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
     args = (x, words, scales_u8, out, ws, cnt, epilogue_scale, m, n, k, x.stride(0),
             out.stride(0), _m_bucket(m))
     use_asm = not _interpreting()
+    launch = pdl.launch_options(x.device)
 
     def run_gemv():
         gemv[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
-            *args, words.stride(0))
+            *args, words.stride(0), **launch)
 
     def run_gemm():
         gemm[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]),
-                           meta["SPLIT_K"])](*args, USE_ASM=use_asm)
+                           meta["SPLIT_K"])](*args, USE_ASM=use_asm, **launch)
 
     if config is None and _swap_ab_ok(x, m, k):
-        run_swap_ab(x, words, args, autotune)
+        run_swap_ab(x, words, args, autotune, launch)
     elif m > 1 or gemv is None:
         run_gemm()
     elif gemm is None or not autotune or config is not None:
@@ -550,8 +563,9 @@ def _swap_ab_ok(x: torch.Tensor, m: int, k: int) -> bool:
             and compute_capability(x.device) >= 80)
 
 
-def run_swap_ab(x, words, args, autotune: bool) -> None:
-    """Launch the swapped-operand kernel on ``args`` (the shared argument tuple)."""
+def run_swap_ab(x, words, args, autotune: bool, launch: dict | None = None) -> None:
+    """Launch the swapped-operand kernel on ``args`` (the shared argument tuple);
+    ``launch``: extra launch options (``harness.pdl``)."""
     m, n, k = args[7], args[8], args[9]
     scales = args[2]
     kernel_args = (x, words, scales, *args[3:12], words.stride(0), scales.stride(0), args[12])
@@ -560,7 +574,7 @@ def run_swap_ab(x, words, args, autotune: bool) -> None:
     def grid(meta):
         return (triton.cdiv(m, bb), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
-    extra = {"BLOCK_B": bb, "FP8_CVT": _has_fp8_cvt(x.device)}
+    extra = {"BLOCK_B": bb, "FP8_CVT": _has_fp8_cvt(x.device), **(launch or {})}
     if autotune:
         _swap_ab_tuned()[grid](*kernel_args, **extra)
     else:

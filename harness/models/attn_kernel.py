@@ -23,9 +23,12 @@ import os
 
 import torch
 
+from harness import pdl
+
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # pragma: no cover - the engine falls back to its torch ops
     triton = None
 
@@ -39,7 +42,10 @@ if triton is not None:
     def _attn_prep_kernel(qkv_ptr, stride_qkv, q_norm_ptr, k_norm_ptr, cos_ptr, sin_ptr, pos_ptr,
                           q_ptr, k_cache_ptr, v_cache_ptr, MAX_LEN, eps,
                           HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
-                          ROT: tl.constexpr, GATE: tl.constexpr):
+                          ROT: tl.constexpr, GATE: tl.constexpr, GDC: tl.constexpr = False):
+        if GDC:  # a PDL launch (harness.pdl): the next kernel may launch now
+            gdc_launch_dependents()
+            gdc_wait()
         b = tl.program_id(0)
         h = tl.program_id(1)
         pos = tl.load(pos_ptr)
@@ -77,7 +83,10 @@ if triton is not None:
                             scale, NSPLIT,
                             HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
                             GP: tl.constexpr, GATE: tl.constexpr, CHUNK: tl.constexpr,
-                            BLOCK_N: tl.constexpr, DOT: tl.constexpr):
+                            BLOCK_N: tl.constexpr, DOT: tl.constexpr, GDC: tl.constexpr = False):
+        if GDC:  # a PDL launch (harness.pdl): the next kernel may launch now
+            gdc_launch_dependents()
+            gdc_wait()
         b = tl.program_id(0)
         j = tl.program_id(1)
         sp = tl.program_id(2)
@@ -184,13 +193,14 @@ def attn_decode(qkv: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor,
     assert qkv.stride(-1) == 1 and k_cache.is_contiguous() and v_cache.is_contiguous()
     assert cos.is_contiguous() and sin.is_contiguous() and cos.shape[-1] == rot // 2
     assert hq % hkv == 0 and d & (d - 1) == 0 and rot % 2 == 0 and 0 < rot <= d
+    launch = pdl.launch_options(qkv.device)
     _attn_prep_kernel[(bsz, hq + hkv)](
         qkv, qkv.stride(0), q_norm, k_norm, cos, sin, pos, work.q, k_cache, v_cache,
-        max_len, eps, HQ=hq, HKV=hkv, D=d, ROT=rot, GATE=gate, num_warps=4)
+        max_len, eps, HQ=hq, HKV=hkv, D=d, ROT=rot, GATE=gate, num_warps=4, **launch)
     out = torch.empty((bsz, hq * d), dtype=torch.bfloat16, device=qkv.device)
     _attn_decode_kernel[(bsz, hkv, work.nsplit)](
         work.q, k_cache, v_cache, qkv, qkv.stride(0), out, work.part_m, work.part_l,
         work.part_acc, work.ticket, pos, max_len, 1.0 / math.sqrt(d), work.nsplit,
         HQ=hq, HKV=hkv, D=d, GP=_group_rows(hq, hkv), GATE=gate, CHUNK=CHUNK,
-        BLOCK_N=BLOCK_N, DOT=_dot_dtype(), num_warps=4)
+        BLOCK_N=BLOCK_N, DOT=_dot_dtype(), num_warps=4, **launch)
     return out

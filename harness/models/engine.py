@@ -30,14 +30,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness import nvfp4
+from harness import nvfp4, pdl
 from harness.backends.base import GemmBackend
-from harness.models import attn_kernel, gdn_kernel
+from harness.models import attn_kernel, gdn_kernel, norm_kernel
 from harness.models.configs import ModelConfig
 from harness.models.weights import ModelWeights
 
 # NVFP4 activation global scale from a calibrated amax: gsf = 448 * 6 / amax.
 GSF_NUMERATOR = nvfp4.E4M3_MAX * nvfp4.E2M1_MAX
+# Programmatic dependent launch pays at batch 1 only. On an H200 (Qwen3.6-27B, triton,
+# autotune on, --compile, one process per comparison): batch 1 7.17 -> 6.86 ms per step, batch
+# 8 9.33 -> 11.51 ms, batch 32 17.07 -> 22.03 ms (docs/PERF.md, run 10).
+PDL_MAX_BATCH = 1
 
 
 class Linear:
@@ -66,7 +70,9 @@ class Linear:
         else:
             gsf = self.gsf
         if self.mode == "tune":
-            self.backend.tune(self.prepared, x2, gsf)
+            # The tuner times candidates alone on the GPU: plain launches, whatever the engine uses.
+            with pdl.launches(False):
+                self.backend.tune(self.prepared, x2, gsf)
         y = self.backend.run(self.prepared, x2, gsf)
         return y.reshape(*shape[:-1], self.n)
 
@@ -156,26 +162,39 @@ class Ops:
     ``fused_gdn``: a Gated DeltaNet decode token runs as one Triton kernel
     (:mod:`harness.models.gdn_kernel`) instead of the gates/step/gated-norm ops.
     ``fused_attn``: an attention decode token runs as two Triton kernels
-    (:mod:`harness.models.attn_kernel`) instead of norms, rotary, cache copies and SDPA."""
+    (:mod:`harness.models.attn_kernel`) instead of norms, rotary, cache copies and SDPA.
+    ``fused_norm``: the residual add + RMSNorm and the SiLU-mul are Triton kernels
+    (:mod:`harness.models.norm_kernel`) instead of torch ops.
+    ``pdl``: the engine's Triton kernels (and the ``triton`` backend's GEMMs) are launched
+    with programmatic dependent launch where the GPU has it (:mod:`harness.pdl`), at batch
+    sizes up to ``PDL_MAX_BATCH``."""
 
     NAMES = ("rms_norm", "add_rms_norm", "qk_norm_rope", "sigmoid_gate", "gdn_gates",
              "gdn_step", "gated_norm", "silu_mul")
 
-    def __init__(self, compile: bool = False, fused_gdn: bool = False, fused_attn: bool = False):
+    def __init__(self, compile: bool = False, fused_gdn: bool = False, fused_attn: bool = False,
+                 fused_norm: bool = False, pdl: bool = False):
         self.compiled = compile
-        if (fused_gdn or fused_attn) and not gdn_kernel.available():
+        if (fused_gdn or fused_attn or fused_norm) and not gdn_kernel.available():
             raise RuntimeError("the fused decode kernels need triton")
-        self.fused_gdn, self.fused_attn = fused_gdn, fused_attn
+        self.fused_gdn, self.fused_attn, self.fused_norm = fused_gdn, fused_attn, fused_norm
+        self.pdl = pdl
         for name in self.NAMES:
             fn = globals()[name]
             setattr(self, name, torch.compile(fn, dynamic=False) if compile else fn)
+        if fused_norm:
+            self.add_rms_norm, self.silu_mul = norm_kernel.add_rms_norm, norm_kernel.silu_mul
 
-    def describe(self) -> str:
+    def describe(self, device: torch.device | None = None, batch: int = 1) -> str:
         parts = ["torch.compile'd non-GEMM ops"] if self.compiled else []
         if self.fused_gdn:
             parts.append("fused Gated DeltaNet kernel")
         if self.fused_attn:
             parts.append("fused attention kernels")
+        if self.fused_norm:
+            parts.append("Triton add+RMSNorm and SiLU-mul kernels")
+        if self.pdl and batch <= PDL_MAX_BATCH and (device is None or pdl.supported(device)):
+            parts.append("programmatic dependent launch")
         return ", ".join(parts)
 
 
@@ -201,10 +220,10 @@ class PreparedModel:
 
     def __init__(self, weights: ModelWeights, backend: GemmBackend, device: torch.device,
                  autotune: bool = False, compile: bool = False, fused_gdn: bool = False,
-                 fused_attn: bool = False):
+                 fused_attn: bool = False, fused_norm: bool = False, pdl: bool = False):
         self.cfg: ModelConfig = weights.config
         self.backend, self.device, self.autotune = backend, device, autotune
-        self.ops = Ops(compile, fused_gdn, fused_attn)
+        self.ops = Ops(compile, fused_gdn, fused_attn, fused_norm, pdl)
         self.dense = weights.dense
         self.lin: dict[str, Linear] = {}
         # Layer by layer, dropping the source as we go: peak memory stays near one format.
@@ -333,6 +352,10 @@ class DecodeEngine:
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool) -> torch.Tensor:
         """tokens [B, T] -> logits of the last position [B, vocab] (bf16)."""
+        with pdl.launches(self.model.ops.pdl and self.batch <= PDL_MAX_BATCH):
+            return self._forward(tokens, pos, prefill)
+
+    def _forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool) -> torch.Tensor:
         cfg, d, ops = self.cfg, self.dense, self.model.ops
         x = F.embedding(tokens, d["embed_tokens"])
         h = ops.rms_norm(x, d["layers.0.input_layernorm"], cfg.rms_eps)

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import torch
 
+from harness import pdl
+
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # pragma: no cover - the engine falls back to its torch ops
     triton = None
 
@@ -31,16 +34,25 @@ if triton is not None:
                            conv_w_ptr, stride_cw, a_log_ptr, dt_bias_ptr, state_ptr, norm_w_ptr,
                            out_ptr, o_part_ptr, sumsq_ptr, ticket_ptr, pos_ptr, HK, HV, eps,
                            D: tl.constexpr, W: tl.constexpr, RATIO: tl.constexpr,
-                           BV: tl.constexpr, BH: tl.constexpr):
+                           BV: tl.constexpr, BH: tl.constexpr, GDC: tl.constexpr = False):
+        if GDC:
+            gdc_launch_dependents()
         b = tl.program_id(0)
         h = tl.program_id(1)
         vb = tl.program_id(2)
         NV: tl.constexpr = D // BV
+        offs = tl.arange(0, D)
+        offv = vb * BV + tl.arange(0, BV)
+        # The state slice is read before the PDL wait: only this layer's kernel writes it, in
+        # an earlier step, and a step starts after the last one has finished (its first
+        # kernels are not PDL launches).
+        s_ptrs = state_ptr + (b * HV + h) * D * D + offs[:, None] * D + offv[None, :]
+        s = tl.load(s_ptrs)
+        if GDC:
+            gdc_wait()
         hk = h // RATIO
         C = 2 * HK * D + HV * D
         pos = tl.load(pos_ptr)
-        offs = tl.arange(0, D)
-        offv = vb * BV + tl.arange(0, BV)
         ch_q = hk * D + offs
         ch_k = HK * D + hk * D + offs
         ch_v = 2 * HK * D + h * D + offv
@@ -93,8 +105,6 @@ if triton is not None:
         beta = 1.0 / (1.0 + tl.exp(-bv))
 
         # Delta rule on S [dk, dv]: S' = e^g S + k (beta (v - e^g k^T S))^T; o = q^T S'.
-        s_ptrs = state_ptr + (b * HV + h) * D * D + offs[:, None] * D + offv[None, :]
-        s = tl.load(s_ptrs)
         ks = tl.sum(k[:, None] * s, axis=0)
         qs = tl.sum(q[:, None] * s, axis=0)
         delta = (v - decay * ks) * beta
@@ -173,5 +183,5 @@ def gdn_decode(x: torch.Tensor, ba_w: torch.Tensor, qkvz: torch.Tensor, conv_sta
         x, x.stride(0), ba_w, hidden, qkvz, qkvz.stride(0), conv_state, conv_w, conv_w.stride(0),
         a_log, dt_bias, state, norm_w, out, o_part, sumsq, ticket, pos, hk, hv, eps,
         D=d, W=width, RATIO=hv // hk, BV=bv, BH=min(1024, triton.next_power_of_2(hidden)),
-        num_warps=4)
+        num_warps=4, **pdl.launch_options(qkvz.device))
     return out
