@@ -134,8 +134,9 @@ def kernel_table(c, top: int = 25) -> str:
     total = sum(k["ms_per_call"] for k in c.kernels)
     launches = sum(k["launches_per_call"] for k in c.kernels)
     step = f"{c.median_step_s * 1e3:.2f} ms step, " if c.median_step_s else ""
+    note = f" ({c.kernels_note})" if c.kernels_note else ""
     lines = [f"\n{c.backend} autotune={c.autotune} batch={c.batch}: {step}kernels {total:.2f} ms "
-             f"in {launches:.0f} launches per step"]
+             f"in {launches:.0f} launches per step{note}"]
     for k in c.kernels[:top]:
         lines.append(f"  {k['ms_per_call']:8.3f} ms {100 * k['ms_per_call'] / total:5.1f}% "
                      f"{k['launches_per_call']:6.0f}x  {k['name'][:100]}")

@@ -226,6 +226,15 @@ def _run_cell(c: DecodeCell, engine: DecodeEngine, opts: DecodeOptions, device: 
     sync()
     samples, method, run = _time_steps(engine, c.output_len, device, opts.use_graph)
     if opts.profile_steps:
+        if engine.uses_pdl():
+            # Under PDL each kernel's span includes its wait for the previous one: the
+            # breakdown would add up to more than the step. Profile a plainly launched step.
+            def plain_step() -> None:
+                with engine.plain_launches():
+                    engine.step()
+            run = _capture_step(plain_step, engine.pos, device, opts.use_graph)[0]
+            c.kernels_note = ("profiled with plain launches; the timed steps used "
+                              "programmatic dependent launch")
         c.kernels = [dataclasses.asdict(k) for k in
                      kernel_breakdown(run, device, reps=opts.profile_steps)]
     bad_rows = engine.bad_rows.nonzero().flatten().tolist()
@@ -268,8 +277,36 @@ def _bad_rows(logits: torch.Tensor) -> str:
 
 
 def _max_len(c: DecodeCell, opts: DecodeOptions) -> int:
-    """Cache length: prompt, warm-up, timed and profiled steps, and the next token."""
-    return c.input_len + WARMUP_STEPS + c.output_len + opts.profile_steps + 1
+    """Cache length: the prompt and every step after it: warm-up, the CUDA graph's warm-up
+    (the + 1), timed, and profiled steps (a profile of plain launches under PDL warms up its
+    own graph on one more)."""
+    profiled = opts.profile_steps + 1 if opts.profile_steps else 0
+    return c.input_len + WARMUP_STEPS + c.output_len + profiled + 1
+
+
+def _capture_step(step: Callable[[], None], pos: torch.Tensor, device: torch.device,
+                  use_graph: bool) -> tuple[Callable[[], None], str]:
+    """``step`` (one decode step on the engine's static buffers) as a CUDA-graph replay where
+    capture works, else ``step`` itself; and which one it is. Capture does not run the step:
+    the engine's position ``pos`` is left as it was."""
+    if device.type != "cuda" or not use_graph:
+        return step, "cuda-events per step (eager)"
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            step()  # warm-up on a side stream, as capture wants
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        before = pos.clone()
+        with torch.cuda.graph(graph):
+            step()
+        pos.copy_(before)
+        return graph.replay, "cuda-graph per step + events"
+    except Exception:  # noqa: BLE001 - some backends refuse capture: time them eagerly
+        torch.cuda.synchronize(device)
+        return step, "cuda-events per step (eager)"
 
 
 def _time_steps(engine: DecodeEngine, steps: int, device: torch.device,
@@ -282,25 +319,7 @@ def _time_steps(engine: DecodeEngine, steps: int, device: torch.device,
             engine.step()
             out.append(time.perf_counter() - t0)
         return out, "cpu-perf_counter per step", engine.step
-    run = engine.step
-    method = "cuda-events per step (eager)"
-    if use_graph:
-        try:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                engine.step()  # warm-up on a side stream, as capture wants
-            torch.cuda.current_stream(device).wait_stream(side)
-            torch.cuda.synchronize(device)
-            graph = torch.cuda.CUDAGraph()
-            pos = engine.pos.clone()
-            with torch.cuda.graph(graph):
-                engine.step()
-            engine.pos.copy_(pos)  # capture does not run the step; the position is unchanged
-            run = graph.replay
-            method = "cuda-graph per step + events"
-        except Exception:  # noqa: BLE001 - some backends refuse capture: time them eagerly
-            torch.cuda.synchronize(device)
+    run, method = _capture_step(engine.step, engine.pos, device, use_graph)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
     for i in range(steps):

@@ -81,6 +81,7 @@ class DecodeCell:
     health: dict | None = None
     # With --profile: [{name, ms_per_call, launches_per_call}] per decode step, largest first.
     kernels: list[dict] | None = None
+    kernels_note: str = ""  # how the profiled steps differ from the timed ones, if they do
     kind: str = "decode"
 
     @property

@@ -374,6 +374,61 @@ def test_profile_reports_the_step_by_kernel(tmp_path, capsys):
     assert "launches per step" in capsys.readouterr().out
 
 
+class _PdlRecording:
+    """torch-dequant that notes, per GEMM, whether PDL launches were on and whether the step
+    ran under the profiler."""
+
+    def __init__(self):
+        from harness.backends.torch_dequant import TorchDequant
+
+        class Recording(TorchDequant):
+            def run(inner, prepared, x, x_global_scale):
+                from harness import pdl
+                self.seen.append((self.profiling, pdl.active()))
+                return super().run(prepared, x, x_global_scale)
+        self.backend, self.seen, self.profiling = Recording(), [], False
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_profile_under_pdl_uses_plain_launches(monkeypatch, batch):
+    """Under PDL a kernel's profiled span includes its wait: the profiled steps launch plainly
+    (and say so), the timed ones keep PDL. Without PDL (batch 2) nothing changes."""
+    from harness import pdl
+    rec = _PdlRecording()
+    monkeypatch.setattr(pdl, "supported", lambda device: True)
+    monkeypatch.setattr(decode, "get_backend", lambda name: rec.backend)
+    real = decode.kernel_breakdown
+
+    def breakdown(fn, device, reps):
+        rec.profiling = True
+        try:
+            return real(fn, device, reps=reps)
+        finally:
+            rec.profiling = False
+    monkeypatch.setattr(decode, "kernel_breakdown", breakdown)
+    cells = decode.plan("tiny-hybrid", [batch], 4, 3, ["torch-dequant"], ["off"])
+    opts = decode.DecodeOptions(isolate=False, profile_steps=2)
+    (cell,) = decode.run_group(cells, opts, CPU)
+    assert cell.status == "ok", cell.reason
+    timed = {on for profiling, on in rec.seen if not profiling}
+    profiled = {on for profiling, on in rec.seen if profiling}
+    assert timed == {batch == 1} and profiled == {False}
+    assert cell.kernels and ("plain launches" in cell.kernels_note) == (batch == 1)
+
+
+def test_plain_launches_turn_pdl_off_inside_only(monkeypatch):
+    from harness import pdl
+    monkeypatch.setattr(pdl, "supported", lambda device: True)
+    eng = DecodeEngine(PreparedModel(wmod.synthetic(get_model("tiny"), CPU, seed=0),
+                                     get_backend("torch-dequant"), CPU, pdl=True), 1, 8)
+    assert eng.uses_pdl()
+    with eng.plain_launches():
+        assert not eng.uses_pdl()
+    assert eng.uses_pdl()
+    monkeypatch.setattr(pdl, "supported", lambda device: False)
+    assert not eng.uses_pdl()  # a GPU without PDL
+
+
 @pytest.mark.slow
 def test_compiled_ops_match_eager():
     """torch.compile'd non-GEMM pieces compute the same step (up to summation order)."""

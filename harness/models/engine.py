@@ -24,6 +24,7 @@ one gated-attention layer):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -281,6 +282,22 @@ class DecodeEngine:
         self.logits = torch.zeros((b, cfg.vocab), dtype=torch.bfloat16, device=device)
         self.bad_rows = torch.zeros(b, dtype=torch.bool, device=device)
         self.ar = torch.arange(max_len, device=device)
+        self._plain = False  # plain_launches(): PDL off whatever the options say
+
+    def uses_pdl(self) -> bool:
+        """Whether this engine's steps launch with programmatic dependent launch."""
+        return (self.model.ops.pdl and not self._plain and self.batch <= PDL_MAX_BATCH
+                and pdl.supported(self.device))
+
+    @contextlib.contextmanager
+    def plain_launches(self):
+        """Steps run (or captured) inside launch every kernel plainly. Under PDL a kernel's
+        profiled time includes its wait for the one before, so per-kernel breakdowns use this."""
+        previous, self._plain = self._plain, True
+        try:
+            yield
+        finally:
+            self._plain = previous
 
     # ---- layers ------------------------------------------------------------------------
 
@@ -352,7 +369,7 @@ class DecodeEngine:
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool) -> torch.Tensor:
         """tokens [B, T] -> logits of the last position [B, vocab] (bf16)."""
-        with pdl.launches(self.model.ops.pdl and self.batch <= PDL_MAX_BATCH):
+        with pdl.launches(self.model.ops.pdl and not self._plain and self.batch <= PDL_MAX_BATCH):
             return self._forward(tokens, pos, prefill)
 
     def _forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool) -> torch.Tensor:
