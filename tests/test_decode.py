@@ -7,9 +7,10 @@ import textwrap
 import pytest
 import torch
 
-from harness import decode
+from harness import decode, pdl
 from harness.backends import get_backend, register
 from harness.backends.torch_bf16 import TorchBF16
+from harness.backends.torch_dequant import TorchDequant
 from harness.models import get_model
 from harness.models import weights as wmod
 from harness.models.engine import DecodeEngine, PreparedModel
@@ -374,29 +375,25 @@ def test_profile_reports_the_step_by_kernel(tmp_path, capsys):
     assert "launches per step" in capsys.readouterr().out
 
 
-class _PdlRecording:
+class _PdlRecording(TorchDequant):
     """torch-dequant that notes, per GEMM, whether PDL launches were on and whether the step
     ran under the profiler."""
 
     def __init__(self):
-        from harness.backends.torch_dequant import TorchDequant
+        self.seen, self.profiling = [], False
 
-        class Recording(TorchDequant):
-            def run(inner, prepared, x, x_global_scale):
-                from harness import pdl
-                self.seen.append((self.profiling, pdl.active()))
-                return super().run(prepared, x, x_global_scale)
-        self.backend, self.seen, self.profiling = Recording(), [], False
+    def run(self, prepared, x, x_global_scale):
+        self.seen.append((self.profiling, pdl.active()))
+        return super().run(prepared, x, x_global_scale)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_profile_under_pdl_uses_plain_launches(monkeypatch, batch):
     """Under PDL a kernel's profiled span includes its wait: the profiled steps launch plainly
     (and say so), the timed ones keep PDL. Without PDL (batch 2) nothing changes."""
-    from harness import pdl
     rec = _PdlRecording()
     monkeypatch.setattr(pdl, "supported", lambda device: True)
-    monkeypatch.setattr(decode, "get_backend", lambda name: rec.backend)
+    monkeypatch.setattr(decode, "get_backend", lambda name: rec)
     real = decode.kernel_breakdown
 
     def breakdown(fn, device, reps):
@@ -417,7 +414,6 @@ def test_profile_under_pdl_uses_plain_launches(monkeypatch, batch):
 
 
 def test_plain_launches_turn_pdl_off_inside_only(monkeypatch):
-    from harness import pdl
     monkeypatch.setattr(pdl, "supported", lambda device: True)
     eng = DecodeEngine(PreparedModel(wmod.synthetic(get_model("tiny"), CPU, seed=0),
                                      get_backend("torch-dequant"), CPU, pdl=True), 1, 8)
