@@ -215,6 +215,24 @@ def cmd_decode(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    from harness.models import checkpoint
+
+    info = checkpoint.describe(checkpoint.scan(args.checkpoint))
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    for key, value in info.items():
+        if key.endswith("_bytes"):
+            value = f"{value / 2**20:.1f} MiB ({value} bytes)"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value)) or "-"
+        print(f"{key.replace('_', ' ')}: {value}")
+    return 0
+
+
 def _log(quiet: bool):
     return (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
 
@@ -391,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", metavar="PATH")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_decode)
+
+    ins = sub.add_parser("inspect", help="what a ModelOpt NVFP4 checkpoint directory holds, as "
+                         "the decode engine reads it (reads headers only)")
+    ins.add_argument("checkpoint", metavar="DIR")
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(func=cmd_inspect)
 
     def add_store_args(sp):
         sp.add_argument("--config", metavar="ASV_CONF", help="asv.conf.json (default: the project's)")

@@ -24,6 +24,7 @@ from harness.gemm import AUTOTUNE_VALUES, describe_error, why_skipped
 from harness.hardware import copy_bandwidth, default_device
 from harness.measure import kernel_breakdown, summarize
 from harness.models import gdn_kernel, get_model
+from harness.models import checkpoint as ckpt
 from harness.models import weights as weights_mod
 from harness.models.engine import DecodeEngine, PreparedModel
 from harness.records import DecodeCell
@@ -62,7 +63,9 @@ def plan(model: str, batches: list[int], input_len: int, output_len: int, backen
     """Cells of a decode run; with a checkpoint, ``model`` only names the records."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid engines: {', '.join(ENGINES)}")
-    if engine == "native" and not checkpoint:
+    if checkpoint:
+        ckpt.scan(checkpoint)  # a bad directory fails here, naming the file or tensor
+    elif engine == "native":
         get_model(model)  # fail early with the list of valid names
     for a in autotunes:
         if a not in AUTOTUNE_VALUES:
@@ -119,7 +122,7 @@ def memory_check(backend: GemmBackend, cfg, batch: int, max_len: int, input_len:
 
 def _load_weights(cfg_name: str, opts: DecodeOptions, device: torch.device):
     if opts.checkpoint:
-        return weights_mod.load_checkpoint(opts.checkpoint, device)
+        return ckpt.load(opts.checkpoint, device)
     return weights_mod.synthetic(get_model(cfg_name), device, seed=opts.seed)
 
 
@@ -138,16 +141,15 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
             c.status, c.reason = "skipped", reason
             done(c)
         return cells
-    cfg = get_model(cells[0].model) if not opts.checkpoint else None
+    cfg = ckpt.scan(opts.checkpoint).config if opts.checkpoint else get_model(cells[0].model)
     todo = []
     for c in cells:
-        if cfg is not None:
-            r = memory_check(backend, cfg, c.batch, _max_len(c, opts),
-                             c.input_len, device, opts.memory_margin)
-            if r is not None:
-                c.status, c.reason = "skipped", r
-                done(c)
-                continue
+        r = memory_check(backend, cfg, c.batch, _max_len(c, opts), c.input_len, device,
+                         opts.memory_margin)
+        if r is not None:
+            c.status, c.reason = "skipped", r
+            done(c)
+            continue
         todo.append(c)
     if not todo:
         return cells
@@ -184,6 +186,7 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
             c.weight_bytes = sum(lin.weight_bytes for lin in model.lin.values())
             c.model_bytes = model_bytes
             c.load_peak_bytes = load_peak
+            c.weights, c.weights_notes = weights.source, list(weights.notes)
             _run_cell(c, engine, opts, device, tune=not tuned)
             tuned = True
         except Exception as e:  # noqa: BLE001 - one cell's failure must not sink the rest

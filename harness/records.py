@@ -78,6 +78,8 @@ class DecodeCell:
     weight_bytes: int | None = None     # linear weights in the backend's format
     model_bytes: int | None = None      # all weights as loaded (NVFP4 linears + dense)
     load_peak_bytes: int | None = None  # peak GPU memory while loading them
+    weights: str = ""                   # synthetic(seed=...) or the checkpoint it loaded
+    weights_notes: list[str] = field(default_factory=list)  # what loading them decided
     health: dict | None = None
     # With --profile: [{name, ms_per_call, launches_per_call}] per decode step, largest first.
     kernels: list[dict] | None = None

@@ -25,10 +25,15 @@ class Availability:
 
 @dataclass
 class LayerWeights:
-    """One linear layer's weight: always NVFP4, plus the bf16 original when it exists."""
+    """One linear layer's weight: always NVFP4, plus the bf16 original when it exists.
+
+    ``quantized`` False: a checkpoint keeps this layer unquantized (its quantization config
+    excludes it); ``fp4`` is then derived from ``bf16`` and engines run the layer in bf16, as
+    serving engines run excluded modules."""
 
     fp4: NVFP4Tensor
     bf16: torch.Tensor | None = None
+    quantized: bool = True
 
     @property
     def n(self) -> int:

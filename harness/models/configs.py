@@ -15,6 +15,11 @@ class LinearShape:
     count: int
 
 
+# transformers' names of the layer kinds each architecture's engine runs.
+LAYER_TYPES = {"dense": ("full_attention",), "hybrid": ("full_attention", "linear_attention"),
+               "moe": ("full_attention",)}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
@@ -30,8 +35,11 @@ class ModelConfig:
     tied_embeddings: bool = False
     rope_theta: float = 1_000_000.0
     rms_eps: float = 1e-6
-    # hybrid (Qwen3.5/3.6 "qwen3_5"): every `full_attention_interval`-th layer is attention
+    # hybrid (Qwen3.5/3.6 "qwen3_5"): which layers are attention, either as transformers
+    # writes it (`layer_types`: "full_attention" | "linear_attention" per layer) or as every
+    # `full_attention_interval`-th layer
     full_attention_interval: int = 0
+    layer_types: tuple[str, ...] = ()
     partial_rotary: float = 1.0
     attn_output_gate: bool = False
     linear_qk_heads: int = 0
@@ -43,17 +51,31 @@ class ModelConfig:
     experts_per_token: int = 0
     moe_intermediate: int = 0
 
+    def __post_init__(self):
+        if self.layer_types:
+            if len(self.layer_types) != self.layers:
+                raise ValueError(f"model {self.name}: layer_types lists {len(self.layer_types)} "
+                                 f"layers; the model has {self.layers}")
+            unknown = sorted(set(self.layer_types) - set(LAYER_TYPES[self.arch]))
+            if unknown:
+                raise ValueError(f"model {self.name}: layer types {unknown} are not supported "
+                                 f"for a {self.arch} model; supported: "
+                                 f"{', '.join(LAYER_TYPES[self.arch])}")
+        elif self.arch == "hybrid" and self.full_attention_interval < 1:
+            raise ValueError(f"model {self.name}: a hybrid model needs layer_types or a "
+                             f"positive full_attention_interval")
+
     @property
     def attention_layers(self) -> int:
-        if self.arch != "hybrid":
-            return self.layers
-        return self.layers // self.full_attention_interval
+        return sum(self.is_attention_layer(i) for i in range(self.layers))
 
     @property
     def deltanet_layers(self) -> int:
         return self.layers - self.attention_layers
 
     def is_attention_layer(self, i: int) -> bool:
+        if self.layer_types:
+            return self.layer_types[i] == "full_attention"
         return self.arch != "hybrid" or (i + 1) % self.full_attention_interval == 0
 
     def linear_layers(self) -> list[LinearShape]:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from harness import nvfp4, pdl
 from harness.backends.base import GemmBackend
+from harness.backends.torch_bf16 import TorchBF16
 from harness.models import attn_kernel, gdn_kernel, norm_kernel
 from harness.models.configs import ModelConfig
 from harness.models.weights import ModelWeights
@@ -51,6 +52,8 @@ class Linear:
     def __init__(self, name: str, backend: GemmBackend, weights, autotune: bool,
                  device: torch.device, input_gsf: float | None):
         self.name = name
+        if not weights.quantized:  # excluded from quantization by the checkpoint: bf16
+            backend = TorchBF16()
         self.backend = backend
         self.n, self.k = weights.n, weights.k
         self.prepared = backend.prepare(weights, autotune=autotune)
