@@ -1,19 +1,99 @@
 #!/usr/bin/env bash
-# Create ./.venv (reusing a system torch/triton if there is one) and install nvfp4-bench.
-# Sourced by main.sh and test.sh.
+# Install nvfp4-bench where it will run; sourced by main.sh and test.sh with the extra to
+# install ("gpu" or "test"). Afterwards `python` and `nvfp4-bench` on PATH are that environment's.
+#
+#   python already has torch, in a venv or conda env  -> install into that environment
+#   python already has torch, system-wide              -> ./.venv that sees the system packages
+#   no torch, no NVIDIA GPU                            -> ./.venv with the CPU build of torch
+#   no torch, an NVIDIA GPU                            -> stop, naming the CUDA build to install
+#
+# Torch (and triton and numpy where torch is already there) are never replaced: pip runs with
+# them pinned to what is installed. Set-up is skipped when nothing changed since the last one.
+# PYTHON=... picks the interpreter; NVFP4_BENCH_VENV=DIR forces a venv at DIR. Offline
+# machines: PIP_FIND_LINKS=DIR PIP_NO_INDEX=1 (wheels of the missing packages in DIR).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${NVFP4_BENCH_VENV:-$ROOT/.venv}"
+EXTRA="${1:-gpu}"
 PY="${PYTHON:-python3}"
-if [ ! -x "$VENV/bin/python" ]; then
-    # --system-site-packages: a GPU box keeps the CUDA torch (and flashinfer) it already has.
-    "$PY" -m venv --system-site-packages "$VENV"
+CPU_TORCH="torch==2.13.0+cpu"
+
+_say() { echo "nvfp4-bench setup: $*" >&2; }
+
+# Whether a module is there, without importing it (importing torch takes seconds on a GPU box).
+_has() { "$1" -c "import importlib.util as u, sys; sys.exit(u.find_spec('$2') is None)" 2>/dev/null; }
+_has_torch() { _has "$1" torch; }
+
+# 1 when the interpreter runs inside a venv or a conda env (packages go there, not the system).
+_in_env() {
+    "$1" -c 'import os, sys
+conda = os.environ.get("CONDA_PREFIX")
+print(int(sys.prefix != sys.base_prefix or bool(conda and os.path.realpath(sys.prefix) == os.path.realpath(conda))))'
+}
+
+_new_venv() {  # DIR [--system-site-packages]
+    if [ ! -x "$1/bin/python" ]; then
+        "$PY" -m venv ${2:-} "$1"
+    fi
+    ENV_PY="$1/bin/python"
+}
+
+ENV_PY=""
+if [ -n "${NVFP4_BENCH_VENV:-}" ]; then
+    _new_venv "$NVFP4_BENCH_VENV" --system-site-packages
+elif _has_torch "$PY" && [ "$(_in_env "$PY")" = 1 ]; then
+    ENV_PY="$(command -v "$PY")"
+elif _has_torch "$PY"; then
+    # A system interpreter: a venv made from it sees its packages (torch, triton, flashinfer).
+    _new_venv "$ROOT/.venv" --system-site-packages
+elif [ -x "$ROOT/.venv/bin/python" ] && _has_torch "$ROOT/.venv/bin/python"; then
+    ENV_PY="$ROOT/.venv/bin/python"  # made by an earlier set-up on this machine
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    cuda="$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\)\.\([0-9]*\).*/\1\2/p' | head -1)"
+    _say "this machine has an NVIDIA GPU but $PY has no torch."
+    _say "install the CUDA build that matches the driver (it supports CUDA ${cuda:-?}), e.g."
+    _say "  $PY -m pip install torch --index-url https://download.pytorch.org/whl/cu${cuda:-130}"
+    _say "(an index of CUDA ${cuda:-13.0} or older), then run this again; or set PYTHON to an"
+    _say "interpreter that has it. A plain 'pip install torch' may not match the driver."
+    return 1 2>/dev/null || exit 1
+else
+    _new_venv "$ROOT/.venv"
+    if ! _has_torch "$ENV_PY"; then
+        _say "no torch here: installing the CPU build ($CPU_TORCH) into $ROOT/.venv"
+        # Where no index or local wheel has the +cpu build (plain PyPI), PyTorch's CPU index does.
+        "$ENV_PY" -m pip install -q "$CPU_TORCH" 2>/dev/null \
+            || "$ENV_PY" -m pip install -q "$CPU_TORCH" --index-url https://download.pytorch.org/whl/cpu
+    fi
 fi
-# shellcheck disable=SC1091
-. "$VENV/bin/activate"
-python -m pip install -q --upgrade pip >/dev/null
-if ! python -c "import torch" 2>/dev/null; then
-    # No torch yet: the CPU build (a plain 'torch' requirement would fetch a multi-GB CUDA build).
-    python -m pip install -q "torch==2.13.0"
+
+ENV_BIN="$(dirname "$ENV_PY")"
+export PATH="$ENV_BIN:$PATH"
+hash -r
+
+# Pin what the environment already has, so no requirement can replace it.
+pins="$ROOT/.setup-pins-$EXTRA"
+stamp="$ROOT/.setup-stamp-$EXTRA"
+_write_pins() {
+    "$ENV_PY" -c 'import sys
+from importlib import metadata
+with open(sys.argv[1], "w") as f:
+    for name in ("torch", "triton", "numpy"):
+        try:
+            f.write(f"{name}=={metadata.version(name)}\n")
+        except metadata.PackageNotFoundError:
+            pass' "$pins"
+}
+_key() { echo "$ENV_PY $(cat "$ROOT/pyproject.toml" "$pins" | cksum)"; }
+_write_pins
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(_key)" ] && _has "$ENV_PY" harness; then
+    return 0 2>/dev/null || exit 0  # nothing changed since the last set-up
 fi
-python -m pip install -q -e "$ROOT[$1]"
+reqs=("-e" "$ROOT[$EXTRA]")
+if [ "$EXTRA" = test ] && ! "$ENV_PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    # No GPU: the tests run Triton kernels under its interpreter, which needs numpy < 2.3.
+    sed -i '/^numpy==/d' "$pins"
+    reqs+=("numpy<2.3")
+fi
+_say "installing nvfp4-bench[$EXTRA] into $("$ENV_PY" -c 'import sys; print(sys.prefix)')"
+"$ENV_PY" -m pip install -q --disable-pip-version-check -c "$pins" "${reqs[@]}"
+_write_pins  # as installed: what the next set-up compares against
+_key > "$stamp"

@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# The test suite: CPU everywhere (Triton kernels under the interpreter); on a GPU box the
-# tests in tests/test_triton_gpu.py run the real kernels too.
+# The test suite. Without a GPU the Triton kernels run under Triton's interpreter; on a GPU
+# box the real kernels run (tests/test_triton_gpu.py and the engine tests).
+#   bash scripts/test.sh          everything but the tests marked slow (multi-process,
+#                                 torch.compile, whole-suite records): the quick check
+#   bash scripts/test.sh --all    every test (what CI runs)
+# Further arguments go to pytest (e.g. -k checkpoint, -x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+select=(-m "not slow")
+if [ "${1:-}" = "--all" ]; then
+    select=()
+    shift
+fi
 # shellcheck source=setup.sh
 . "$ROOT/scripts/setup.sh" test
 cd "$ROOT"
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -p no:cacheprovider "${select[@]}" "$@"

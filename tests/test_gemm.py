@@ -56,6 +56,7 @@ def test_worker_crash_keeps_other_cells(plugins):
     assert "exited with code 7" in crashed.reason
 
 
+@pytest.mark.slow
 def test_skips_without_a_process(monkeypatch):
     cells = gemm.plan("tiny", [1], ["flashinfer-cutlass", "torch-bf16"], ["on", "off"],
                       layers=["o_proj"])

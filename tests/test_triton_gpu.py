@@ -21,9 +21,10 @@ RAGGED_M = (1, 3, 7, 33, 64, 127, 2001)
 def _cases():
     for n, k in SHAPES:
         yield n, k, False
-    # Tuning searches every M bucket, so it runs on the two extreme shapes only.
-    yield SHAPES[0][0], SHAPES[0][1], True
-    yield SHAPES[-1][0], SHAPES[-1][1], True
+    # Tuning searches every M bucket (minutes on a GPU), so it runs on the two extreme
+    # shapes only, with the slow tests.
+    for n, k in (SHAPES[0], SHAPES[-1]):
+        yield pytest.param(n, k, True, marks=pytest.mark.slow)
 
 
 @pytest.mark.parametrize("n,k,autotune", list(_cases()))

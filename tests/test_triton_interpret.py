@@ -5,7 +5,9 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# conftest.py sets TRITON_INTERPRET=1 on machines without a GPU. Never here: the variable
+# would reach every worker process the later tests start. On a GPU tests/test_triton_gpu.py
+# runs the same kernels for real.
 triton = pytest.importorskip("triton")
 
 from harness.backends import get_backend  # noqa: E402
@@ -13,7 +15,8 @@ from harness.backends.triton_w4a16 import w4a16_matmul  # noqa: E402
 from harness.gemm import make_activations, make_weights, reference  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="needs TRITON_INTERPRET=1 before triton is imported")
+                                reason="the interpreter runs where there is no GPU (set before triton "
+                                "is imported); on a GPU see tests/test_triton_gpu.py")
 CPU = torch.device("cpu")
 
 
