@@ -23,6 +23,69 @@ def _csv_ints(s: str) -> list[int]:
     return vals
 
 
+def _int_at_least(low: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+    parse.__name__ = "positive integer" if low == 1 else "non-negative integer"
+    return parse
+
+
+_positive, _nonnegative = _int_at_least(1), _int_at_least(0)
+
+
+def _fraction(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (0.05 = 5%), got {s}")
+    return v
+
+
+def check_output(path: str | None, directory: bool = False) -> None:
+    """Refuse an output path that cannot be written before anything is measured or read."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if not path:
+        return
+    target = Path(path) if directory else Path(path).parent
+    try:
+        if target.exists() and not target.is_dir():
+            raise UsageError(f"cannot write {path}: {target} is a file, not a directory")
+        target.mkdir(parents=True, exist_ok=True)
+        if not directory and Path(path).is_dir():
+            raise UsageError(f"cannot write {path}: it is a directory")
+        fd, probe = tempfile.mkstemp(prefix=".nvfp4-bench-probe-", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}") from None
+
+
+def write_run_or_keep(path: str, *args, **kwargs) -> None:
+    """Write a measured run to ``path``; if that fails (a full disk), keep it in the temp
+    directory and say where, so the measurement is not lost."""
+    import tempfile
+
+    from harness.records import write_run
+    try:
+        write_run(path, *args, **kwargs)
+    except OSError as e:
+        kept = tempfile.NamedTemporaryFile(prefix="nvfp4-bench-run-", suffix=".json",
+                                           delete=False).name
+        write_run(kept, *args, **kwargs)
+        raise UsageError(f"cannot write {path} ({e.strerror}); the run is kept in {kept}") from None
+
+
 def _csv(s: str) -> list[str]:
     return [v.strip() for v in s.split(",") if v.strip()]
 
@@ -91,8 +154,8 @@ def cmd_gemm(args) -> int:
     from harness import analysis, gemm
     from harness.backends import resolve
     from harness.hardware import detect
-    from harness.records import write_run
 
+    check_output(args.json)
     backends = [b.name for b in resolve(args.backends)]
     cells = gemm.plan(args.model, args.m, backends, args.autotune, layers=args.layers)
     opts = gemm.GemmOptions(samples=args.samples, warmup=args.warmup, cold_l2=args.cold_l2,
@@ -108,10 +171,10 @@ def cmd_gemm(args) -> int:
     print("choice map: fastest healthy backend per (layer, M)")
     print_table(choice_table(choices))
     if args.json:
-        write_run(args.json, env.to_json(), cells, command=sys.argv,
-                  extra={"choice_map": [c.to_json() for c in choices],
-                         "autotune_gains": analysis.autotune_gains(cells),
-                         "options": opts.__dict__})
+        write_run_or_keep(args.json, env.to_json(), cells, command=sys.argv,
+                          extra={"choice_map": [c.to_json() for c in choices],
+                                 "autotune_gains": analysis.autotune_gains(cells),
+                                 "options": opts.__dict__})
         print(f"\nwrote {args.json}", file=sys.stderr)
     return 0
 
@@ -183,8 +246,13 @@ def cmd_decode(args) -> int:
     from harness import decode
     from harness.backends import resolve
     from harness.hardware import detect
-    from harness.records import write_run
 
+    check_output(args.json)
+    if args.compile:
+        import torch
+        if not torch.cuda.is_available():
+            raise UsageError("--compile needs a GPU (it compiles the engine's pieces for CUDA); "
+                             "this machine has none")
     backends = [b.name for b in resolve(args.backends)]
     model = args.model
     cells = decode.plan(model, args.batch, args.input_len, args.output_len, backends,
@@ -209,8 +277,8 @@ def cmd_decode(args) -> int:
             if c.kernels:
                 print(kernel_table(c))
     if args.json:
-        write_run(args.json, env.to_json(), cells, command=sys.argv,
-                  extra={"options": opts.__dict__})
+        write_run_or_keep(args.json, env.to_json(), cells, command=sys.argv,
+                          extra={"options": opts.__dict__})
         print(f"\nwrote {args.json}", file=sys.stderr)
     return 0
 
@@ -239,7 +307,7 @@ def _log(quiet: bool):
 
 def cmd_record(args) -> int:
     from harness import record, store
-    conf = store.load_config(args.config, args.results)
+    conf = store.load_config(args.config, args.results, strict=args.strict)
     gpus = args.gpus
     if gpus == "all":
         import torch
@@ -261,7 +329,8 @@ def cmd_record(args) -> int:
 
 def cmd_compare(args) -> int:
     from harness import compare, store
-    conf = store.load_config(args.config, args.results)
+    check_output(args.output)
+    conf = store.load_config(args.config, args.results, strict=args.strict)
     machine = store.pick_machine(conf, args.machine)
     base = store.resolve(conf, machine, args.base)
     head = store.resolve(conf, machine, args.head)
@@ -279,7 +348,8 @@ def cmd_compare(args) -> int:
 
 def cmd_gate(args) -> int:
     from harness import gate, store
-    conf = store.load_config(args.config, args.results)
+    check_output(args.json)
+    conf = store.load_config(args.config, args.results, strict=args.strict)
     claims = gate.load_claims(args.claims)
     if args.only:
         known = {c.id for c in claims}
@@ -298,7 +368,7 @@ def cmd_gate(args) -> int:
 
 def cmd_import_pytest_benchmark(args) -> int:
     from harness import pytest_import, store
-    conf = store.load_config(args.config, args.results)
+    conf = store.load_config(args.config, args.results, strict=args.strict)
     path, names = pytest_import.import_file(args.file, conf, machine=args.machine,
                                             commit=args.commit, label=args.label)
     print(f"stored {len(names)} pytest-benchmark benchmarks in {path}")
@@ -311,15 +381,24 @@ def cmd_publish(args) -> int:
     import tempfile
 
     from harness import store
-    conf = store.load_config(args.config, args.results)
+    conf = store.load_config(args.config, args.results, strict=args.strict)
     if not (conf.results_dir / "benchmarks.json").exists():
         with store.locked(conf):
             store.write_benchmarks(conf)
+    bad = store.bad_results(conf)
+    for _, e in bad:
+        store.skip_bad(conf, e)  # raises under --strict
     with tempfile.TemporaryDirectory(prefix="nvfp4-asv-conf-") as tmp:
-        conf_path = conf.path
-        if args.results:  # asv reads only its config: hand it one that points at this tree
+        conf_path, results_dir = conf.path, conf.results_dir
+        if bad:  # asv would stop at (or silently drop) them: publish a copy without them
+            import shutil
+            results_dir = f"{tmp}/asv"
+            skip = {p.name for p, _ in bad}
+            shutil.copytree(conf.results_dir, results_dir,
+                            ignore=lambda d, names: [n for n in names if n in skip])
+        if args.results or bad:  # asv reads only its config: hand it one for this tree
             doc = json.loads(conf.path.read_text())
-            doc.update(results_dir=str(conf.results_dir), html_dir=str(conf.html_dir),
+            doc.update(results_dir=str(results_dir), html_dir=str(conf.html_dir),
                        repo=str(conf.repo), benchmark_dir=str(conf.bench_dir))
             conf_path = f"{tmp}/asv.conf.json"
             with open(conf_path, "w") as f:
@@ -337,7 +416,9 @@ def cmd_report(args) -> int:
     from pathlib import Path
 
     from harness import report, store
-    conf = None if args.no_history else store.load_config(args.config, args.results)
+    check_output(args.output, directory=True)
+    conf = (None if args.no_history
+            else store.load_config(args.config, args.results, strict=args.strict))
     data = report.gather(conf, [Path(p) for p in args.runs], latest_only=not args.all_runs)
     out_dir = Path(args.output) if args.output else (conf.data_dir / "report" if conf else Path("report"))
     path = report.render(data, out_dir)
@@ -366,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     l2.add_argument("--cold-l2", dest="cold_l2", action="store_true", default=True,
                     help="flush L2 before every sample (default; weights come from DRAM)")
     l2.add_argument("--warm-l2", dest="cold_l2", action="store_false")
-    g.add_argument("--samples", type=int, default=50)
-    g.add_argument("--warmup", type=int, default=5)
+    g.add_argument("--samples", type=_positive, default=50)
+    g.add_argument("--warmup", type=_nonnegative, default=5)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--in-process", action="store_true",
                    help="run every cell in this process (faster; autotune on/off no longer isolated)")
@@ -379,8 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", required=True, help="a model name (see `env`), or with "
                    "--checkpoint any name for the records")
     d.add_argument("--batch", type=_csv_ints, default=[1, 8, 32])
-    d.add_argument("--input-len", type=int, default=1024)
-    d.add_argument("--output-len", type=int, default=128)
+    d.add_argument("--input-len", type=_positive, default=1024)
+    d.add_argument("--output-len", type=_positive, default=128)
     d.add_argument("--backends", default="triton,torch-bf16")
     d.add_argument("--autotune", type=_csv, default=["on", "off"])
     d.add_argument("--engine", default="native", help="native | sglang")
@@ -402,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-pdl", action="store_true",
                    help="launch the engine's kernels without programmatic dependent launch "
                    "(on by default at batch 1 where the GPU has it: SM90+)")
-    d.add_argument("--profile", type=int, default=0, metavar="STEPS",
+    d.add_argument("--profile", type=_nonnegative, default=0, metavar="STEPS",
                    help="after the timed steps, run STEPS more under the torch profiler and "
                    "report time per step by kernel (stored in the cell as `kernels`)")
     d.add_argument("--in-process", action="store_true")
@@ -420,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", metavar="ASV_CONF", help="asv.conf.json (default: the project's)")
         sp.add_argument("--results", metavar="DIR", help="another results tree (e.g. baselines/results)")
         sp.add_argument("--machine", help="machine name (default: this machine / the only one stored)")
+        sp.add_argument("--strict", action="store_true",
+                        help="an unreadable history file is an error (exit 2) instead of being "
+                        "named and skipped")
 
     r = sub.add_parser("record", help="run a suite and store it in the asv histories")
     r.add_argument("--suite", default="smoke", help="a suite name or a suite .toml file")
@@ -437,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("base")
     c.add_argument("head")
     add_store_args(c)
-    c.add_argument("--threshold", type=float, default=0.05, help="relative change that counts (0.05 = 5%%)")
+    c.add_argument("--threshold", type=_fraction, default=0.05,
+                   help="relative change that counts, in (0, 1) (0.05 = 5%%)")
     c.add_argument("--only-changed", action="store_true")
     c.add_argument("--output", metavar="FILE.md", help="also write the Markdown here")
     c.set_defaults(func=cmd_compare)
@@ -468,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--output", metavar="DIR", help="default: results/report")
     rp.add_argument("--all-runs", action="store_true", help="every stored run, not the newest per suite")
     rp.add_argument("--no-history", action="store_true", help="only the run files given")
+    rp.add_argument("--strict", action="store_true",
+                    help="an unreadable history or run file is an error (exit 2)")
     rp.set_defaults(func=cmd_report)
     return p
 
@@ -480,12 +567,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except (UnknownNameError, ValueError, UsageError) as e:
+        rc = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be answered properly
+        return rc
+    except (UnknownNameError, ValueError, UsageError, ResultsFileError, StoreError) as e:
         print(f"nvfp4-bench: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (ResultsFileError, StoreError) as e:
-        print(f"nvfp4-bench: error: {e}", file=sys.stderr)
+    except BrokenPipeError:
+        # The reader went away (`nvfp4-bench gate | head`): no traceback, and no second
+        # error when Python flushes stdout at exit.
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("nvfp4-bench: error: output closed before it was all written", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # permissions, a full disk, a missing directory
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"nvfp4-bench: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
 
 

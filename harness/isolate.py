@@ -39,6 +39,24 @@ def worker_env() -> dict:
     return env
 
 
+def die_with_parent():
+    """A ``preexec_fn`` for worker processes: on Linux the kernel kills the worker when the
+    process that started it dies (a SIGKILL of ``record`` included), so no worker is left
+    running on its own; elsewhere None (no such facility)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the child
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+    return preexec
+
+
 def _spawn(kind: str, cells: list[Cell], options: dict, out_path: Path,
            log: Callable[[str], None]) -> tuple[int, list[str]]:
     spec_fd, spec_path = tempfile.mkstemp(suffix=".json", prefix=f"nvfp4-{kind}-spec-")
@@ -48,7 +66,7 @@ def _spawn(kind: str, cells: list[Cell], options: dict, out_path: Path,
     try:
         proc = subprocess.Popen([sys.executable, "-m", "harness.worker", kind, spec_path,
                                  str(out_path)], env=worker_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent())
 
         def pump():
             for line in proc.stderr:

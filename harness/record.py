@@ -18,7 +18,8 @@ from typing import Callable
 from harness import decode, gemm, isolate, store
 from harness import suite as suite_mod
 from harness.hardware import detect
-from harness.records import Cell, append_jsonl, cell_from_json, cell_to_json, read_jsonl, write_run
+from harness.records import (Cell, ResultsFileError, append_jsonl, cell_from_json, cell_to_json,
+                             read_jsonl, read_run, repair_jsonl, write_run)
 
 
 @dataclass
@@ -54,7 +55,7 @@ def _spawn_gpu_shards(args_base: list[str], gpus: int, log: Callable[[str], None
         cmd = [sys.executable, "-m", "harness.cli", "record", *args_base,
                "--shard", f"{j}/{gpus}", "--partial-only"]
         log(f"GPU {j}: {' '.join(cmd[2:])}")
-        procs.append(subprocess.Popen(cmd, env=env))
+        procs.append(subprocess.Popen(cmd, env=env, preexec_fn=isolate.die_with_parent()))
     return max(p.wait() for p in procs)
 
 
@@ -72,15 +73,27 @@ def record(suite_name: str, conf: store.Config, commit: str | None = None,
     sha = store.resolve_commit(conf.repo, commit)
     env_n = store.env_name(label)
     partial = store.partial_file(conf, machine, sha, env_n, s.name, shard or "")
+    with store.record_lock(partial, f"{s.name} at {sha[:8]} ({env_n}) on {machine}"):
+        return _record(s, cells, conf, env, machine, sha, env_n, label, shard, gpus, fresh,
+                       partial_only, partial, log)
+
+
+def _record(s, cells, conf, env, machine, sha, env_n, label, shard, gpus, fresh, partial_only,
+            partial: Path, log) -> Recorded:
     if fresh and partial.exists():
         partial.unlink()
     partial.parent.mkdir(parents=True, exist_ok=True)
+    repair_jsonl(partial, warn=log)  # a torn tail would swallow the next appended cell
 
     def finished_cells() -> dict[tuple, Cell]:
         out = {}
         for f in [partial, *sorted(partial.parent.glob(f"{partial.stem}-shard*.jsonl"))]:
-            for d in read_jsonl(f):
-                c = cell_from_json(d)
+            for d in read_jsonl(f, warn=log):
+                try:
+                    c = cell_from_json(d)
+                except (TypeError, ValueError) as e:
+                    log(f"{f}: a record that is not a cell dropped ({e})")
+                    continue
                 out[c.key] = c
         return out
 
@@ -117,9 +130,29 @@ def record(suite_name: str, conf: store.Config, commit: str | None = None,
         path = store.save_cells(conf, machine, sha, env_n, store.commit_date_ms(conf.repo, sha),
                                 params, final, benchmarks)
         run_path = store.run_file(conf, machine, sha, env_n, s.name)
-        write_run(run_path, env.to_json(), final, command=sys.argv,
-                  extra={"suite": s.name, "commit": sha, "label": label, "machine": machine})
+        cells_out, shards = _merge_shard_record(run_path, sha, shard, final, log)
+        write_run(run_path, env.to_json(), cells_out, command=sys.argv,
+                  extra={"suite": s.name, "commit": sha, "label": label, "machine": machine,
+                         "shards": shards})
     for f in [partial, *partial.parent.glob(f"{partial.stem}-shard*.jsonl")]:
         if f.exists():
             os.unlink(f)
     return Recorded(machine, sha, env_n, final, path, run_path, resumed)
+
+
+def _merge_shard_record(run_path: Path, sha: str, shard: str | None, cells: list[Cell],
+                        log: Callable[[str], None]) -> tuple[list[Cell], list[str]]:
+    """A shard's cells join the run record the other shards of this commit wrote, as they
+    join its asv results; an unsharded record stands alone."""
+    if not shard or not run_path.exists():
+        return cells, [shard] if shard else []
+    try:
+        doc, previous = read_run(run_path)
+    except ResultsFileError as e:
+        log(f"{e}: replaced by this shard's record (the asv results keep every shard)")
+        return cells, [shard]
+    if doc.get("commit") != sha:
+        return cells, [shard]
+    merged = {c.key: c for c in previous}
+    merged.update({c.key: c for c in cells})
+    return list(merged.values()), sorted(set(doc.get("shards") or []) | {shard})

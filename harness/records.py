@@ -13,7 +13,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 SCHEMA = 1
 STATUSES = ("ok", "skipped", "failed")
@@ -119,7 +119,15 @@ def cell_from_json(d: dict) -> Cell:
     return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``path`` whole or not at all (temp file + rename), with the permissions an
+    ordinary file gets under the umask: published reports and histories stay readable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -128,6 +136,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 whatever the umask
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -192,21 +201,40 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Any]:
-    """Complete lines of a JSONL file; a torn last line (a crash mid-write) is dropped."""
+def read_jsonl(path: str | os.PathLike,
+               warn: Callable[[str], None] | None = None) -> list[Any]:
+    """The complete records of a JSONL journal. Only a newline-terminated line that parses as
+    a JSON object counts: a torn line (a crash, a kill or a full disk mid-write) or garbage is
+    dropped, named by file and line through ``warn``; it never blocks what comes after."""
     out = []
     try:
-        with open(path) as f:
-            lines = f.read().split("\n")
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         return out
-    for i, line in enumerate(lines):
-        if not line.strip():
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines):
+        last = i == len(lines) - 1  # the bytes after the final newline: never complete
+        if not raw.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1 or all(not rest.strip() for rest in lines[i + 1:]):
-                break  # torn tail
-            raise ResultsFileError(f"{path}: corrupt line {i + 1}") from None
+            rec = None if last else json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            rec = None
+        if isinstance(rec, dict):
+            out.append(rec)
+        elif warn is not None:
+            what = "an unterminated (torn) last line" if last else "not a JSON record"
+            warn(f"{path}: line {i + 1} dropped ({what}, {len(raw)} bytes); the cell it held "
+                 f"will be measured again")
     return out
+
+
+def repair_jsonl(path: str | os.PathLike, warn: Callable[[str], None] | None = None) -> list[Any]:
+    """``read_jsonl``, and where lines were dropped, the journal rewritten (atomically) to its
+    complete records, so new records are never appended after a torn one."""
+    dropped: list[str] = []
+    recs = read_jsonl(path, warn=lambda m: (dropped.append(m), warn and warn(m)))
+    if dropped:
+        atomic_write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in recs))
+    return recs

@@ -28,10 +28,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from harness.records import (Cell, GemmCell, ResultsFileError, atomic_write_json,
                              read_json)
@@ -66,6 +68,8 @@ class Config:
     repo: Path
     bench_dir: Path
     branches: list[str]
+    # A history file that cannot be read: named and skipped (False), or a fatal error (True).
+    strict: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -81,10 +85,11 @@ class Config:
 
 
 def load_config(path: str | os.PathLike | None = None,
-                results: str | os.PathLike | None = None) -> Config:
+                results: str | os.PathLike | None = None, strict: bool = False) -> Config:
     """The project's asv.conf.json (or ``path``); ``results`` points at another results tree
     (a directory holding ``asv/`` and ``runs/``, e.g. ``baselines/results``)."""
     conf = _load_config(path)
+    conf.strict = strict
     if results:
         root = Path(results).resolve()
         if not (root / "asv").is_dir():
@@ -168,8 +173,6 @@ def param_repr(v) -> str:
 
 def discover(bench_dir: Path) -> dict[str, dict]:
     """asv's own discovery of bench/, in this process (same entries `asv run` writes)."""
-    import sys
-
     from asv_runner.discovery import list_benchmarks
     buf = io.StringIO()
     old_path = list(sys.path)
@@ -229,10 +232,9 @@ def write_machine(conf: Config, info: dict) -> None:
 # ---- locking ---------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def locked(conf: Config, wait_s: float = 60.0):
-    """One writer at a time per results tree; a second one waits, then fails clearly."""
-    conf.data_dir.mkdir(parents=True, exist_ok=True)
-    path = conf.data_dir / ".nvfp4-bench.lock"
+def _held(path: Path, wait_s: float, busy: Callable[[str], Exception]):
+    """An exclusive lock on ``path`` (which names its holder), waiting up to ``wait_s``;
+    ``busy(holder)`` is raised when it stays taken."""
     with open(path, "a+") as f:
         deadline = time.monotonic() + wait_s
         while True:
@@ -244,9 +246,7 @@ def locked(conf: Config, wait_s: float = 60.0):
                     raise
                 if time.monotonic() >= deadline:
                     f.seek(0)
-                    holder = f.read().strip() or "another process"
-                    raise StoreError(f"{path} is held by {holder}: another record is writing "
-                                     f"these histories; waited {wait_s:.0f} s") from None
+                    raise busy(f.read().strip() or "another process") from None
                 time.sleep(0.2)
         f.seek(0)
         f.truncate()
@@ -258,6 +258,26 @@ def locked(conf: Config, wait_s: float = 60.0):
             f.seek(0)
             f.truncate()
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def locked(conf: Config, wait_s: float = 60.0):
+    """One writer at a time per results tree; a second one waits, then fails clearly."""
+    conf.data_dir.mkdir(parents=True, exist_ok=True)
+    path = conf.data_dir / ".nvfp4-bench.lock"
+    return _held(path, wait_s, lambda holder: StoreError(
+        f"{path} is held by {holder}: another record is writing these histories; waited "
+        f"{wait_s:.0f} s"))
+
+
+def record_lock(partial: Path, what: str):
+    """One ``record`` of a (machine, commit, label, suite, shard) at a time: a second one is
+    refused at once, so two runs never write one resume journal (the first one's cells would
+    be timed under contention and mixed into the next run)."""
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    path = partial.with_suffix(".lock")
+    return _held(path, 0.0, lambda holder: StoreError(
+        f"another record of {what} is running ({holder}; lock {path}): wait for it to "
+        f"finish, or stop it and run this again to resume"))
 
 
 # ---- results ---------------------------------------------------------------------------
@@ -290,9 +310,16 @@ def save_cells(conf: Config, machine: str, sha: str, env: str, date_ms: int, par
     from asv.runner import BenchmarkResult
 
     path = results_path(conf, machine, sha, env)
+    res = None
     if path.exists():
-        res = load_results(path)
-    else:
+        try:
+            res = load_results(path)
+        except ResultsFileError as e:
+            # What this run measured must not be lost to an old file: keep that one aside.
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            _warn(f"{e}; moved to {aside.name}, this commit's results start anew")
+    if res is None:
         res = Results(params=params, requirements={}, commit_hash=sha, date=date_ms,
                       python=params.get("python", ""), env_name=env, env_vars={})
     res._params = params  # the latest environment description wins
@@ -410,14 +437,51 @@ def machines(conf: Config) -> list[str]:
     return sorted(p.name for p in conf.results_dir.iterdir() if (p / "machine.json").exists())
 
 
+def _warn(message: str) -> None:
+    print(f"nvfp4-bench: warning: {message}", file=sys.stderr, flush=True)
+
+
+_warned: set[str] = set()
+
+
+def skip_bad(conf: Config, error: ResultsFileError,
+             warn: Callable[[str], None] = _warn) -> None:
+    """A history file that cannot be read: raise under ``conf.strict``, else name it (once)
+    and go on with the others."""
+    if conf.strict:
+        raise error
+    if str(error) not in _warned:
+        _warned.add(str(error))
+        warn(f"{error}; skipped (--strict makes this an error)")
+
+
+def bad_results(conf: Config) -> list[tuple[Path, ResultsFileError]]:
+    """Every asv results file of the tree that cannot be read."""
+    out = []
+    for m in machines(conf):
+        for path in sorted((conf.results_dir / m).glob("*.json")):
+            if path.name == "machine.json":
+                continue
+            try:
+                load_results(path)
+            except ResultsFileError as e:
+                out.append((path, e))
+    return out
+
+
 def entries(conf: Config, machine: str) -> list[Entry]:
-    """Every results file of ``machine``, oldest commit first; corrupt files raise by name."""
+    """Every readable results file of ``machine``, oldest commit first; an unreadable one is
+    named and skipped (an error under ``conf.strict``)."""
     d = conf.results_dir / machine
     out = []
     for path in sorted(d.glob("*.json")):
         if path.name == "machine.json":
             continue
-        res = load_results(path)
+        try:
+            res = load_results(path)
+        except ResultsFileError as e:
+            skip_bad(conf, e)
+            continue
         out.append(Entry(machine=machine, commit=res.commit_hash, env=res.env_name,
                          date_ms=res.date or 0, path=path, results=res))
     depth: dict[str, int] = {}

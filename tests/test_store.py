@@ -296,9 +296,13 @@ def test_corrupt_results_are_named(project, capsys):
     conf, base, head = project
     path = _plant(conf, base, [_gemm("torch-bf16", _noise(1e-3))])
     path.write_text(path.read_text()[:40])
+    assert store.entries(conf, "planted") == []  # named and skipped
+    assert path.name in capsys.readouterr().err
+    conf.strict = True
     with pytest.raises(ResultsFileError, match=path.name):
         store.entries(conf, "planted")
-    assert main(["gate", "--config", str(conf.path)]) == 2
+    assert main(["gate", "--config", str(conf.path)]) == 2  # nothing readable is left
+    assert main(["gate", "--config", str(conf.path), "--strict"]) == 2
     assert path.name in capsys.readouterr().err
     bad_conf = conf.path.parent / "bad.json"
     bad_conf.write_text("{")

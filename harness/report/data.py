@@ -76,7 +76,9 @@ def gather(conf: store.Config | None, run_files: list[Path] = (), latest_only: b
             try:
                 found.append(load_run(p))
             except ResultsFileError as e:
-                problems.append(str(e))
+                if conf.strict:
+                    raise
+                problems.append(f"{e}; skipped")
         if latest_only:  # the newest run of each (machine, suite, label)
             newest: dict[tuple, Run] = {}
             for r in found:
@@ -87,12 +89,11 @@ def gather(conf: store.Config | None, run_files: list[Path] = (), latest_only: b
         runs += sorted(found, key=lambda r: (r.machine, r.suite))
     if conf is not None:
         claims = claims if claims is not None else gate.load_claims()
+        for _, e in store.bad_results(conf):  # entries() skips them; the report names them
+            store.skip_bad(conf, e, warn=lambda m: None)  # raises under --strict
+            problems.append(f"{e}; skipped")
         for m in store.machines(conf):
-            try:
-                ents = store.entries(conf, m)
-            except ResultsFileError as e:
-                problems.append(str(e))
-                continue
+            ents = store.entries(conf, m)
             info = {}
             try:
                 from harness.records import read_json
