@@ -120,9 +120,10 @@ def memory_check(backend: GemmBackend, cfg, batch: int, max_len: int, input_len:
     return None
 
 
-def _load_weights(cfg_name: str, opts: DecodeOptions, device: torch.device):
-    if opts.checkpoint:
-        return ckpt.load(opts.checkpoint, device)
+def _load_weights(cfg_name: str, opts: DecodeOptions, plan: ckpt.CheckpointPlan | None,
+                  device: torch.device):
+    if plan is not None:
+        return ckpt.load(plan, device)
     return weights_mod.synthetic(get_model(cfg_name), device, seed=opts.seed)
 
 
@@ -141,7 +142,14 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
             c.status, c.reason = "skipped", reason
             done(c)
         return cells
-    cfg = ckpt.scan(opts.checkpoint).config if opts.checkpoint else get_model(cells[0].model)
+    try:
+        plan = ckpt.scan(opts.checkpoint) if opts.checkpoint else None
+    except ckpt.CheckpointError as e:  # changed since the run was planned
+        for c in cells:
+            c.status, c.reason = "failed", f"loading weights: {e}"
+            done(c)
+        return cells
+    cfg = plan.config if plan is not None else get_model(cells[0].model)
     todo = []
     for c in cells:
         r = memory_check(backend, cfg, c.batch, _max_len(c, opts), c.input_len, device,
@@ -156,7 +164,7 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
     try:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        weights = _load_weights(cells[0].model, opts, device)
+        weights = _load_weights(cells[0].model, opts, plan, device)
         load_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         model_bytes = weights.nvfp4_bytes() + weights.dense_bytes()
     except Exception as e:  # noqa: BLE001

@@ -74,70 +74,65 @@ def record(suite_name: str, conf: store.Config, commit: str | None = None,
     env_n = store.env_name(label)
     partial = store.partial_file(conf, machine, sha, env_n, s.name, shard or "")
     with store.record_lock(partial, f"{s.name} at {sha[:8]} ({env_n}) on {machine}"):
-        return _record(s, cells, conf, env, machine, sha, env_n, label, shard, gpus, fresh,
-                       partial_only, partial, log)
+        if fresh and partial.exists():
+            partial.unlink()
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        repair_jsonl(partial, warn=log)  # a torn tail would swallow the next appended cell
 
+        def finished_cells() -> dict[tuple, Cell]:
+            out = {}
+            for f in [partial, *sorted(partial.parent.glob(f"{partial.stem}-shard*.jsonl"))]:
+                for d in read_jsonl(f, warn=log):
+                    try:
+                        c = cell_from_json(d)
+                    except (TypeError, ValueError) as e:
+                        log(f"{f}: a record that is not a cell dropped ({e})")
+                        continue
+                    out[c.key] = c
+            return out
 
-def _record(s, cells, conf, env, machine, sha, env_n, label, shard, gpus, fresh, partial_only,
-            partial: Path, log) -> Recorded:
-    if fresh and partial.exists():
-        partial.unlink()
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    repair_jsonl(partial, warn=log)  # a torn tail would swallow the next appended cell
-
-    def finished_cells() -> dict[tuple, Cell]:
-        out = {}
-        for f in [partial, *sorted(partial.parent.glob(f"{partial.stem}-shard*.jsonl"))]:
-            for d in read_jsonl(f, warn=log):
-                try:
-                    c = cell_from_json(d)
-                except (TypeError, ValueError) as e:
-                    log(f"{f}: a record that is not a cell dropped ({e})")
-                    continue
-                out[c.key] = c
-        return out
-
-    finished = finished_cells()
-    resumed = sum(1 for c in cells if c.key in finished)
-    todo = {c.key for c in cells if c.key not in finished}
-    if resumed:
-        log(f"resuming: {resumed} of {len(cells)} cells already recorded in {partial}")
-    if todo and gpus > 1 and not shard:
-        base = [s.name if s.path.parent == suite_mod.SUITES_DIR else str(s.path),
-                "--config", str(conf.path), "--commit", sha, "--machine", machine]
-        if label:
-            base += ["--label", label]
-        rc = _spawn_gpu_shards(["--suite", *base], gpus, log)
-        if rc != 0:
-            log(f"a GPU shard exited with {rc}; its finished cells are kept")
         finished = finished_cells()
-    elif todo:
-        _run_cells(s, todo, lambda c: append_jsonl(partial, cell_to_json(c)), log)
-        finished = finished_cells()
-    final = [finished.get(c.key, c) for c in cells]
-    missing = [c for c in final if c.status == "pending"]
-    if partial_only or missing:
-        if missing:
-            log(f"{len(missing)} cells not finished; re-run the same command to resume")
-        return Recorded(machine, sha, env_n, final, None, None, resumed)
+        resumed = sum(1 for c in cells if c.key in finished)
+        todo = {c.key for c in cells if c.key not in finished}
+        if resumed:
+            log(f"resuming: {resumed} of {len(cells)} cells already recorded in {partial}")
+        if todo and gpus > 1 and not shard:
+            base = [s.name if s.path.parent == suite_mod.SUITES_DIR else str(s.path),
+                    "--config", str(conf.path), "--commit", sha, "--machine", machine]
+            if label:
+                base += ["--label", label]
+            rc = _spawn_gpu_shards(["--suite", *base], gpus, log)
+            if rc != 0:
+                log(f"a GPU shard exited with {rc}; its finished cells are kept")
+            finished = finished_cells()
+        elif todo:
+            _run_cells(s, todo, lambda c: append_jsonl(partial, cell_to_json(c)), log)
+            finished = finished_cells()
+        final = [finished.get(c.key, c) for c in cells]
+        missing = [c for c in final if c.status == "pending"]
+        if partial_only or missing:
+            if missing:
+                log(f"{len(missing)} cells not finished; re-run the same command to resume")
+            return Recorded(machine, sha, env_n, final, None, None, resumed)
 
-    with store.locked(conf):
-        benchmarks = store.write_benchmarks(conf)
-        info = store.machine_info(env.to_json())
-        info["machine"] = machine
-        store.write_machine(conf, info)
-        params = dict(info, python=f"{sys.version_info.major}.{sys.version_info.minor}")
-        path = store.save_cells(conf, machine, sha, env_n, store.commit_date_ms(conf.repo, sha),
-                                params, final, benchmarks)
-        run_path = store.run_file(conf, machine, sha, env_n, s.name)
-        cells_out, shards = _merge_shard_record(run_path, sha, shard, final, log)
-        write_run(run_path, env.to_json(), cells_out, command=sys.argv,
-                  extra={"suite": s.name, "commit": sha, "label": label, "machine": machine,
-                         "shards": shards})
-    for f in [partial, *partial.parent.glob(f"{partial.stem}-shard*.jsonl")]:
-        if f.exists():
-            os.unlink(f)
-    return Recorded(machine, sha, env_n, final, path, run_path, resumed)
+        with store.locked(conf):
+            benchmarks = store.write_benchmarks(conf)
+            info = store.machine_info(env.to_json())
+            info["machine"] = machine
+            store.write_machine(conf, info)
+            params = dict(info, python=f"{sys.version_info.major}.{sys.version_info.minor}")
+            path = store.save_cells(conf, machine, sha, env_n,
+                                    store.commit_date_ms(conf.repo, sha), params, final,
+                                    benchmarks)
+            run_path = store.run_file(conf, machine, sha, env_n, s.name)
+            cells_out, shards = _merge_shard_record(run_path, sha, shard, final, log)
+            write_run(run_path, env.to_json(), cells_out, command=sys.argv,
+                      extra={"suite": s.name, "commit": sha, "label": label, "machine": machine,
+                             "shards": shards})
+        for f in [partial, *partial.parent.glob(f"{partial.stem}-shard*.jsonl")]:
+            if f.exists():
+                os.unlink(f)
+        return Recorded(machine, sha, env_n, final, path, run_path, resumed)
 
 
 def _merge_shard_record(run_path: Path, sha: str, shard: str | None, cells: list[Cell],

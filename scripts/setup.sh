@@ -9,8 +9,9 @@
 #
 # Torch (and triton and numpy where torch is already there) are never replaced: pip runs with
 # them pinned to what is installed. Set-up is skipped when nothing changed since the last one.
-# PYTHON=... picks the interpreter; NVFP4_BENCH_VENV=DIR forces a venv at DIR. Offline
-# machines: PIP_FIND_LINKS=DIR PIP_NO_INDEX=1 (wheels of the missing packages in DIR).
+# PYTHON=... picks the interpreter; NVFP4_BENCH_VENV=DIR forces a venv at DIR;
+# NVFP4_BENCH_SETUP_PLAN=1 only says which of the above it would do. Offline machines:
+# PIP_FIND_LINKS=DIR PIP_NO_INDEX=1 (wheels of the missing packages in DIR).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXTRA="${1:-gpu}"
@@ -30,39 +31,48 @@ conda = os.environ.get("CONDA_PREFIX")
 print(int(sys.prefix != sys.base_prefix or bool(conda and os.path.realpath(sys.prefix) == os.path.realpath(conda))))'
 }
 
-_new_venv() {  # DIR [--system-site-packages]
-    if [ ! -x "$1/bin/python" ]; then
-        "$PY" -m venv ${2:-} "$1"
-    fi
-    ENV_PY="$1/bin/python"
-}
-
-ENV_PY=""
+# Decide first (nothing is created or installed yet), then act:
+#   KIND   what this machine is, as the table above names it
+#   VENV   a venv to make (or reuse) with VENV_FLAGS, or empty: use ENV_PY as it is
+VENV="" VENV_FLAGS="" ENV_PY=""
 if [ -n "${NVFP4_BENCH_VENV:-}" ]; then
-    _new_venv "$NVFP4_BENCH_VENV" --system-site-packages
+    KIND="NVFP4_BENCH_VENV" VENV="$NVFP4_BENCH_VENV" VENV_FLAGS="--system-site-packages"
 elif _has_torch "$PY" && [ "$(_in_env "$PY")" = 1 ]; then
-    ENV_PY="$(command -v "$PY")"
+    KIND="torch in a venv or conda env"
+    ENV_PY="$("$PY" -c 'import sys; print(sys.executable)')"
 elif _has_torch "$PY"; then
     # A system interpreter: a venv made from it sees its packages (torch, triton, flashinfer).
-    _new_venv "$ROOT/.venv" --system-site-packages
+    KIND="torch system-wide" VENV="$ROOT/.venv" VENV_FLAGS="--system-site-packages"
 elif [ -x "$ROOT/.venv/bin/python" ] && _has_torch "$ROOT/.venv/bin/python"; then
-    ENV_PY="$ROOT/.venv/bin/python"  # made by an earlier set-up on this machine
+    KIND="the ./.venv of an earlier set-up" ENV_PY="$ROOT/.venv/bin/python"
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    cuda="$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\)\.\([0-9]*\).*/\1\2/p' | head -1)"
+    cuda="$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\.[0-9]*\).*/\1/p' | head -1)"
+    cuda="${cuda:-13.0}"
     _say "this machine has an NVIDIA GPU but $PY has no torch."
-    _say "install the CUDA build that matches the driver (it supports CUDA ${cuda:-?}), e.g."
-    _say "  $PY -m pip install torch --index-url https://download.pytorch.org/whl/cu${cuda:-130}"
-    _say "(an index of CUDA ${cuda:-13.0} or older), then run this again; or set PYTHON to an"
-    _say "interpreter that has it. A plain 'pip install torch' may not match the driver."
+    _say "install the CUDA build of torch that matches the driver (it supports CUDA $cuda), e.g."
+    _say "  $PY -m pip install torch --index-url https://download.pytorch.org/whl/cu${cuda/./}"
+    _say "(a CUDA $cuda or older index), then run this again; or set PYTHON to an interpreter"
+    _say "that has torch. A plain 'pip install torch' may not match the driver."
     return 1 2>/dev/null || exit 1
 else
-    _new_venv "$ROOT/.venv"
-    if ! _has_torch "$ENV_PY"; then
-        _say "no torch here: installing the CPU build ($CPU_TORCH) into $ROOT/.venv"
-        # Where no index or local wheel has the +cpu build (plain PyPI), PyTorch's CPU index does.
-        "$ENV_PY" -m pip install -q "$CPU_TORCH" 2>/dev/null \
-            || "$ENV_PY" -m pip install -q "$CPU_TORCH" --index-url https://download.pytorch.org/whl/cpu
+    KIND="no torch, no GPU" VENV="$ROOT/.venv"
+fi
+if [ -n "${NVFP4_BENCH_SETUP_PLAN:-}" ]; then  # say what set-up would do, and stop
+    echo "nvfp4-bench setup plan: $KIND: ${VENV:+venv $VENV${VENV_FLAGS:+ $VENV_FLAGS}}${ENV_PY:+install into $ENV_PY}"
+    return 0 2>/dev/null || exit 0
+fi
+if [ -n "$VENV" ]; then
+    if [ ! -x "$VENV/bin/python" ]; then
+        # shellcheck disable=SC2086
+        "$PY" -m venv $VENV_FLAGS "$VENV"
     fi
+    ENV_PY="$VENV/bin/python"
+fi
+if ! _has_torch "$ENV_PY"; then
+    _say "no torch here: installing the CPU build ($CPU_TORCH) into $VENV"
+    # Where no index or local wheel has the +cpu build (plain PyPI), PyTorch's CPU index does.
+    "$ENV_PY" -m pip install -q "$CPU_TORCH" 2>/dev/null \
+        || "$ENV_PY" -m pip install -q "$CPU_TORCH" --index-url https://download.pytorch.org/whl/cpu
 fi
 
 ENV_BIN="$(dirname "$ENV_PY")"
