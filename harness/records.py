@@ -80,6 +80,8 @@ class DecodeCell:
     load_peak_bytes: int | None = None  # peak GPU memory while loading them
     weights: str = ""                   # synthetic(seed=...) or the checkpoint it loaded
     weights_notes: list[str] = field(default_factory=list)  # what loading them decided
+    # An external engine's run: its version, module, command line and tuning-cache state.
+    engine_info: dict | None = None
     health: dict | None = None
     # With --profile: [{name, ms_per_call, launches_per_call}] per decode step, largest first.
     kernels: list[dict] | None = None

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import sys
 import textwrap
 
 import pytest
@@ -252,7 +253,7 @@ def test_decode_worker_crash_keeps_other_cells(monkeypatch):
 # ---- SGLang adapter -------------------------------------------------------------------
 
 FAKE_BENCH = textwrap.dedent('''
-    """A stand-in for sglang.bench_one_batch that enforces its argument contract."""
+    """A stand-in for SGLang's one-batch benchmark that enforces its argument contract."""
     import argparse, json, os, sys
     p = argparse.ArgumentParser()
     p.add_argument("--model-path", required=True)
@@ -269,7 +270,9 @@ FAKE_BENCH = textwrap.dedent('''
     a = p.parse_args()
     assert a.quantization == "modelopt_fp4"
     with open(os.environ["FAKE_SGLANG_LOG"], "a") as f:
-        f.write(json.dumps(sys.argv[1:]) + "\\n")
+        f.write(json.dumps({"argv": sys.argv[1:], "module": __spec__.name,
+            "cache": os.environ.get("SGLANG_CACHE_DIR"),
+            "reuse": os.environ.get("SGLANG_FLASHINFER_AUTOTUNE_CACHE")}) + "\\n")
     if os.environ.get("FAKE_SGLANG_FAIL"):
         print("CUDA error: an illegal memory access was encountered", file=sys.stderr)
         sys.exit(1)
@@ -285,12 +288,21 @@ FAKE_BENCH = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def fake_sglang(tmp_path, monkeypatch):
+@pytest.fixture(params=["0.5.21+", "0.5.20"])
+def fake_sglang(tmp_path, monkeypatch, request):
+    """A fake SGLang in the layout of 0.5.21 and newer (sglang.benchmark.one_batch) or of
+    0.5.20 and older (sglang.bench_one_batch)."""
     pkg = tmp_path / "site" / "sglang"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "bench_one_batch.py").write_text(FAKE_BENCH)
+    if request.param == "0.5.21+":
+        (pkg / "benchmark").mkdir()
+        (pkg / "benchmark" / "__init__.py").write_text("")
+        (pkg / "benchmark" / "one_batch.py").write_text(FAKE_BENCH)
+    else:
+        (pkg / "bench_one_batch.py").write_text(FAKE_BENCH)
+    for name in [m for m in sys.modules if m == "sglang" or m.startswith("sglang.")]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
     log = tmp_path / "calls.jsonl"
@@ -306,8 +318,15 @@ def test_sglang_adapter_runs_bench_one_batch(fake_sglang, tmp_path):
                         ["flashinfer-cudnn", "flashinfer-cutlass", "triton"], ["on", "off"],
                         engine="sglang")
     decode.run(cells, decode.DecodeOptions(checkpoint=str(tmp_path / "model")))
-    calls = [json.loads(line) for line in fake_sglang.read_text().splitlines()]
-    assert len(calls) == 4  # one process per (backend, autotune); triton has no SGLang flag
+    runs = [json.loads(line) for line in fake_sglang.read_text().splitlines()]
+    # one process per (backend, autotune); triton has no SGLang flag, and SGLang never tunes
+    # cudnn (its "on" would be the "off" program again)
+    assert len(runs) == 3
+    calls = [r["argv"] for r in runs]
+    module = sglang.one_batch_module()
+    assert {r["module"] for r in runs} == {module}
+    caches = [r["cache"] for r in runs]
+    assert len(set(caches)) == 3 and all(r["reuse"] == "0" for r in runs)  # a fresh cache each
     for argv in calls:
         assert argv[argv.index("--model-path") + 1] == str(tmp_path / "model")
         assert argv[argv.index("--batch-size") + 1: argv.index("--batch-size") + 3] == ["1", "8"]
@@ -316,6 +335,11 @@ def test_sglang_adapter_runs_bench_one_batch(fake_sglang, tmp_path):
     by = {(c.backend, c.autotune, c.batch): c for c in cells}
     c = by[("flashinfer-cutlass", "on", 1)]
     assert c.status == "ok" and c.tokens_per_s == pytest.approx(1 / (0.017 * (1 + 1 / 64)))
+    assert c.engine_info["module"] == module and c.engine_info["command"][2] == module
+    assert c.engine_info["command"][3:] in calls and "SGLANG_CACHE_DIR" in c.engine_info["autotune_cache"]
+    assert c.timing_method.startswith(module)
+    cudnn_on = by[("flashinfer-cudnn", "on", 1)]
+    assert cudnn_on.status == "skipped" and "never runs FlashInfer's autotuner" in cudnn_on.reason
     assert c.median_step_s == pytest.approx(0.017 * (1 + 1 / 64))
     assert by[("flashinfer-cudnn", "off", 8)].tokens_per_s == pytest.approx(8 / (0.02 * (1 + 8 / 64)))
     t = by[("triton", "on", 1)]

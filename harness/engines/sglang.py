@@ -1,10 +1,20 @@
-"""SGLang adapter: runs ``python -m sglang.bench_one_batch`` and reads its JSONL rows.
+"""SGLang adapter: runs SGLang's one-batch benchmark and reads its JSONL rows.
 
-This is the literal reproduction of the claim on a machine with SGLang (an SM120 box):
-one ``bench_one_batch`` process per (backend, autotune) with every batch size of the
-group, ``--quantization modelopt_fp4``, ``--fp4-gemm-backend`` from our backend name and
-``--disable-flashinfer-autotune`` for ``autotune off``. Each row becomes a decode cell;
-``tokens_per_s`` is SGLang's ``median_decode_throughput`` (batch / median step latency).
+The module is ``sglang.benchmark.one_batch`` (SGLang 0.5.21 and newer) or
+``sglang.bench_one_batch`` (up to 0.5.20), whichever the installed SGLang has: one process per
+(backend, autotune) with every batch size of the group, ``--quantization modelopt_fp4``,
+``--fp4-gemm-backend`` from our backend name and ``--disable-flashinfer-autotune`` for
+``autotune off``. Each row becomes a decode cell; ``tokens_per_s`` is SGLang's
+``median_decode_throughput`` (batch / median step latency). Every cell keeps the SGLang
+version, the module and the whole command (``engine_info``).
+
+Tuning caches: SGLang keeps FlashInfer's tuned tactics on disk under ``SGLANG_CACHE_DIR`` and
+reuses them (``SGLANG_FLASHINFER_AUTOTUNE_CACHE``, on by default), so a second ``autotune on``
+run would inherit the first one's tactics. Each process here gets a fresh, empty
+``SGLANG_CACHE_DIR`` and cache reuse off: ``on`` tunes from nothing, ``off`` has nothing to
+reuse. SGLang tunes FP4 GEMMs only for ``flashinfer_cutlass`` and ``flashinfer_cutedsl``
+(``should_run_flashinfer_autotune``, 0.5.23): for ``flashinfer_cudnn`` on and off are the same
+program, so its ``on`` cell is skipped with that reason instead of reporting a gain.
 """
 
 from __future__ import annotations
@@ -32,6 +42,10 @@ FP4_GEMM_BACKEND = {
 ROW_FIELDS = ("run_name", "batch_size", "input_len", "output_len", "prefill_latency",
               "prefill_throughput", "median_decode_latency", "median_decode_throughput",
               "total_latency", "overall_throughput")
+# The one-batch benchmark's module, newest layout first.
+ONE_BATCH_MODULES = ("sglang.benchmark.one_batch", "sglang.bench_one_batch")
+# --fp4-gemm-backend values SGLang runs FlashInfer's autotuner for (with modelopt_fp4).
+TUNED_FP4_BACKENDS = ("flashinfer_cutlass", "flashinfer_cutedsl")
 # Test hook: a different module to run (a fake sglang in the tests).
 MODULE_ENV = "NVFP4_BENCH_SGLANG_MODULE"
 
@@ -45,6 +59,37 @@ def available() -> str | None:
 
 def backend_arg(backend: str) -> str | None:
     return FP4_GEMM_BACKEND.get(backend)
+
+
+def one_batch_module() -> str:
+    """The one-batch benchmark module the installed SGLang has."""
+    if os.environ.get(MODULE_ENV):
+        return os.environ[MODULE_ENV]
+    for m in ONE_BATCH_MODULES:
+        try:
+            if importlib.util.find_spec(m) is not None:
+                return m
+        except ModuleNotFoundError:
+            continue
+    return ONE_BATCH_MODULES[0]
+
+
+def version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("sglang")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def why_not_tuned(backend: str, autotune: str) -> str | None:
+    """Why an ``autotune on`` cell would measure the same program as ``off``, or None."""
+    fp4 = backend_arg(backend)
+    if autotune == "on" and fp4 == "flashinfer_cudnn":
+        return (f"SGLang never runs FlashInfer's autotuner for --fp4-gemm-backend {fp4} (it tunes "
+                f"FP4 GEMMs only for {' and '.join(TUNED_FP4_BACKENDS)} with modelopt_fp4): on "
+                f"is the same program as off, whose cell is the measurement")
+    return None
 
 
 def model_path(model: str, checkpoint: str | None) -> str:
@@ -63,8 +108,7 @@ def build_command(model_path: str, backend: str, autotune: str, batches: list[in
     if fp4 is None:
         raise ValueError(f"SGLang has no --fp4-gemm-backend for {backend!r}; "
                          f"valid: {', '.join(FP4_GEMM_BACKEND)}")
-    module = os.environ.get(MODULE_ENV, "sglang.bench_one_batch")
-    cmd = [python or sys.executable, "-m", module, "--model-path", model_path,
+    cmd = [python or sys.executable, "-m", one_batch_module(), "--model-path", model_path,
            "--quantization", "modelopt_fp4", "--fp4-gemm-backend", fp4,
            "--batch-size", *map(str, batches), "--input-len", str(input_len),
            "--output-len", str(output_len), "--run-name", f"nvfp4-bench-{backend}-{autotune}",
@@ -92,7 +136,7 @@ def parse_rows(path: str | Path) -> list[dict]:
     return rows
 
 
-def fill_cell(c: DecodeCell, row: dict) -> None:
+def fill_cell(c: DecodeCell, row: dict, module: str = ONE_BATCH_MODULES[0]) -> None:
     lat = float(row["median_decode_latency"])
     tput = float(row["median_decode_throughput"])
     if not (lat > 0 and tput > 0) or lat != lat or tput != tput:
@@ -102,7 +146,7 @@ def fill_cell(c: DecodeCell, row: dict) -> None:
     c.median_step_s = lat
     c.tokens_per_s = tput
     c.prefill_s = float(row["prefill_latency"]) if row.get("prefill_latency") is not None else None
-    c.timing_method = "sglang.bench_one_batch median decode latency"
+    c.timing_method = f"{module} median decode latency"
     c.health = {"source": "sglang", "run_name": row.get("run_name")}
 
 
@@ -118,6 +162,7 @@ def run(cells: list[DecodeCell], checkpoint: str | None = None,
         why = reason or (None if backend_arg(backend) else
                          f"SGLang has no --fp4-gemm-backend for {backend} "
                          f"(it takes {', '.join(FP4_GEMM_BACKEND.values())})")
+        why = why or why_not_tuned(backend, autotune)
         if why:
             for c in group:
                 c.status, c.reason = "skipped", why
@@ -127,10 +172,17 @@ def run(cells: list[DecodeCell], checkpoint: str | None = None,
             result = str(Path(tmp) / "result.jsonl")
             cmd = build_command(model_path(model, checkpoint), backend, autotune,
                                 sorted({c.batch for c in group}), input_len, output_len, result)
+            cache = Path(tmp) / "sglang-cache"
+            env = dict(os.environ, SGLANG_CACHE_DIR=str(cache),
+                       SGLANG_FLASHINFER_AUTOTUNE_CACHE="0")
+            info = {"sglang": version(), "module": cmd[2], "command": cmd,
+                    "autotune_cache": "a fresh, empty SGLANG_CACHE_DIR per process, "
+                                      "SGLANG_FLASHINFER_AUTOTUNE_CACHE=0"}
             log("$ " + " ".join(cmd))
             tail: deque[str] = deque(maxlen=20)
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                                      env=env)
                 tail.extend((proc.stdout + proc.stderr).splitlines())
                 rc = proc.returncode
             except subprocess.TimeoutExpired:
@@ -141,13 +193,15 @@ def run(cells: list[DecodeCell], checkpoint: str | None = None,
                 rows, rc = [], f"{rc}; {e}"
         by_batch = {int(r["batch_size"]): r for r in rows}
         for c in group:
+            c.engine_info = info
             row = by_batch.get(c.batch)
             if row is not None:
-                fill_cell(c, row)
+                fill_cell(c, row, info["module"])
             else:
                 last = next((line for line in reversed(tail) if line.strip()), "no output")
                 c.status = "failed"
-                c.reason = f"sglang.bench_one_batch exited with {rc} and no row for batch {c.batch} (last output: {last[:300]})"
+                c.reason = (f"{info['module']} exited with {rc} and no row for batch {c.batch} "
+                            f"(last output: {last[:300]})")
             on_cell(c)
             log(f"[sglang {backend} autotune={autotune}] batch={c.batch}: {c.status} "
                 f"{c.tokens_per_s or c.reason}")
