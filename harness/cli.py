@@ -262,7 +262,7 @@ def cmd_decode(args) -> int:
                                 compile=args.compile, fused_gdn=not args.unfused_gdn,
                                 fused_attn=not args.unfused_attn,
                                 fused_norm=not args.unfused_norm, pdl=not args.no_pdl,
-                                profile_steps=args.profile)
+                                profile_steps=args.profile, prefill_chunk=args.prefill_chunk)
     env = detect()
     progress = _Progress(len(cells), args.quiet)
     progress.log(f"{len(cells)} decode cells on {env.machine_name()} "
@@ -483,6 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-pdl", action="store_true",
                    help="launch the engine's kernels without programmatic dependent launch "
                    "(on by default at batch 1 where the GPU has it: SM90+)")
+    d.add_argument("--prefill-chunk", type=_positive, default=8192, metavar="TOKENS",
+                   help="prefill the prompt in chunks of at most TOKENS tokens (batch x "
+                   "positions), as serving engines do (default: 8192, SGLang's default "
+                   "--chunked-prefill-size)")
     d.add_argument("--profile", type=_nonnegative, default=0, metavar="STEPS",
                    help="after the timed steps, run STEPS more under the torch profiler and "
                    "report time per step by kernel (stored in the cell as `kernels`)")

@@ -26,7 +26,7 @@ from harness.measure import kernel_breakdown, summarize
 from harness.models import gdn_kernel, get_model
 from harness.models import checkpoint as ckpt
 from harness.models import weights as weights_mod
-from harness.models.engine import DecodeEngine, PreparedModel
+from harness.models.engine import PREFILL_CHUNK_TOKENS, DecodeEngine, PreparedModel
 from harness.records import DecodeCell
 
 ENGINES = ("native", "sglang")
@@ -55,6 +55,8 @@ class DecodeOptions:
     profile_steps: int = 0
     # Headroom on top of weights + caches for activations and workspaces.
     memory_margin: float = 0.10
+    # The prompt is prefilled in chunks of at most this many tokens (batch x positions).
+    prefill_chunk: int = PREFILL_CHUNK_TOKENS
 
 
 def plan(model: str, batches: list[int], input_len: int, output_len: int, backends: list[str],
@@ -103,15 +105,17 @@ def activation_bytes(cfg, batch: int, tokens: int) -> int:
 
 
 def memory_check(backend: GemmBackend, cfg, batch: int, max_len: int, input_len: int,
-                 device: torch.device, margin: float) -> str | None:
+                 device: torch.device, margin: float,
+                 prefill_chunk: int = PREFILL_CHUNK_TOKENS) -> str | None:
     """The reason a model cannot fit this GPU with this backend, naming the bytes; or None."""
     if device.type != "cuda":
         return None
     elements = sum(n * k for n, k in weights_mod.all_linears(cfg).values())
     dense = sum(torch.Size(s).numel() * 2 for s in weights_mod.dense_shapes(cfg).values())
     weights = int(elements * backend.resident_bytes_per_element) + dense
-    need = int((weights + cache_bytes(cfg, batch, max_len)
-                + activation_bytes(cfg, batch, batch * input_len)) * (1 + margin))
+    chunk = batch * min(input_len, max(1, prefill_chunk // batch))  # the prefill's widest M
+    need = int((weights + cache_bytes(cfg, batch, max_len) + activation_bytes(cfg, batch, chunk))
+               * (1 + margin))
     free, total = torch.cuda.mem_get_info(device)
     if need > free:
         return (f"needs about {need / 2**30:.1f} GiB (weights {weights / 2**30:.1f} GiB in "
@@ -153,7 +157,7 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
     todo = []
     for c in cells:
         r = memory_check(backend, cfg, c.batch, _max_len(c, opts), c.input_len, device,
-                         opts.memory_margin)
+                         opts.memory_margin, opts.prefill_chunk)
         if r is not None:
             c.status, c.reason = "skipped", r
             done(c)
@@ -190,7 +194,7 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
         engine = None
         try:
             max_len = _max_len(c, opts)
-            engine = DecodeEngine(model, c.batch, max_len)
+            engine = DecodeEngine(model, c.batch, max_len, prefill_chunk=opts.prefill_chunk)
             c.weight_bytes = sum(lin.weight_bytes for lin in model.lin.values())
             c.model_bytes = model_bytes
             c.load_peak_bytes = load_peak

@@ -92,6 +92,51 @@ def test_backends_agree_with_torch_ref_over_several_steps(model):
     assert _rel(other, ref) > 1.0
 
 
+class _RecordingM(TorchDequant):
+    """torch-dequant that notes the M of every GEMM."""
+
+    def __init__(self):
+        self.ms = []
+
+    def run(self, prepared, x, x_global_scale):
+        self.ms.append(x.shape[0])
+        return super().run(prepared, x, x_global_scale)
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-hybrid"])
+def test_chunked_prefill_matches_one_pass_and_bounds_m(model):
+    """The prompt in chunks (attention over the cached chunks before, Gated DeltaNet state
+    carried on) gives the one-pass logits, and no GEMM sees more than a chunk of tokens."""
+    cfg = get_model(model)
+    gen = torch.Generator().manual_seed(4)
+    prompt = torch.randint(0, cfg.vocab, (2, 11), generator=gen)
+    tokens = [torch.randint(0, cfg.vocab, (2,), generator=gen) for _ in range(3)]
+    w = wmod.synthetic(cfg, CPU, seed=2)
+
+    def run(chunk):
+        backend = _RecordingM()
+        weights = wmod.synthetic(cfg, CPU, seed=2)
+        engine = DecodeEngine(PreparedModel(weights, backend, CPU), 2, 16, prefill_chunk=chunk)
+        out = [engine.prefill(prompt).float()]
+        prefill_ms = list(backend.ms)
+        out += [engine.teacher_step(t).float() for t in tokens]
+        return torch.stack(out), prefill_ms
+
+    whole, ms_whole = run(10**6)
+    chunked, ms_chunked = run(6)  # 3 positions of 2 rows per chunk: 4 chunks
+    assert max(ms_whole) == 22 and max(ms_chunked) == 6
+    assert _rel(chunked, whole) < 1e-2
+    assert (chunked.argmax(-1) == whole.argmax(-1)).all()
+    # a chunk must really see what came before it: a prompt that differs early changes it
+    other = prompt.clone()
+    other[:, 0] = (other[:, 0] + 1) % cfg.vocab
+    engine = DecodeEngine(PreparedModel(w, TorchDequant(), CPU), 2, 16, prefill_chunk=6)
+    assert _rel(engine.prefill(other).float(), whole[0]) > 1e-2
+    with pytest.raises(ValueError, match="at least 1 token"):
+        DecodeEngine(PreparedModel(wmod.synthetic(cfg, CPU), TorchDequant(), CPU), 2, 16,
+                     prefill_chunk=0)
+
+
 @pytest.mark.slow
 def test_triton_backend_agrees_in_the_engine():
     cfg = get_model("tiny")

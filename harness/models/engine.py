@@ -44,6 +44,9 @@ GSF_NUMERATOR = nvfp4.E4M3_MAX * nvfp4.E2M1_MAX
 # autotune on, --compile, one process per comparison): batch 1 7.17 -> 6.86 ms per step, batch
 # 8 9.33 -> 11.51 ms, batch 32 17.07 -> 22.03 ms (docs/PERF.md, run 10).
 PDL_MAX_BATCH = 1
+# Prefill in chunks of at most this many tokens (batch x positions), as serving engines do
+# (SGLang's --chunked-prefill-size defaults to 8192): the prompt length never sets a GEMM's M.
+PREFILL_CHUNK_TOKENS = 8192
 
 
 class Linear:
@@ -246,8 +249,12 @@ class PreparedModel:
 
 
 class DecodeEngine:
-    def __init__(self, model: PreparedModel, batch: int, max_len: int):
+    def __init__(self, model: PreparedModel, batch: int, max_len: int,
+                 prefill_chunk: int = PREFILL_CHUNK_TOKENS):
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill chunk must be at least 1 token, got {prefill_chunk}")
         self.model = model
+        self.prefill_chunk = prefill_chunk
         self.cfg: ModelConfig = model.cfg
         self.backend, self.device = model.backend, model.device
         self.batch, self.max_len = batch, max_len
@@ -304,7 +311,8 @@ class DecodeEngine:
 
     # ---- layers ------------------------------------------------------------------------
 
-    def _attention(self, i: int, x: torch.Tensor, pos: torch.Tensor, prefill: bool) -> torch.Tensor:
+    def _attention(self, i: int, x: torch.Tensor, pos: torch.Tensor, prefill: bool,
+                   start: int = 0) -> torch.Tensor:
         cfg, p = self.cfg, f"layers.{i}.self_attn."
         b, t, _ = x.shape
         hd, hq, hkv = cfg.head_dim, cfg.q_heads, cfg.kv_heads
@@ -329,10 +337,17 @@ class DecodeEngine:
                                            cos, sin, self.rot, cfg.rms_eps)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         kc, vc = self.k_cache[i], self.v_cache[i]
-        if prefill:
+        if prefill and start == 0:
             kc[:, :, :t].copy_(k)
             vc[:, :, :t].copy_(v)
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        elif prefill:  # a later chunk: its queries see the cached prompt before it, causally
+            end = start + t
+            kc[:, :, start:end].copy_(k)
+            vc[:, :, start:end].copy_(v)
+            mask = self.ar[:end][None, :] <= (start + torch.arange(t, device=x.device))[:, None]
+            o = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end],
+                                               attn_mask=mask[None, None], enable_gqa=True)
         else:
             kc.index_copy_(2, pos, k)
             vc.index_copy_(2, pos, v)
@@ -370,19 +385,22 @@ class DecodeEngine:
         p = f"layers.{i}.mlp."
         return self.lin[p + "down_proj"](self.model.ops.silu_mul(self.lin[p + "gate_up_proj"](x)))
 
-    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool) -> torch.Tensor:
-        """tokens [B, T] -> logits of the last position [B, vocab] (bf16)."""
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool,
+                start: int = 0) -> torch.Tensor:
+        """tokens [B, T] at positions ``start``.. (``pos`` holds ``start`` on the device) ->
+        logits of the last position [B, vocab] (bf16)."""
         with pdl.launches(self.model.ops.pdl and not self._plain and self.batch <= PDL_MAX_BATCH):
-            return self._forward(tokens, pos, prefill)
+            return self._forward(tokens, pos, prefill, start)
 
-    def _forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool) -> torch.Tensor:
+    def _forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool,
+                 start: int = 0) -> torch.Tensor:
         cfg, d, ops = self.cfg, self.dense, self.model.ops
         x = F.embedding(tokens, d["embed_tokens"])
         h = ops.rms_norm(x, d["layers.0.input_layernorm"], cfg.rms_eps)
         for i in range(cfg.layers):
             p = f"layers.{i}."
             if cfg.is_attention_layer(i):
-                y = self._attention(i, h, pos, prefill)
+                y = self._attention(i, h, pos, prefill, start)
             else:
                 y = self._deltanet(i, h, pos)
             x, h = ops.add_rms_norm(x, y, d[p + "post_attention_layernorm"], cfg.rms_eps)
@@ -400,14 +418,21 @@ class DecodeEngine:
             t.zero_()
         self.bad_rows.zero_()
 
+    def prefill_positions(self) -> int:
+        """Positions per prefill chunk: at most ``prefill_chunk`` tokens over the batch."""
+        return max(1, self.prefill_chunk // self.batch)
+
     def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
-        """Run the prompt [B, T]; leaves the greedy next token and position T in place."""
+        """Run the prompt [B, T] in chunks of ``prefill_positions()``; leaves the greedy next
+        token and position T in place."""
         self.reset()
         t = prompt.shape[1]
         if t + 1 > self.max_len:
             raise ValueError(f"prompt of {t} tokens does not fit a cache of {self.max_len}")
-        start = torch.zeros(1, dtype=torch.long, device=self.device)
-        logits = self.forward(prompt, start, prefill=True)
+        step = self.prefill_positions()
+        for start in range(0, t, step):
+            pos = torch.full((1,), start, dtype=torch.long, device=self.device)
+            logits = self.forward(prompt[:, start:start + step], pos, prefill=True, start=start)
         self.logits.copy_(logits)
         self.tokens.copy_(logits.argmax(-1))
         self.pos.fill_(t)
