@@ -464,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output-len", type=_positive, default=128)
     d.add_argument("--backends", default="triton,torch-bf16")
     d.add_argument("--autotune", type=_csv, default=["on", "off"])
-    d.add_argument("--engine", default="native", help="native | sglang")
+    d.add_argument("--engine", default="native",
+                   help="native (default) | sglang (SGLang's one-batch benchmark) | sglang-server "
+                   "(SGLang's server driven by its serving benchmark)")
     d.add_argument("--checkpoint", metavar="DIR", help="a local ModelOpt NVFP4 checkpoint "
                    "(default: synthetic weights from --seed)")
     d.add_argument("--seed", type=int, default=0)

@@ -29,7 +29,9 @@ from harness.models import weights as weights_mod
 from harness.models.engine import PREFILL_CHUNK_TOKENS, DecodeEngine, PreparedModel
 from harness.records import DecodeCell
 
-ENGINES = ("native", "sglang")
+# native: our engine; sglang: SGLang's one-batch benchmark; sglang-server: SGLang's server
+# driven by its serving benchmark (how PR #26496 measured its figure).
+ENGINES = ("native", "sglang", "sglang-server")
 # A step's samples start after this many eager steps (lazy init, autotune keys, capture).
 WARMUP_STEPS = 2
 
@@ -356,6 +358,7 @@ def run(cells: list[DecodeCell], opts: DecodeOptions, log: Callable[[str], None]
     t0 = time.perf_counter()
     native = [c for c in cells if c.engine == "native"]
     external = [c for c in cells if c.engine == "sglang"]
+    served = [c for c in cells if c.engine == "sglang-server"]
     if native:
         if opts.isolate:
             isolate.run_isolated("decode", native, dataclasses.asdict(opts), _skip_reason, log,
@@ -366,6 +369,9 @@ def run(cells: list[DecodeCell], opts: DecodeOptions, log: Callable[[str], None]
     if external:
         from harness.engines import sglang
         sglang.run(external, checkpoint=opts.checkpoint, log=log, on_cell=on_cell)
+    if served:
+        from harness.engines import sglang_server
+        sglang_server.run(served, checkpoint=opts.checkpoint, log=log, on_cell=on_cell)
     log(f"{len(cells)} decode cells in {time.perf_counter() - t0:.1f} s")
     return cells
 

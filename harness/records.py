@@ -82,6 +82,9 @@ class DecodeCell:
     weights_notes: list[str] = field(default_factory=list)  # what loading them decided
     # An external engine's run: its version, module, command line and tuning-cache state.
     engine_info: dict | None = None
+    # Through SGLang's server: output tokens/s, TPOT, TTFT and ITL percentiles, one stream's
+    # decode tokens/s (SGLang's serving benchmark's own figures).
+    serving: dict | None = None
     health: dict | None = None
     # With --profile: [{name, ms_per_call, launches_per_call}] per decode step, largest first.
     kernels: list[dict] | None = None
