@@ -61,17 +61,23 @@ def backend_arg(backend: str) -> str | None:
     return FP4_GEMM_BACKEND.get(backend)
 
 
-def one_batch_module() -> str:
-    """The one-batch benchmark module the installed SGLang has."""
-    if os.environ.get(MODULE_ENV):
-        return os.environ[MODULE_ENV]
-    for m in ONE_BATCH_MODULES:
+def installed_module(candidates: tuple[str, ...], override_env: str) -> str:
+    """The first of ``candidates`` (newest SGLang layout first) that the installed SGLang has;
+    ``override_env`` names another module to run instead (the tests' fakes)."""
+    if os.environ.get(override_env):
+        return os.environ[override_env]
+    for m in candidates:
         try:
             if importlib.util.find_spec(m) is not None:
                 return m
         except ModuleNotFoundError:
             continue
-    return ONE_BATCH_MODULES[0]
+    return candidates[0]
+
+
+def one_batch_module() -> str:
+    """The one-batch benchmark module the installed SGLang has."""
+    return installed_module(ONE_BATCH_MODULES, MODULE_ENV)
 
 
 def version() -> str:

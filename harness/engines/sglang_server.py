@@ -18,7 +18,6 @@ log's last lines.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -51,15 +50,8 @@ SERVING_MODULE_ENV = "NVFP4_BENCH_SGLANG_SERVING_MODULE"
 
 
 def serving_module() -> str:
-    if os.environ.get(SERVING_MODULE_ENV):
-        return os.environ[SERVING_MODULE_ENV]
-    for m in SERVING_MODULES:
-        try:
-            if importlib.util.find_spec(m) is not None:
-                return m
-        except ModuleNotFoundError:
-            continue
-    return SERVING_MODULES[0]
+    """The serving benchmark module the installed SGLang has."""
+    return sglang.installed_module(SERVING_MODULES, SERVING_MODULE_ENV)
 
 
 def free_port() -> int:
