@@ -105,5 +105,16 @@ if [ "$EXTRA" = test ] && ! "$ENV_PY" -c "import torch, sys; sys.exit(not torch.
 fi
 _say "installing nvfp4-bench[$EXTRA] into $("$ENV_PY" -c 'import sys; print(sys.prefix)')"
 "$ENV_PY" -m pip install -q --disable-pip-version-check -c "$pins" "${reqs[@]}"
+if [ "$EXTRA" = test ]; then
+    # SGLang's own argument parsers, apart from this environment (./.sglang-parsers): the tests
+    # check every flag the SGLang adapters pass against them. Where they cannot be had (no
+    # index), those tests skip.
+    rm -rf "$ROOT/.sglang-parsers"
+    { "$ENV_PY" -m pip install -q --disable-pip-version-check --no-deps \
+          --target "$ROOT/.sglang-parsers" "sglang==0.5.23" \
+      && "$ENV_PY" -m pip install -q --disable-pip-version-check \
+          --target "$ROOT/.sglang-parsers" -r "$ROOT/scripts/sglang-parsers.txt"; } >/dev/null 2>&1 \
+        || _say "SGLang's argument parsers could not be installed; the tests that use them skip"
+fi
 _write_pins  # as installed: what the next set-up compares against
 _key > "$stamp"
