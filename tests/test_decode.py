@@ -509,3 +509,28 @@ def test_compiled_ops_match_eager():
         assert pm.ops.compiled == compile
         out.append(_teacher_logits(DecodeEngine(pm, 2, 16), prompt, tokens))
     assert _rel(out[1], out[0]) < 2e-2
+
+
+def test_sglangs_auto_and_flashinfers_auto_are_different_names(fake_sglang, monkeypatch):
+    """flashinfer-auto is FlashInfer's own choice; SGLang's --fp4-gemm-backend auto is
+    sglang-auto, which only SGLang's engines run."""
+    from harness.backends import resolve
+    from harness.engines import sglang
+    assert "sglang-auto" not in [b.name for b in resolve("all")]
+    cells = decode.plan("qwen3.6-27b", [1], 16, 4, ["flashinfer-auto", "sglang-auto"], ["off"],
+                        engine="sglang")
+    decode.run(cells, INPROC)
+    by = {c.backend: c for c in cells}
+    assert by["flashinfer-auto"].status == "skipped"
+    assert "SGLang's own --fp4-gemm-backend auto is sglang-auto" in by["flashinfer-auto"].reason
+    assert by["sglang-auto"].status == "ok", by["sglang-auto"].reason
+    cmd = by["sglang-auto"].engine_info["command"]
+    assert cmd[cmd.index("--fp4-gemm-backend") + 1] == "auto"
+    native = decode.plan("tiny", [1], 4, 2, ["sglang-auto"], ["off"])
+    decode.run(native, INPROC)
+    assert native[0].status == "skipped" and "runs only with --engine sglang" in native[0].reason
+    # what SGLang's auto runs on the GPU decides whether its "on" tunes anything
+    monkeypatch.setattr(sglang, "compute_capability", lambda device: 120)
+    assert sglang.why_not_tuned("sglang-auto", "on") is None  # flashinfer_cutlass: tuned
+    monkeypatch.setattr(sglang, "compute_capability", lambda device: 90)
+    assert "auto (marlin on this GPU)" in sglang.why_not_tuned("sglang-auto", "on")

@@ -7,6 +7,7 @@ import os
 
 from harness.backends.base import Availability, GemmBackend, LayerWeights
 from harness.backends.flashinfer_fp4 import FlashInferFP4
+from harness.backends.sglang_auto import SGLangAuto
 from harness.backends.torch_bf16 import TorchBF16
 from harness.backends.torch_dequant import TorchDequant
 from harness.backends.torch_ref import TorchRef
@@ -25,6 +26,7 @@ BACKENDS: dict[str, GemmBackend] = {
         FlashInferFP4("b12x"),
         FlashInferFP4("cute-dsl"),
         FlashInferFP4("auto"),
+        SGLangAuto(),
     ]
 }
 
@@ -59,7 +61,7 @@ def resolve(spec: str | list[str]) -> list[GemmBackend]:
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip() for n in names if n.strip()]
     if names == ["all"]:
-        return list(BACKENDS.values())
+        return [b for b in BACKENDS.values() if b.native]
     return [get_backend(n) for n in names]
 
 

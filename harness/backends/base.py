@@ -57,6 +57,8 @@ class GemmBackend:
     tunable: bool = False
     # A reference is not a serving option and never wins the choice map.
     candidate: bool = True
+    # False: a name for an external engine's own choice, with no GEMM here (`all` skips it).
+    native: bool = True
     # Relative Frobenius error allowed against the exact reference of ``math``: bf16 output
     # rounding plus a different summation order stays far below this.
     tolerance: float = 2e-2

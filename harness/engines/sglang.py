@@ -29,15 +29,18 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+from harness.backends.sglang_auto import sglang_auto_choice
+from harness.hardware import compute_capability, default_device
 from harness.models import MODELS
 from harness.records import DecodeCell
 
-# Our backend names -> SGLang's --fp4-gemm-backend values.
+# Our backend names -> SGLang's --fp4-gemm-backend values. SGLang's `auto` is its own choice
+# (sglang-auto), not FlashInfer's (flashinfer-auto, which SGLang cannot be asked for).
 FP4_GEMM_BACKEND = {
     "flashinfer-cudnn": "flashinfer_cudnn",
     "flashinfer-cutlass": "flashinfer_cutlass",
     "flashinfer-cute-dsl": "flashinfer_cutedsl",
-    "flashinfer-auto": "auto",
+    "sglang-auto": "auto",
 }
 ROW_FIELDS = ("run_name", "batch_size", "input_len", "output_len", "prefill_latency",
               "prefill_throughput", "median_decode_latency", "median_decode_throughput",
@@ -88,14 +91,30 @@ def version() -> str:
         return "unknown"
 
 
+def why_no_flag(backend: str) -> str | None:
+    """Why SGLang cannot be asked for ``backend``, or None."""
+    if backend_arg(backend):
+        return None
+    if backend == "flashinfer-auto":
+        return ("flashinfer-auto is FlashInfer's own auto (b12x first on SM120, then cutlass, "
+                "then cudnn), which SGLang cannot be asked for; SGLang's own "
+                "--fp4-gemm-backend auto is sglang-auto")
+    return (f"SGLang has no --fp4-gemm-backend for {backend} "
+            f"(it takes {', '.join(FP4_GEMM_BACKEND.values())})")
+
+
 def why_not_tuned(backend: str, autotune: str) -> str | None:
     """Why an ``autotune on`` cell would measure the same program as ``off``, or None."""
-    fp4 = backend_arg(backend)
-    if autotune == "on" and fp4 == "flashinfer_cudnn":
-        return (f"SGLang never runs FlashInfer's autotuner for --fp4-gemm-backend {fp4} (it tunes "
-                f"FP4 GEMMs only for {' and '.join(TUNED_FP4_BACKENDS)} with modelopt_fp4): on "
-                f"is the same program as off, whose cell is the measurement")
-    return None
+    asked = backend_arg(backend)
+    if autotune != "on" or asked is None:
+        return None
+    runs = sglang_auto_choice(compute_capability(default_device())) if asked == "auto" else asked
+    if runs in TUNED_FP4_BACKENDS:
+        return None
+    what = f"{asked} ({runs} on this GPU)" if asked == "auto" else asked
+    return (f"SGLang never runs FlashInfer's autotuner for --fp4-gemm-backend {what} (it tunes "
+            f"FP4 GEMMs only for {' and '.join(TUNED_FP4_BACKENDS)} with modelopt_fp4): on is "
+            f"the same program as off, whose cell is the measurement")
 
 
 def model_path(model: str, checkpoint: str | None) -> str:
@@ -165,10 +184,7 @@ def run(cells: list[DecodeCell], checkpoint: str | None = None,
     for c in cells:
         groups.setdefault((c.model, c.backend, c.autotune, c.input_len, c.output_len), []).append(c)
     for (model, backend, autotune, input_len, output_len), group in groups.items():
-        why = reason or (None if backend_arg(backend) else
-                         f"SGLang has no --fp4-gemm-backend for {backend} "
-                         f"(it takes {', '.join(FP4_GEMM_BACKEND.values())})")
-        why = why or why_not_tuned(backend, autotune)
+        why = reason or why_no_flag(backend) or why_not_tuned(backend, autotune)
         if why:
             for c in group:
                 c.status, c.reason = "skipped", why

@@ -186,10 +186,8 @@ def run(cells: list[DecodeCell], checkpoint: str | None = None,
     for c in cells:
         groups.setdefault((c.model, c.backend, c.autotune, c.input_len, c.output_len), []).append(c)
     for (model, backend, autotune, input_len, output_len), group in groups.items():
-        why = reason or (None if sglang.backend_arg(backend) else
-                         f"SGLang has no --fp4-gemm-backend for {backend} "
-                         f"(it takes {', '.join(sglang.FP4_GEMM_BACKEND.values())})")
-        why = why or sglang.why_not_tuned(backend, autotune)
+        why = (reason or sglang.why_no_flag(backend)
+               or sglang.why_not_tuned(backend, autotune))
         if why:
             for c in group:
                 c.status, c.reason = "skipped", why
