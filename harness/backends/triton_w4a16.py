@@ -116,12 +116,14 @@ if triton is not None:
                      pid_tile, pid_k, SPLIT_K: tl.constexpr):
         """Write one [BM, BN] fp32 tile; with split-K the last program reduces and stores."""
         mask = (rm[:, None] < M) & (rn[None, :] < N)
-        out_ptrs = out_ptr + rm[:, None] * stride_om + rn[None, :]
+        # 64-bit offsets: past 2^31 output elements (M=65,536 x N=34,816) int32 ones wrap.
+        rows = rm.to(tl.int64)[:, None]
+        out_ptrs = out_ptr + rows * stride_om + rn[None, :]
         if SPLIT_K == 1:
             tl.store(out_ptrs, (acc * scale).to(tl.bfloat16), mask=mask)
         else:
-            plane = M * N
-            ws_ptrs = ws_ptr + rm[:, None] * N + rn[None, :]
+            plane = M * N  # split-K runs at small M only (SPLIT_K_MAX_M)
+            ws_ptrs = ws_ptr + rows * N + rn[None, :]
             tl.store(ws_ptrs + pid_k * plane, acc, mask=mask)
             # acq_rel: partials above are visible to whoever sees the count reach SPLIT_K.
             arrived = tl.atomic_add(cnt_ptr + pid_tile, 1)
