@@ -135,6 +135,11 @@ def evaluate(claim: Claim, entry: store.Entry) -> Verdict:
         if not hits:
             v.reason = f"no stored {side} cell {getattr(claim, side)} at {entry.commit[:8]}"
             return v
+        if len({h[0] for h in hits}) > 1:  # e.g. several context lengths: which one is meant?
+            v.reason = (f"the {side} side {getattr(claim, side)} matches {len(hits)} cells at "
+                        f"{entry.commit[:8]}; the claim must name the fields that tell them "
+                        f"apart")
+            return v
         ok = [h for h in hits if h[1] is not None]
         if not ok:
             v.reason = f"the {side} cell {hits[0][0]} failed at {entry.commit[:8]}"
