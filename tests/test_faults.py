@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from harness import cli, record, records, store
 from harness import gemm as gemm_mod
 from harness.records import append_jsonl, read_jsonl, read_run
+from procs import alive, gone
 from test_store import project  # noqa: F401 - the git repository + asv config fixture
 
 SUITE = textwrap.dedent('''
@@ -280,14 +280,6 @@ def test_compile_without_a_gpu_is_refused(capsys):
     assert "--compile needs a GPU" in capsys.readouterr().err
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "\nState:\tZ" not in f.read()  # a zombie has died
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_die_with_their_parent():
     code = ("import subprocess, sys, time\n"
@@ -298,10 +290,7 @@ def test_workers_die_with_their_parent():
             "time.sleep(120)\n")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
-    assert _alive(child)
+    assert alive(child)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child)
+    assert gone([child], within=10)

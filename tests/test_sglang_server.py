@@ -2,14 +2,13 @@
 health wait, timeout, crash, stop of the whole process group, a port in use."""
 
 import json
-import os
 import socket
 import sys
-import time
 
 import pytest
 
 import fake_sglang_server
+from procs import gone
 from harness import decode
 from harness.engines import sglang_server
 
@@ -34,21 +33,6 @@ def fake(tmp_path, monkeypatch):
 
 def _records(log):
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "\nState:\tZ" not in f.read()
-    except FileNotFoundError:
-        return False
-
-
-def _gone(pids, within=15.0):
-    deadline = time.monotonic() + within
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not any(_alive(p) for p in pids)
 
 
 def _cells(batches=(1,), backends=("flashinfer-cutlass",), autotunes=("on",)):
@@ -85,7 +69,7 @@ def test_serving_cells_from_a_real_server(fake, tmp_path):
     ratio = (by[("flashinfer-cutlass", "on", 1)].tokens_per_s
              / by[("flashinfer-cudnn", "off", 1)].tokens_per_s)
     assert 1.1 < ratio < 1.6
-    assert _gone([r["pid"] for r in servers])
+    assert gone([r["pid"] for r in servers])
 
 
 @pytest.mark.parametrize("mode,needle", [
@@ -102,7 +86,7 @@ def test_a_server_that_fails_makes_failed_cells_and_leaves_nothing(fake, monkeyp
     assert all(needle in c.reason for c in cells), [c.reason for c in cells]
     # the server's own last lines come with the cell
     assert all("server log: serving mmangkad/Qwen3.6-27B-NVFP4" in c.reason for c in cells)
-    assert _gone([r["pid"] for r in _records(fake) if "pid" in r])
+    assert gone([r["pid"] for r in _records(fake) if "pid" in r])
 
 
 @pytest.mark.parametrize("mode", ["orphan", "slow"])
@@ -114,7 +98,7 @@ def test_stop_ends_the_whole_process_group(fake, monkeypatch, mode):
     recs = _records(fake)
     pids = [r["pid"] for r in recs if "pid" in r] + [r["child"] for r in recs if "child" in r]
     assert len(pids) == (2 if mode == "orphan" else 1)
-    assert _gone(pids)  # a child that ignores SIGTERM, or a server that does, is killed
+    assert gone(pids)  # a child that ignores SIGTERM, or a server that does, is killed
 
 
 def test_a_port_in_use_is_a_failed_cell_with_the_servers_words(fake, monkeypatch):
