@@ -175,31 +175,44 @@ def fill_cell(c: DecodeCell, row: dict, module: str = ONE_BATCH_MODULES[0]) -> N
     c.health = {"source": "sglang", "run_name": row.get("run_name")}
 
 
-def run(cells: list[DecodeCell], checkpoint: str | None = None,
-        log: Callable[[str], None] = lambda s: None,
-        on_cell: Callable[[DecodeCell], None] = lambda c: None,
-        timeout_s: float | None = None) -> list[DecodeCell]:
+def runnable_groups(cells: list[DecodeCell], on_cell: Callable[[DecodeCell], None]):
+    """(model, backend, autotune, input_len, output_len) and its cells, one SGLang process
+    each; a group SGLang cannot run (or would run as its "off" twin) is skipped here."""
     reason = available()
     groups: dict[tuple, list[DecodeCell]] = {}
     for c in cells:
         groups.setdefault((c.model, c.backend, c.autotune, c.input_len, c.output_len), []).append(c)
-    for (model, backend, autotune, input_len, output_len), group in groups.items():
-        why = reason or why_no_flag(backend) or why_not_tuned(backend, autotune)
+    for key, group in groups.items():
+        why = reason or why_no_flag(key[1]) or why_not_tuned(key[1], key[2])
         if why:
             for c in group:
                 c.status, c.reason = "skipped", why
                 on_cell(c)
             continue
+        yield key, group
+
+
+def fresh_cache_env(tmp: str | Path) -> tuple[dict, str]:
+    """The environment of one SGLang process with no FlashInfer tactics from an earlier run,
+    and how the cell says so."""
+    env = dict(os.environ, SGLANG_CACHE_DIR=str(Path(tmp) / "sglang-cache"),
+               SGLANG_FLASHINFER_AUTOTUNE_CACHE="0")
+    return env, "a fresh, empty SGLANG_CACHE_DIR per process, SGLANG_FLASHINFER_AUTOTUNE_CACHE=0"
+
+
+def run(cells: list[DecodeCell], checkpoint: str | None = None,
+        log: Callable[[str], None] = lambda s: None,
+        on_cell: Callable[[DecodeCell], None] = lambda c: None,
+        timeout_s: float | None = None) -> list[DecodeCell]:
+    for (model, backend, autotune, input_len, output_len), group in runnable_groups(cells,
+                                                                                    on_cell):
         with tempfile.TemporaryDirectory(prefix="nvfp4-sglang-") as tmp:
             result = str(Path(tmp) / "result.jsonl")
             cmd = build_command(model_path(model, checkpoint), backend, autotune,
                                 sorted({c.batch for c in group}), input_len, output_len, result)
-            cache = Path(tmp) / "sglang-cache"
-            env = dict(os.environ, SGLANG_CACHE_DIR=str(cache),
-                       SGLANG_FLASHINFER_AUTOTUNE_CACHE="0")
+            env, cache_state = fresh_cache_env(tmp)
             info = {"sglang": version(), "module": cmd[2], "command": cmd,
-                    "autotune_cache": "a fresh, empty SGLANG_CACHE_DIR per process, "
-                                      "SGLANG_FLASHINFER_AUTOTUNE_CACHE=0"}
+                    "autotune_cache": cache_state}
             log("$ " + " ".join(cmd))
             tail: deque[str] = deque(maxlen=20)
             try:

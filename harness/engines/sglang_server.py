@@ -180,19 +180,9 @@ def fill_cell(c: DecodeCell, result: dict, module: str) -> None:
 def run(cells: list[DecodeCell], checkpoint: str | None = None,
         log: Callable[[str], None] = lambda s: None,
         on_cell: Callable[[DecodeCell], None] = lambda c: None) -> list[DecodeCell]:
-    reason = sglang.available()
     timeout_s = float(os.environ.get("NVFP4_BENCH_SGLANG_SERVER_TIMEOUT", HEALTH_TIMEOUT_S))
-    groups: dict[tuple, list[DecodeCell]] = {}
-    for c in cells:
-        groups.setdefault((c.model, c.backend, c.autotune, c.input_len, c.output_len), []).append(c)
-    for (model, backend, autotune, input_len, output_len), group in groups.items():
-        why = (reason or sglang.why_no_flag(backend)
-               or sglang.why_not_tuned(backend, autotune))
-        if why:
-            for c in group:
-                c.status, c.reason = "skipped", why
-                on_cell(c)
-            continue
+    for (model, backend, autotune, input_len, output_len), group in sglang.runnable_groups(
+            cells, on_cell):
         _run_group(group, sglang.model_path(model, checkpoint), backend, autotune, input_len,
                    output_len, timeout_s, log, on_cell)
     return cells
@@ -201,12 +191,10 @@ def run(cells: list[DecodeCell], checkpoint: str | None = None,
 def _run_group(group, path, backend, autotune, input_len, output_len, timeout_s, log, on_cell):
     with tempfile.TemporaryDirectory(prefix="nvfp4-sglang-server-") as tmp:
         port = free_port()
-        env = dict(os.environ, SGLANG_CACHE_DIR=str(Path(tmp) / "sglang-cache"),
-                   SGLANG_FLASHINFER_AUTOTUNE_CACHE="0")
+        env, cache_state = sglang.fresh_cache_env(tmp)
         cmd = server_command(path, backend, autotune, port)
         info = {"sglang": sglang.version(), "module": cmd[2], "server_command": cmd,
-                "autotune_cache": "a fresh, empty SGLANG_CACHE_DIR per server, "
-                                  "SGLANG_FLASHINFER_AUTOTUNE_CACHE=0"}
+                "autotune_cache": cache_state}
         log("$ " + " ".join(cmd))
         server = Server(cmd, Path(tmp) / "server.log", env, port)
         try:
