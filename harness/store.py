@@ -445,14 +445,16 @@ _warned: set[str] = set()
 
 
 def skip_bad(conf: Config, error: ResultsFileError,
-             warn: Callable[[str], None] = _warn) -> None:
-    """A history file that cannot be read: raise under ``conf.strict``, else name it (once)
-    and go on with the others."""
+             warn: Callable[[str], None] | None = None) -> None:
+    """A history file that cannot be read: raise under ``conf.strict``, else name it through
+    ``warn`` (by default once on stderr) and go on with the others."""
     if conf.strict:
         raise error
-    if str(error) not in _warned:
+    if warn is not None:
+        warn(f"{error}; skipped")
+    elif str(error) not in _warned:
         _warned.add(str(error))
-        warn(f"{error}; skipped (--strict makes this an error)")
+        _warn(f"{error}; skipped (--strict makes this an error)")
 
 
 def bad_results(conf: Config) -> list[tuple[Path, ResultsFileError]]:
@@ -469,9 +471,10 @@ def bad_results(conf: Config) -> list[tuple[Path, ResultsFileError]]:
     return out
 
 
-def entries(conf: Config, machine: str) -> list[Entry]:
+def entries(conf: Config, machine: str,
+            warn: Callable[[str], None] | None = None) -> list[Entry]:
     """Every readable results file of ``machine``, oldest commit first; an unreadable one is
-    named and skipped (an error under ``conf.strict``)."""
+    named (through ``warn``) and skipped, an error under ``conf.strict``."""
     d = conf.results_dir / machine
     out = []
     for path in sorted(d.glob("*.json")):
@@ -480,7 +483,7 @@ def entries(conf: Config, machine: str) -> list[Entry]:
         try:
             res = load_results(path)
         except ResultsFileError as e:
-            skip_bad(conf, e)
+            skip_bad(conf, e, warn)
             continue
         out.append(Entry(machine=machine, commit=res.commit_hash, env=res.env_name,
                          date_ms=res.date or 0, path=path, results=res))

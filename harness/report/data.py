@@ -89,11 +89,8 @@ def gather(conf: store.Config | None, run_files: list[Path] = (), latest_only: b
         runs += sorted(found, key=lambda r: (r.machine, r.suite))
     if conf is not None:
         claims = claims if claims is not None else gate.load_claims()
-        for _, e in store.bad_results(conf):  # entries() skips them; the report names them
-            store.skip_bad(conf, e, warn=lambda m: None)  # raises under --strict
-            problems.append(f"{e}; skipped")
         for m in store.machines(conf):
-            ents = store.entries(conf, m)
+            ents = store.entries(conf, m, warn=problems.append)  # names the unreadable ones
             info = {}
             try:
                 from harness.records import read_json
