@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.backends import BACKENDS, FLASHINFER_AUTO, SGLANG_SM120_DEFAULT
+from harness.backends import BACKENDS, FLASHINFER_AUTO, FLASHINFER_FP8_AUTO, SGLANG_SM120_DEFAULT
 from harness.records import GemmCell
 
 # Two timings closer than this are a tie for "does the default pick the winner".
 TIE_FRACTION = 0.03
 
 
+# Per weight format: the engine default whose choice is judged ("would it pick the winner").
+FAMILIES = {"nvfp4": (FLASHINFER_AUTO, SGLANG_SM120_DEFAULT), "fp8": (FLASHINFER_FP8_AUTO, None)}
+
+
 @dataclass
 class Choice:
+    family: str                    # "nvfp4" | "fp8": whose backends compete (bf16 joins both)
     layer: str
     m: int
     winner: str | None             # "backend/autotune"
@@ -48,29 +53,42 @@ def _verdict(cells: list[GemmCell], backend: str, best: GemmCell | None) -> str:
     return f"slower than winner by {slower * 100:.1f}%"
 
 
+def family_of(backend: str) -> str:
+    b = BACKENDS.get(backend)
+    return b.family if b is not None else ""
+
+
 def choice_map(cells: list[GemmCell]) -> list[Choice]:
-    """Per (layer, M): the fastest healthy backend (either autotune setting), and whether
-    FlashInfer's ``auto`` and SGLang's SM120 default would have picked it."""
+    """Per weight format and (layer, M): the fastest healthy backend (either autotune setting,
+    bf16 competing in every format), and whether FlashInfer's ``auto`` of that format and
+    SGLang's SM120 default would have picked it."""
+    cells = [c for c in cells if c.kind == "gemm"]
+    present = {family_of(c.backend) for c in cells}
+    families = [f for f in FAMILIES if f in present] or ["nvfp4"]
+    order = [c.layer for c in cells]
+    keys = sorted({(c.layer, c.m) for c in cells}, key=lambda t: (order.index(t[0]), t[1]))
     rows = []
-    keys = sorted({(c.layer, c.m) for c in cells if c.kind == "gemm"},
-                  key=lambda t: ([c.layer for c in cells].index(t[0]), t[1]))
-    for layer, m in keys:
-        here = [c for c in cells if c.layer == layer and c.m == m]
-        ok = [c for c in here if c.status == "ok" and c.median_s
-              and BACKENDS.get(c.backend) is not None and BACKENDS[c.backend].candidate]
-        ok.sort(key=lambda c: c.median_s)
-        best = ok[0] if ok else None
-        runner = next((c for c in ok[1:] if c.backend != best.backend), None) if best else None
-        rows.append(Choice(
-            layer=layer, m=m,
-            winner=_label(best) if best else None,
-            winner_median_s=best.median_s if best else None,
-            runner_up=_label(runner) if runner else None,
-            margin=(runner.median_s / best.median_s - 1) if runner else None,
-            candidates=len({c.backend for c in ok}),
-            auto_verdict=_verdict(here, FLASHINFER_AUTO, best),
-            sglang_default_verdict=_verdict(here, SGLANG_SM120_DEFAULT, best),
-        ))
+    for family in families:
+        auto, sglang = FAMILIES[family]
+        mine = [c for c in cells if family_of(c.backend) in (family, "")]
+        for layer, m in keys:
+            here = [c for c in mine if c.layer == layer and c.m == m]
+            ok = [c for c in here if c.status == "ok" and c.median_s
+                  and BACKENDS.get(c.backend) is not None and BACKENDS[c.backend].candidate]
+            ok.sort(key=lambda c: c.median_s)
+            best = ok[0] if ok else None
+            runner = next((c for c in ok[1:] if c.backend != best.backend), None) if best else None
+            rows.append(Choice(
+                family=family, layer=layer, m=m,
+                winner=_label(best) if best else None,
+                winner_median_s=best.median_s if best else None,
+                runner_up=_label(runner) if runner else None,
+                margin=(runner.median_s / best.median_s - 1) if runner else None,
+                candidates=len({c.backend for c in ok}),
+                auto_verdict=_verdict(here, auto, best),
+                sglang_default_verdict=(_verdict(here, sglang, best) if sglang else
+                                        "n/a: no SGLang default modelled for this format"),
+            ))
     return rows
 
 

@@ -16,7 +16,8 @@ import torch
 from harness import health as health_mod
 from harness import isolate
 from harness import nvfp4
-from harness.backends import GemmBackend, LayerWeights, get_backend
+from harness.backends import GemmBackend, LayerWeights, fp8, get_backend
+from harness.backends.flashinfer_lib import BackendRefused
 from harness.hardware import copy_bandwidth, default_device
 from harness.measure import time_fn
 from harness.models import get_model
@@ -89,6 +90,8 @@ def reference(math: str, weights: LayerWeights, x: torch.Tensor, x_gsf: torch.Te
         return x.float() @ nvfp4.dequantize(weights.fp4, torch.float32).T
     if math == "bf16":
         return x.float() @ weights.bf16.float().T
+    if math == "w8a8":
+        return fp8.w8a8_reference(weights, x, x_gsf)
     raise ValueError(f"unknown math {math!r}")
 
 
@@ -151,6 +154,11 @@ def run_group(cells: list[GemmCell], opts: GemmOptions, device: torch.device | N
         try:
             weights = make_weights(n, k, _seed(opts.seed, layer, n, k), device, opts.weight_std)
             prepared = backend.prepare(weights, autotune=(autotune == "on"))
+        except BackendRefused as e:
+            for c in layer_cells:
+                c.status, c.reason = "skipped", str(e)
+                done(c)
+            continue
         except Exception as e:  # noqa: BLE001 - a bad layer must not sink the others
             for c in layer_cells:
                 c.status, c.reason = "failed", f"prepare: {describe_error(e)}"
@@ -172,6 +180,7 @@ def _run_cell(c: GemmCell, backend: GemmBackend, weights: LayerWeights, prepared
         x_gsf = nvfp4.global_scale_for(x)
         ref = reference(backend.math, weights, x, x_gsf)
         if c.autotune == "on":
+            c.tuning = backend.fresh_tuning()
             backend.tune(prepared, x, x_gsf)
         out = backend.run(prepared, x, x_gsf)
         if device.type == "cuda":
@@ -186,6 +195,8 @@ def _run_cell(c: GemmCell, backend: GemmBackend, weights: LayerWeights, prepared
         timing = time_fn(lambda: backend.run(prepared, x, x_gsf), device,
                          samples=opts.samples, warmup=opts.warmup, cold_l2=opts.cold_l2)
         _finish_timed(c, backend, weights, timing)
+    except BackendRefused as e:  # the library's own checks refused this shape
+        c.status, c.reason = "skipped", str(e)
     except Exception as e:  # noqa: BLE001
         c.status, c.reason = "failed", describe_error(e)
 

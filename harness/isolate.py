@@ -36,6 +36,9 @@ def worker_env() -> dict:
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env[BANDWIDTH_ENV] = repr(copy_bandwidth())
+    # FlashInfer reads tactics tuned elsewhere from its bundled files when this is 1: an
+    # autotune-off cell must run FlashInfer's default choice, an on cell only its own tuning.
+    env["FLASHINFER_AUTOTUNER_LOAD_FROM_FILE"] = "0"
     return env
 
 

@@ -46,6 +46,7 @@ class GemmCell:
     gbps: float | None = None
     roofline_frac: float | None = None
     health: dict | None = None
+    tuning: str = ""           # with autotune on: the tuner's cache state before this cell
     kind: str = "gemm"
 
     @property

@@ -92,7 +92,7 @@ with open(sys.argv[1], "w") as f:
         except metadata.PackageNotFoundError:
             pass' "$pins"
 }
-_key() { echo "$ENV_PY $(cat "$ROOT/pyproject.toml" "$pins" | cksum)"; }
+_key() { echo "$ENV_PY $(cat "$ROOT/pyproject.toml" "$ROOT"/scripts/*.txt "$pins" | cksum)"; }
 _write_pins
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(_key)" ] && _has "$ENV_PY" harness; then
     return 0 2>/dev/null || exit 0  # nothing changed since the last set-up
@@ -115,6 +115,14 @@ if [ "$EXTRA" = test ]; then
       && "$ENV_PY" -m pip install -q --disable-pip-version-check \
           --target "$ROOT/.sglang-parsers" -r "$ROOT/scripts/sglang-parsers.txt"; } >/dev/null 2>&1 \
         || _say "SGLang's argument parsers could not be installed; the tests that use them skip"
+    # The real FlashInfer, likewise apart (./.flashinfer-contract), for the adapter contract
+    # tests; an environment that has FlashInfer installed uses its own.
+    rm -rf "$ROOT/.flashinfer-contract"
+    { "$ENV_PY" -m pip install -q --disable-pip-version-check --no-deps \
+          --target "$ROOT/.flashinfer-contract" "flashinfer-python==0.7.2.post1" \
+      && "$ENV_PY" -m pip install -q --disable-pip-version-check --no-deps \
+          --target "$ROOT/.flashinfer-contract" -r "$ROOT/scripts/flashinfer-contract.txt"; } >/dev/null 2>&1 \
+        || _say "flashinfer-python could not be installed for the contract tests; they skip"
 fi
 _write_pins  # as installed: what the next set-up compares against
 _key > "$stamp"

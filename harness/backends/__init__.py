@@ -7,6 +7,7 @@ import os
 
 from harness.backends.base import Availability, GemmBackend, LayerWeights
 from harness.backends.flashinfer_fp4 import FlashInferFP4
+from harness.backends.fp8 import FlashInferFP8, TorchFP8
 from harness.backends.sglang_auto import SGLangAuto
 from harness.backends.torch_bf16 import TorchBF16
 from harness.backends.torch_dequant import TorchDequant
@@ -27,12 +28,17 @@ BACKENDS: dict[str, GemmBackend] = {
         FlashInferFP4("cute-dsl"),
         FlashInferFP4("auto"),
         SGLangAuto(),
+        TorchFP8(),
+        FlashInferFP8("cublas"),
+        FlashInferFP8("cudnn"),
+        FlashInferFP8("auto"),
     ]
 }
 
 # SGLang's SM120 NVFP4 GEMM default after PR #26496 (``--fp4-gemm-backend auto``).
 SGLANG_SM120_DEFAULT = "flashinfer-cutlass"
 FLASHINFER_AUTO = "flashinfer-auto"
+FLASHINFER_FP8_AUTO = "flashinfer-fp8-auto"
 
 
 def register(backend: GemmBackend) -> GemmBackend:
@@ -67,4 +73,4 @@ def resolve(spec: str | list[str]) -> list[GemmBackend]:
 
 __all__ = ["Availability", "BACKENDS", "GemmBackend", "LayerWeights", "get_backend", "register",
            "resolve",
-           "SGLANG_SM120_DEFAULT", "FLASHINFER_AUTO"]
+           "SGLANG_SM120_DEFAULT", "FLASHINFER_AUTO", "FLASHINFER_FP8_AUTO"]

@@ -54,6 +54,9 @@ class GemmBackend:
 
     name: str = ""
     math: str = "w4a4"
+    # The weight format a serving engine would pick between: "nvfp4", "fp8", or "" for the
+    # peers every choice map compares against (bf16, references).
+    family: str = ""
     tunable: bool = False
     # A reference is not a serving option and never wins the choice map.
     candidate: bool = True
@@ -79,6 +82,11 @@ class GemmBackend:
 
     def tune(self, prepared: object, x: torch.Tensor, x_global_scale: torch.Tensor) -> None:
         """A warm pass with the backend's tuner on; later calls keep the tuned choice."""
+
+    def fresh_tuning(self) -> str:
+        """Forget what the tuner chose so far, so a cell tunes from nothing; returns the
+        tuning-cache state to record with the cell ("" where there is nothing to say)."""
+        return ""
 
     def weight_bytes(self, weights: LayerWeights) -> int:
         """Bytes of weight one GEMM must read from memory in this backend's format."""

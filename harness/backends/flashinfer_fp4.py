@@ -6,41 +6,46 @@ The call follows FlashInfer's contract exactly: activations quantized with
 ``alpha = 1 / (gsf_a * gsf_b)`` as an fp32 scalar tensor. The weight is quantized by
 ``harness.nvfp4`` (bit-identical to FlashInfer's quantizer), so ``nvfp4_quantize`` is only
 ever called on activations, and only where it runs correctly (SM100 and newer).
+
+Where FlashInfer is installed, what runs where is FlashInfer's own answer: its support table
+for the GPU, and its requirement checks for each shape (e.g. CuTe-DSL on SM120 wants N and K
+divisible by 64 and CUDA 13; b12x wants CUDA 12.9 as FlashInfer reads it, nvcc first, and
+K % 32 == 0), reported in its words as ``skipped`` cells.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
 from harness import nvfp4
+from harness.backends import flashinfer_lib as fil
 from harness.backends.base import Availability, GemmBackend, LayerWeights
 from harness.hardware import compute_capability
 
-# Compute capabilities each mm_fp4 backend supports (flashinfer-python 0.7.2.post1).
-SUPPORTED_SM: dict[str, tuple[int, ...]] = {
+# Only for the messages where FlashInfer is absent: the compute capabilities each mm_fp4
+# backend lists in flashinfer-python 0.7.2.post1. Where it is installed, its table answers.
+FALLBACK_SMS: dict[str, tuple[int, ...]] = {
     "cudnn": (100, 103, 107, 110, 120, 121),
     "cutlass": (100, 103, 107, 110, 120, 121),
     "b12x": (120, 121),
     "cute-dsl": (100, 103, 107, 120, 121),
-    # auto tries b12x, cutlass, cudnn on SM120; it runs wherever one of them does.
     "auto": (100, 103, 107, 110, 120, 121),
 }
-# The smallest quantizer-capable capability: below it nvfp4_quantize compiles to nothing.
+# nvfp4_quantize is compiled for SM100 and newer only: below it, it quantizes to nothing.
 MIN_QUANTIZE_SM = 100
 
 
-def _sm_list(sms: tuple[int, ...]) -> str:
-    return "/".join(f"SM{s}" for s in sms)
-
-
-def _flashinfer():
-    return importlib.import_module("flashinfer")
+def _probe_args(device: torch.device):
+    """The smallest valid mm_fp4 call (M=1, N=128, K=64), for FlashInfer to refuse."""
+    u8 = dict(dtype=torch.uint8, device=device)
+    return (torch.zeros((1, 32), **u8), torch.zeros((128, 32), **u8).T,
+            torch.zeros((128, 4), **u8), torch.zeros((128, 4), **u8).T,
+            torch.ones((), dtype=torch.float32, device=device), torch.bfloat16)
 
 
 class FlashInferFP4(GemmBackend):
     math = "w4a4"
+    family = "nvfp4"
     tunable = True
 
     def __init__(self, fi_backend: str):
@@ -49,29 +54,13 @@ class FlashInferFP4(GemmBackend):
         self.description = f"flashinfer.mm_fp4(backend={fi_backend!r}), NVFP4 W4A4"
 
     def availability(self, device: torch.device) -> Availability:
-        sms = SUPPORTED_SM[self.fi_backend]
-        if device.type != "cuda":
-            return Availability.no(f"flashinfer {self.fi_backend} needs an NVIDIA GPU "
-                                   f"({_sm_list(sms)}); this machine has none")
-        sm = compute_capability(device)
-        if sm not in sms:
-            return Availability.no(f"flashinfer {self.fi_backend} needs {_sm_list(sms)}; "
-                                   f"this GPU is SM{sm}")
-        if sm < MIN_QUANTIZE_SM:  # unreachable with the lists above; kept as a hard guard
-            return Availability.no(f"flashinfer nvfp4_quantize needs SM{MIN_QUANTIZE_SM}+")
-        if self.fi_backend == "b12x":
-            cuda = torch.version.cuda or "0"
-            if tuple(int(p) for p in cuda.split(".")[:2]) < (12, 9):
-                return Availability.no(f"flashinfer b12x needs CUDA >= 12.9; torch has CUDA {cuda}")
-        try:
-            fi = _flashinfer()
-        except Exception as e:  # noqa: BLE001 - any import failure is a reason to skip
-            return Availability.no(f"flashinfer-python is not importable ({type(e).__name__}: {e}); "
-                                   "install it with: pip install 'nvfp4-bench[flashinfer]'")
-        check = getattr(fi.mm_fp4, "is_backend_supported", None)
-        if self.fi_backend != "auto" and check is not None and not check(self.fi_backend, sm):
-            return Availability.no(f"flashinfer {fi.__version__ if hasattr(fi, '__version__') else ''}"
-                                   f" reports mm_fp4 backend {self.fi_backend!r} unsupported on SM{sm}")
+        refused = fil.availability("mm_fp4", self.fi_backend, f"flashinfer {self.fi_backend}",
+                                   FALLBACK_SMS[self.fi_backend], device, _probe_args)
+        if refused is not None:
+            return Availability.no(refused)
+        if compute_capability(device) < MIN_QUANTIZE_SM:  # FlashInfer lists none below it
+            return Availability.no(f"flashinfer nvfp4_quantize needs SM{MIN_QUANTIZE_SM}+; "
+                                   f"this GPU is SM{compute_capability(device)}")
         return Availability.yes()
 
     def prepare(self, weights: LayerWeights, autotune: bool = False):
@@ -86,20 +75,23 @@ class FlashInferFP4(GemmBackend):
             "n": w.shape[0],
         }
 
-    def run(self, prepared, x, x_global_scale):
-        fi = _flashinfer()
+    def arguments(self, prepared, x, x_global_scale) -> tuple[tuple, dict]:
+        """The exact mm_fp4 call for ``x``: activations quantized by FlashInfer."""
+        fi = fil.module()
         gsf_a = x_global_scale.float().reshape(1)
         a_fp4, a_sf = fi.nvfp4_quantize(x, gsf_a, sfLayout=fi.SfLayout.layout_128x4,
                                         do_shuffle=False)
         alpha = (prepared["inv_w_gsf"] / gsf_a).reshape(())  # 1 / (gsf_a * gsf_b), fp32
-        return fi.mm_fp4(a_fp4, prepared["b_fp4"].T, a_sf, prepared["b_sf"].T, alpha,
-                         torch.bfloat16, None, block_size=16, use_8x4_sf_layout=False,
-                         backend=self.fi_backend, use_nvfp4=True)
+        args = (a_fp4, prepared["b_fp4"].T, a_sf, prepared["b_sf"].T, alpha, torch.bfloat16, None)
+        return args, dict(block_size=16, use_8x4_sf_layout=False, backend=self.fi_backend,
+                          use_nvfp4=True)
+
+    def run(self, prepared, x, x_global_scale):
+        args, kwargs = self.arguments(prepared, x, x_global_scale)
+        return fil.call(fil.module(), "mm_fp4", *args, **kwargs)
 
     def tune(self, prepared, x, x_global_scale):
-        autotune = importlib.import_module("flashinfer.autotuner").autotune
-        with autotune(True):
-            for _ in range(3):
-                self.run(prepared, x, x_global_scale)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
+        fil.tune(lambda: self.run(prepared, x, x_global_scale))
+
+    def fresh_tuning(self) -> str:
+        return fil.fresh_tuner()

@@ -24,6 +24,7 @@ def sglang_auto_choice(sm: int | None) -> str:
 class SGLangAuto(GemmBackend):
     name = "sglang-auto"
     math = "w4a4"
+    family = "nvfp4"
     tunable = True
     native = False  # not a GEMM of its own: `--backends all` leaves it out
     description = "SGLang's --fp4-gemm-backend auto (SGLang's engines only)"

@@ -12,6 +12,7 @@ from harness.backends.base import GemmBackend, LayerWeights
 class TorchDequant(GemmBackend):
     name = "torch-dequant"
     math = "w4a16"
+    family = "nvfp4"
     description = "NVFP4 weight dequantized to bf16 per call (naive W4A16)"
 
     def prepare(self, weights: LayerWeights, autotune: bool = False):

@@ -20,6 +20,7 @@ def w4a4_reference(w_operand: torch.Tensor, w_global_scale: torch.Tensor, x: tor
 class TorchRef(GemmBackend):
     name = "torch-ref"
     math = "w4a4"
+    family = "nvfp4"
     candidate = False
     tolerance = 1e-2
     resident_bytes_per_element = 4.0

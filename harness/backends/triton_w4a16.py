@@ -595,6 +595,7 @@ def _bench(fn) -> float:
 class TritonW4A16(GemmBackend):
     name = "triton"
     math = "w4a16"
+    family = "nvfp4"
     tunable = True
     description = "Triton W4A16: NVFP4 weight decoded in-kernel, bf16 tensor-core dot"
 

@@ -53,8 +53,9 @@ def _us(v) -> str:
 def _summary(data: ReportData) -> str:
     items = []
     for r in data.runs:
-        if r.gemm:
-            ch = analysis.choice_map(r.gemm)
+        all_choices = analysis.choice_map(r.gemm) if r.gemm else []
+        for family in dict.fromkeys(c.family for c in all_choices):
+            ch = [c for c in all_choices if c.family == family]
             wins: dict[str, int] = {}
             for c in ch:
                 if c.winner:
@@ -63,11 +64,15 @@ def _summary(data: ReportData) -> str:
                              for k, v in sorted(wins.items(), key=lambda kv: -kv[1])) or "no healthy backend"
             wrong_auto = sum(c.auto_verdict.startswith("slower") for c in ch)
             wrong_sg = sum(c.sglang_default_verdict.startswith("slower") for c in ch)
+            auto = analysis.FAMILIES[family][0]
             defaults = ""
             if any(not c.auto_verdict.startswith("n/a") for c in ch):
-                defaults = (f"; flashinfer-auto picks a slower backend in {wrong_auto}, SGLang's SM120 "
-                            f"default in {wrong_sg} (layer, M) cells")
-            items.append(f"<li>GEMM, {_e(r.title)}: fastest healthy backend/autotune {best}{defaults}.</li>")
+                defaults = f"; {_e(auto)} picks a slower backend in {wrong_auto}"
+                if any(not c.sglang_default_verdict.startswith("n/a") for c in ch):
+                    defaults += f", SGLang's SM120 default in {wrong_sg}"
+                defaults += " (layer, M) cells"
+            items.append(f"<li>GEMM {_e(family.upper())}, {_e(r.title)}: fastest healthy "
+                         f"backend/autotune {best}{defaults}.</li>")
         ok = [c for c in r.decode if c.status == "ok"]
         if ok:
             per_batch = {}
@@ -79,10 +84,11 @@ def _summary(data: ReportData) -> str:
                              for b, c in sorted(per_batch.items()))
             items.append(f"<li>Decode, {_e(r.title)}: {best}.</li>")
         gains = analysis.autotune_gains(r.gemm)
-        if gains:
-            worse = [g for g in gains if g["gain"] < -0.02]
-            items.append(f"<li>Autotune: on vs off over {len(gains)} GEMM cells, gain "
-                         f"{min(g['gain'] for g in gains) * 100:+.0f}% to {max(g['gain'] for g in gains) * 100:+.0f}%"
+        for family in dict.fromkeys(analysis.family_of(g["backend"]) for g in gains):
+            mine = [g for g in gains if analysis.family_of(g["backend"]) == family]
+            worse = [g for g in mine if g["gain"] < -0.02]
+            items.append(f"<li>Autotune {_e(family.upper())}: on vs off over {len(mine)} GEMM cells, gain "
+                         f"{min(g['gain'] for g in mine) * 100:+.0f}% to {max(g['gain'] for g in mine) * 100:+.0f}%"
                          + (f"; <span class='fail'>on is slower in {len(worse)}</span>" if worse else "")
                          + ".</li>")
     for h in data.histories:
@@ -141,11 +147,12 @@ def _gemm_table(r: Run) -> str:
 
 
 def _choice_table(r: Run) -> str:
-    rows = [[c.layer, c.m, c.winner or "none", _us(c.winner_median_s), c.runner_up or "-",
+    rows = [[c.family, c.layer, c.m, c.winner or "none", _us(c.winner_median_s), c.runner_up or "-",
              f"{c.margin * 100:.1f}%" if c.margin is not None else "-", c.auto_verdict,
              c.sglang_default_verdict] for c in analysis.choice_map(r.gemm)]
-    return _table(["layer", "M", "winner", "us", "runner-up", "margin", "flashinfer-auto",
-                   "SGLang SM120 default"], rows, num_cols={1, 3, 5})
+    return _table(["format", "layer", "M", "winner", "us", "runner-up", "margin",
+                   "FlashInfer auto of the format", "SGLang SM120 default"], rows,
+                  num_cols={2, 4, 6})
 
 
 def _decode_table(r: Run) -> str:
@@ -260,7 +267,9 @@ def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench repo
         if r.gemm:
             parts.append(_img(plots.gemm_latency(r, figs, f"gemm-latency-{i}.svg", bw),
                               f"GEMM latency vs M, {r.title}"))
-            parts.append(_img(plots.choice_map(r, figs, f"choice-map-{i}.svg"), f"choice map, {r.title}"))
+            for family in dict.fromkeys(c.family for c in analysis.choice_map(r.gemm)):
+                parts.append(_img(plots.choice_map(r, figs, f"choice-map-{i}-{family}.svg", family),
+                                  f"{family} choice map, {r.title}"))
             parts.append(_choice_table(r))
             parts.append(_img(plots.autotune_gain(r, figs, f"autotune-gain-{i}.svg"),
                               f"autotune gain, {r.title}"))

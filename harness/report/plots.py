@@ -75,8 +75,8 @@ def gemm_latency(run, out_dir: Path, name: str, copy_bw: float | None) -> str | 
     return _save(fig, out_dir, name)
 
 
-def choice_map(run, out_dir: Path, name: str) -> str | None:
-    ch = analysis.choice_map(run.gemm)
+def choice_map(run, out_dir: Path, name: str, family: str = "nvfp4") -> str | None:
+    ch = [c for c in analysis.choice_map(run.gemm) if c.family == family]
     if not ch:
         return None
     layers = list(dict.fromkeys(c.layer for c in ch))
@@ -105,7 +105,7 @@ def choice_map(run, out_dir: Path, name: str) -> str | None:
     ax.invert_yaxis()
     ax.legend(handles=[Patch(color=color(b), label=b) for b in sorted(winners)],
               loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="winner")
-    ax.set_title(f"Choice map — {run.title}\nfastest healthy backend per cell: autotune setting, "
+    ax.set_title(f"{family.upper()} choice map — {run.title}\nfastest healthy backend per cell: autotune setting, "
                  f"margin over the next backend; ✗ = a default picks a slower one", fontsize=9)
     return _save(fig, out_dir, name)
 
