@@ -78,6 +78,8 @@ def choice_map(cells: list[GemmCell]) -> list[Choice]:
             ok.sort(key=lambda c: c.median_s)
             best = ok[0] if ok else None
             runner = next((c for c in ok[1:] if c.backend != best.backend), None) if best else None
+            # A format's defaults choose among that format's backends: judged against its best.
+            own = next((c for c in ok if family_of(c.backend) == family), None)
             rows.append(Choice(
                 family=family, layer=layer, m=m,
                 winner=_label(best) if best else None,
@@ -85,8 +87,8 @@ def choice_map(cells: list[GemmCell]) -> list[Choice]:
                 runner_up=_label(runner) if runner else None,
                 margin=(runner.median_s / best.median_s - 1) if runner else None,
                 candidates=len({c.backend for c in ok}),
-                auto_verdict=_verdict(here, auto, best),
-                sglang_default_verdict=(_verdict(here, sglang, best) if sglang else
+                auto_verdict=_verdict(here, auto, own),
+                sglang_default_verdict=(_verdict(here, sglang, own) if sglang else
                                         "n/a: no SGLang default modelled for this format"),
             ))
     return rows

@@ -107,6 +107,28 @@ def test_choice_map_and_autotune_gain():
                       "on_s": 12e-6, "gain": pytest.approx(0.25)}]
 
 
+def test_choice_maps_per_weight_format_judge_auto_within_its_format():
+    """NVFP4 and FP8 backends compete in separate maps, bf16 in both; a format's auto is
+    judged against that format's fastest, not against bf16 (which it cannot pick)."""
+    from harness.records import GemmCell
+
+    def cell(b, a, t):
+        return GemmCell(model="m", layer="l", n=1, k=16, m=64, backend=b, autotune=a,
+                        status="ok", median_s=t)
+    cells = [cell("torch-bf16", "off", 17e-6), cell("triton", "on", 30e-6),
+             cell("flashinfer-fp8-cublas", "on", 25e-6), cell("flashinfer-fp8-auto", "on", 25.2e-6),
+             cell("torch-fp8", "off", 28e-6), cell("flashinfer-fp8-cublas", "off", 26e-6)]
+    maps = analysis.choice_map(cells)
+    assert [c.family for c in maps] == ["nvfp4", "fp8"]
+    nv, f8 = maps
+    assert (nv.winner, nv.runner_up, nv.candidates) == ("torch-bf16/off", "triton/on", 2)
+    assert (f8.winner, f8.runner_up, f8.candidates) == ("torch-bf16/off", "flashinfer-fp8-cublas/on", 4)
+    assert f8.auto_verdict == "picks winner"  # within 3% of the fastest FP8 cell
+    assert f8.sglang_default_verdict.startswith("n/a")
+    gains = analysis.autotune_gains(cells)
+    assert [g["backend"] for g in gains] == ["flashinfer-fp8-cublas"]
+
+
 @pytest.mark.parametrize("n", [5, 10, 20, 50, 100, 400])
 def test_median_ci_has_99_percent_coverage(n):
     lo, hi = _median_ci_ranks(n, 0.99)
