@@ -122,7 +122,7 @@ def record(suite_name: str, conf: store.Config, commit: str | None = None,
             store.write_machine(conf, info)
             params = dict(info, python=f"{sys.version_info.major}.{sys.version_info.minor}")
             path = store.save_cells(conf, machine, sha, env_n,
-                                    store.commit_date_ms(conf.repo, sha), params, final,
+                                    store.commit_date_ms(conf.repo, sha, log), params, final,
                                     benchmarks)
             run_path = store.run_file(conf, machine, sha, env_n, s.name)
             cells_out, shards = _merge_shard_record(run_path, sha, shard, final, log)

@@ -137,10 +137,14 @@ def resolve_commit(repo: Path, rev: str | None) -> str:
     return sha
 
 
-def commit_date_ms(repo: Path, sha: str) -> int:
+def commit_date_ms(repo: Path, sha: str, log=lambda s: None) -> int:
+    """The commit's date, which asv orders and plots by; the record time only where this
+    repository does not have the commit (e.g. --commit of a checkout made elsewhere), said."""
     out = git(repo, "log", "-1", "--format=%ct", sha)
     if out and out.isdigit():
         return int(out) * 1000
+    log(f"commit {sha[:12]} is not in {repo}: its asv date is the record time, not the commit "
+        f"date (record in a checkout that has the commit to date it right)")
     return int(time.time() * 1000)
 
 

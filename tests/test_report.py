@@ -43,6 +43,9 @@ def test_report_from_recorded_data(project, tmp_path):  # noqa: F811
     assert "not applicable" in text
     assert f"{head[:8]} vs {base[:8]}" in text
     assert "Which backend, tuned or not, and did anything regress?" in text
+    # the timing methods are the cells' own (CPU here), not a fixed sentence about CUDA
+    methods = {c.timing_method.split(",")[0] for c in cells if c.status == "ok"}
+    assert all(m in text for m in methods) and "timed by events" not in text
     # every figure referenced exists and is an SVG
     imgs = re.findall(r'<img src="([^"]+)"', page)
     assert len(imgs) >= 4
@@ -77,3 +80,20 @@ def test_report_lists_failed_cells_and_unreadable_files(project, tmp_path):  # n
     assert "H200" in text and "4100 GB/s" in text
     # a run file that is named and unreadable is an error, by name
     assert main(["report", str(bad), "--config", str(conf.path), "--output", str(out)]) == 2
+
+
+def test_summary_never_names_a_reference_the_decode_winner(tmp_path):
+    from pathlib import Path
+
+    from harness.records import DecodeCell
+    from harness.report.data import ReportData, Run
+    from harness.report.html import _summary
+
+    def dec(backend, tps):
+        return DecodeCell(model="tiny", batch=1, input_len=8, output_len=8, backend=backend,
+                          autotune="off", status="ok", tokens_per_s=tps, median_step_s=1 / tps,
+                          timing_method="perf_counter")
+    run = Run(path=Path("r.json"), machine="m", environment={},
+              cells=[dec("torch-ref", 900.0), dec("torch-bf16", 500.0)])
+    text = _summary(ReportData(runs=[run], histories=[], asv_site=None))
+    assert "torch-bf16/off" in text and "torch-ref" not in text

@@ -443,3 +443,15 @@ def test_compare_says_when_the_timing_method_changed(project, capsys):
     md = capsys.readouterr().out
     assert "timing method changed" in md
     assert "gemm: base `cuda-graph+events cold-L2`, head `cuda-graph+kernel-span cold-L2(read)`" in md
+
+
+def test_asv_date_is_the_commit_date_and_says_when_it_cannot_be(project):
+    conf, base, head = project
+    from harness.store import git
+    said = []
+    assert store.commit_date_ms(conf.repo, head, said.append) == int(git(conf.repo, "log", "-1", "--format=%ct", head)) * 1000
+    assert said == []
+    unknown = "0123456789abcdef0123456789abcdef01234567"
+    t0 = __import__("time").time() * 1000
+    assert store.commit_date_ms(conf.repo, unknown, said.append) >= t0
+    assert said and "not in" in said[0] and "record time" in said[0]

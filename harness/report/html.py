@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from harness import analysis, gate
+from harness.backends import BACKENDS
 from harness.records import atomic_write_text
 from harness.report import plots
 from harness.report.data import ReportData, Run
@@ -50,6 +51,24 @@ def _us(v) -> str:
     return "-" if v is None else f"{v * 1e6:.1f}"
 
 
+def _timing_sentence(runs: list[Run]) -> str:
+    """How the shown times were taken, from the cells' own timing methods (they differ by
+    machine and over the history: CPU perf_counter, CUDA events, kernel spans)."""
+    parts = []
+    for kind, label in (("gemm", "GEMM"), ("decode", "decode")):
+        counts: dict[str, int] = {}
+        for r in runs:
+            for c in (r.gemm if kind == "gemm" else r.decode):
+                if c.status == "ok" and c.timing_method:
+                    m = c.timing_method.split(",")[0]  # the method, not the engine options
+                    counts[m] = counts.get(m, 0) + 1
+        if counts:
+            parts.append(f"{label} cells: " + "; ".join(
+                f"{m} ({n})" for m, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+    return ("Times are medians of the samples; timing methods: " + ". ".join(parts) + "."
+            if parts else "")
+
+
 def _summary(data: ReportData) -> str:
     items = []
     for r in data.runs:
@@ -73,7 +92,9 @@ def _summary(data: ReportData) -> str:
                 defaults += " (layer, M) cells"
             items.append(f"<li>GEMM {_e(family.upper())}, {_e(r.title)}: fastest healthy "
                          f"backend/autotune {best}{defaults}.</li>")
-        ok = [c for c in r.decode if c.status == "ok"]
+        # A reference (torch-ref) is exact, not a serving option: never the decode winner.
+        ok = [c for c in r.decode if c.status == "ok"
+              and getattr(BACKENDS.get(c.backend), "candidate", True)]
         if ok:
             per_batch = {}
             for c in ok:
@@ -242,8 +263,8 @@ def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench repo
     parts = [f"<h1>{_e(title)}</h1>",
              f"<p class='muted'>Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
              f"from {len(data.runs)} run records and {len(data.histories)} machine histories. "
-             "Times are medians of CUDA-graph replays timed by events (cold L2 for GEMMs); "
-             "every timed cell passed the NaN/Inf/zero-row and error checks first.</p>",
+             f"{_e(_timing_sentence(data.runs))} "
+             "Every timed cell passed the NaN/Inf/zero-row and error checks first.</p>",
              _summary(data)]
     if data.asv_site is not None:
         rel = os.path.relpath(data.asv_site, out_dir)
