@@ -24,6 +24,9 @@ class Choice:
     winner_median_s: float | None
     runner_up: str | None
     margin: float | None           # runner-up time / winner time - 1
+    # The margin's interval (from both cells' 99% intervals of the median) includes zero:
+    # the winner is not told apart from the runner-up.
+    margin_is_noise: bool | None
     candidates: int
     auto_verdict: str              # "picks winner" | "slower by X%" | "n/a: <why>"
     sglang_default_verdict: str
@@ -51,6 +54,18 @@ def _verdict(cells: list[GemmCell], backend: str, best: GemmCell | None) -> str:
     if fastest is best or slower <= TIE_FRACTION:
         return "picks winner"
     return f"slower than winner by {slower * 100:.1f}%"
+
+
+def _overlap(a: GemmCell, b: GemmCell) -> bool | None:
+    if not a.ci99_s or not b.ci99_s:
+        return None
+    return b.ci99_s[0] <= a.ci99_s[1] and a.ci99_s[0] <= b.ci99_s[1]
+
+
+def margin_text(ch: "Choice") -> str:
+    if ch.margin is None:
+        return "-"
+    return f"{ch.margin * 100:.1f}%" + (" (noise)" if ch.margin_is_noise else "")
 
 
 def family_of(backend: str) -> str:
@@ -86,6 +101,7 @@ def choice_map(cells: list[GemmCell]) -> list[Choice]:
                 winner_median_s=best.median_s if best else None,
                 runner_up=_label(runner) if runner else None,
                 margin=(runner.median_s / best.median_s - 1) if runner else None,
+                margin_is_noise=_overlap(best, runner) if runner else None,
                 candidates=len({c.backend for c in ok}),
                 auto_verdict=_verdict(here, auto, own),
                 sglang_default_verdict=(_verdict(here, sglang, own) if sglang else

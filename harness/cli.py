@@ -127,12 +127,13 @@ def gemm_table(cells) -> list[list[str]]:
 
 
 def choice_table(choices) -> list[list[str]]:
+    from harness import analysis
     rows = [["format", "layer", "M", "winner", "median us", "runner-up", "margin",
              "flashinfer auto (flashinfer-auto / flashinfer-fp8-auto)",
              "sglang SM120 default (flashinfer-cutlass)"]]
     for ch in choices:
         rows.append([ch.family, ch.layer, str(ch.m), ch.winner or "none", _fmt_us(ch.winner_median_s),
-                     ch.runner_up or "-", _fmt(ch.margin and ch.margin * 100, ".1f") + ("%" if ch.margin is not None else ""),
+                     ch.runner_up or "-", analysis.margin_text(ch),
                      ch.auto_verdict, ch.sglang_default_verdict])
     return rows
 

@@ -129,6 +129,20 @@ def test_choice_maps_per_weight_format_judge_auto_within_its_format():
     assert [g["backend"] for g in gains] == ["flashinfer-fp8-cublas"]
 
 
+def test_choice_margin_within_the_intervals_is_marked_noise():
+    from harness.records import GemmCell
+
+    def cell(b, t, ci):
+        return GemmCell(model="m", layer="l", n=1, k=16, m=1, backend=b, autotune="off",
+                        status="ok", median_s=t, ci99_s=ci)
+    close = analysis.choice_map([cell("torch-bf16", 10e-6, [9e-6, 11e-6]),
+                                 cell("triton", 10.5e-6, [10.2e-6, 30e-6])])[0]
+    clear = analysis.choice_map([cell("torch-bf16", 10e-6, [9.9e-6, 10.1e-6]),
+                                 cell("triton", 12e-6, [11.9e-6, 12.1e-6])])[0]
+    assert close.margin_is_noise and analysis.margin_text(close) == "5.0% (noise)"
+    assert clear.margin_is_noise is False and analysis.margin_text(clear) == "20.0%"
+
+
 @pytest.mark.parametrize("n", [5, 10, 20, 50, 100, 400])
 def test_median_ci_has_99_percent_coverage(n):
     lo, hi = _median_ci_ranks(n, 0.99)

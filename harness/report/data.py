@@ -65,6 +65,18 @@ def load_run(path: Path) -> Run:
                commit=doc.get("commit", ""), label=doc.get("label"), created=doc.get("created", ""))
 
 
+def run_order(r: Run) -> tuple:
+    """The latest record of each of the project's suites first (newest first), then side runs
+    (a suite file of its own, labelled runs, ad hoc commands)."""
+    from harness import suite as suite_mod
+    main = r.suite in suite_mod.available() and r.label is None
+    return (not main, r.machine, _neg(r.created), r.suite)
+
+
+def _neg(created: str) -> tuple:
+    return tuple(-ord(ch) for ch in created)
+
+
 def gather(conf: store.Config | None, run_files: list[Path] = (), latest_only: bool = True,
            claims: list[gate.Claim] | None = None) -> ReportData:
     runs, problems, histories = [], [], []
@@ -79,14 +91,14 @@ def gather(conf: store.Config | None, run_files: list[Path] = (), latest_only: b
                 if conf.strict:
                     raise
                 problems.append(f"{e}; skipped")
-        if latest_only:  # the newest run of each (machine, suite, label)
+        if latest_only:  # the newest run of each (machine, suite, label); ad hoc runs all
             newest: dict[tuple, Run] = {}
             for r in found:
-                key = (r.machine, r.suite, r.label)
+                key = (r.machine, r.suite or str(r.path), r.label)
                 if key not in newest or r.created >= newest[key].created:
                     newest[key] = r
             found = list(newest.values())
-        runs += sorted(found, key=lambda r: (r.machine, r.suite))
+        runs += sorted(found, key=run_order)
     if conf is not None:
         claims = claims if claims is not None else gate.load_claims()
         for m in store.machines(conf):

@@ -11,7 +11,7 @@ from harness import analysis, gate
 from harness.backends import BACKENDS
 from harness.records import atomic_write_text
 from harness.report import plots
-from harness.report.data import ReportData, Run
+from harness.report.data import ReportData, Run, run_order
 
 CSS = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -71,7 +71,9 @@ def _timing_sentence(runs: list[Run]) -> str:
 
 def _summary(data: ReportData) -> str:
     items = []
-    for r in data.runs:
+    main = [r for r in data.runs if not run_order(r)[0]] or data.runs
+    side = len(data.runs) - len(main)
+    for r in main:
         all_choices = analysis.choice_map(r.gemm) if r.gemm else []
         for family in dict.fromkeys(c.family for c in all_choices):
             ch = [c for c in all_choices if c.family == family]
@@ -112,6 +114,9 @@ def _summary(data: ReportData) -> str:
                          f"{min(g['gain'] for g in mine) * 100:+.0f}% to {max(g['gain'] for g in mine) * 100:+.0f}%"
                          + (f"; <span class='fail'>on is slower in {len(worse)}</span>" if worse else "")
                          + ".</li>")
+    if side:
+        items.append(f"<li>{side} side runs (ad hoc commands, labelled runs, suite files of "
+                     f"their own) follow the suites' records below.</li>")
     for h in data.histories:
         if h.base is not None:
             slower = [r for r in h.last_compare if r.verdict == "slower"]
@@ -169,7 +174,7 @@ def _gemm_table(r: Run) -> str:
 
 def _choice_table(r: Run) -> str:
     rows = [[c.family, c.layer, c.m, c.winner or "none", _us(c.winner_median_s), c.runner_up or "-",
-             f"{c.margin * 100:.1f}%" if c.margin is not None else "-", c.auto_verdict,
+             analysis.margin_text(c), c.auto_verdict,
              c.sglang_default_verdict] for c in analysis.choice_map(r.gemm)]
     return _table(["format", "layer", "M", "winner", "us", "runner-up", "margin",
                    "FlashInfer auto of the format", "SGLang SM120 default"], rows,
@@ -191,18 +196,26 @@ def _decode_table(r: Run) -> str:
 
 
 def _not_ok_table(runs: list[Run]) -> str:
-    rows, classes = [], []
+    """Failed and skipped cells, one row per (run, backend, autotune, status, reason) with the
+    cells it covers: a backend that cannot run here is one line, not one per shape."""
+    groups: dict[tuple, list[str]] = {}
     for r in runs:
         for c in r.cells:
             if c.status == "ok":
                 continue
             where = (f"{c.layer} M={c.m}" if c.kind == "gemm" else f"batch={c.batch} in={c.input_len} {c.engine}")
-            rows.append([r.title, c.kind, c.model, where, c.backend, c.autotune, c.status, c.reason])
-            classes.append("fail" if c.status == "failed" else "na")
-    if not rows:
+            key = (r.title, c.kind, c.model, c.backend, c.autotune, c.status, c.reason)
+            groups.setdefault(key, []).append(where)
+    if not groups:
         return "<p>Every cell ran.</p>"
-    return _table(["run", "kind", "model", "cell", "backend", "autotune", "status", "reason"], rows,
-                  classes=classes)
+    rows, classes = [], []
+    for (title, kind, model, backend, autotune, status, reason), wheres in sorted(
+            groups.items(), key=lambda kv: (kv[0][5] != "failed", kv[0][0], kv[0][3], kv[0][4])):
+        shown = ", ".join(wheres[:4]) + (f" and {len(wheres) - 4} more" if len(wheres) > 4 else "")
+        rows.append([title, kind, model, backend, autotune, status, len(wheres), shown, reason])
+        classes.append("fail" if status == "failed" else "na")
+    return _table(["run", "kind", "model", "backend", "autotune", "status", "cells", "which",
+                   "reason"], rows, classes=classes, num_cols={6})
 
 
 def _claims_table(h) -> str:

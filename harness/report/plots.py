@@ -89,7 +89,8 @@ def choice_map(run, out_dir: Path, name: str, family: str = "nvfp4") -> str | No
         face = color(b) if b else "#eeeeee"
         winners.add(b) if b else None
         ax.add_patch(plt.Rectangle((x, y), 1, 1, facecolor=face, edgecolor="white", alpha=0.85))
-        txt = (f"{c.winner.split('/')[1]}\n+{c.margin * 100:.0f}%" if c.winner and c.margin is not None
+        txt = (f"{c.winner.split('/')[1]}\n+{c.margin * 100:.0f}%{' ~' if c.margin_is_noise else ''}"
+               if c.winner and c.margin is not None
                else (c.winner.split("/")[1] if c.winner else "none"))
         wrong = [who for who, v in (("auto", c.auto_verdict), ("sglang", c.sglang_default_verdict))
                  if v.startswith("slower")]
@@ -106,7 +107,7 @@ def choice_map(run, out_dir: Path, name: str, family: str = "nvfp4") -> str | No
     ax.legend(handles=[Patch(color=color(b), label=b) for b in sorted(winners)],
               loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title="winner")
     ax.set_title(f"{family.upper()} choice map — {run.title}\nfastest healthy backend per cell: autotune setting, "
-                 f"margin over the next backend; ✗ = a default picks a slower one", fontsize=9)
+                 f"margin over the next backend (~: within noise); ✗ = a default picks a slower one", fontsize=9)
     return _save(fig, out_dir, name)
 
 
@@ -163,7 +164,8 @@ def decode_throughput(run, out_dir: Path, name: str) -> str | None:
 
 
 def history(h, out_dir: Path, name: str, claims_by_id: dict) -> str | None:
-    """Per machine: claim ratios over commits with thresholds, and the decode cells' times."""
+    """Per machine: claim ratios over commits with thresholds; decode and GEMM times, each
+    on its own axis."""
     if len(h.entries) < 1:
         return None
     from harness import gate
@@ -180,15 +182,16 @@ def history(h, out_dir: Path, name: str, claims_by_id: dict) -> str | None:
         if any(v is not None for v in vals):
             series[c.id] = (c, vals)
     dec_series: dict[tuple, list] = {}
+    gemm_series: dict[tuple, list] = {}
     for i, e in enumerate(plain):
         for params, v, s in e.cells(store.DECODE_BENCH):
             dec_series.setdefault(params, [None] * len(plain))[i] = v
         for params, v, s in e.cells(store.GEMM_BENCH):
             if params[2] == 1 and params[1] in ("gate_up_proj", "down_proj"):  # the largest M = 1 GEMMs
-                dec_series.setdefault(("gemm",) + params, [None] * len(plain))[i] = v
-    if not series and not dec_series:
+                gemm_series.setdefault(params, [None] * len(plain))[i] = v
+    if not series and not dec_series and not gemm_series:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     ax = axes[0]
     for cid, (c, vals) in series.items():
         line, = ax.plot([x for x, v in zip(xs, vals) if v is not None], [v for v in vals if v is not None],
@@ -202,25 +205,32 @@ def history(h, out_dir: Path, name: str, claims_by_id: dict) -> str | None:
     else:
         ax.text(0.5, 0.5, "no applicable claim has data here", ha="center", transform=ax.transAxes)
     ax.grid(True, alpha=0.3)
-    ax = axes[1]
     regress = {r.params for r in h.last_compare if r.verdict == "slower"}
-    for params, vals in sorted(dec_series.items(), key=lambda kv: str(kv[0]))[:24]:
-        is_gemm = params[0] == "gemm"
-        p = params[1:] if is_gemm else params
-        b = p[3]
-        lab = (f"gemm {p[1]} M=1 {b}/{p[4]}" if is_gemm else f"decode b={p[1]} {b}/{p[4]}")
-        pts = [(x, v) for x, v in zip(xs, vals) if v is not None]
-        if not pts:
-            continue
-        ax.plot([q[0] for q in pts], [q[1] * 1e3 for q in pts], STYLE.get(p[4], "-"),
-                marker="." if is_gemm else "o", color=color(b), label=lab, alpha=0.8)
-        if tuple(p) in regress and len(pts) >= 1:
-            ax.plot([pts[-1][0]], [pts[-1][1] * 1e3], "x", color="red", markersize=12, mew=2)
-    ax.set_yscale("log")
-    ax.set_ylabel("ms per token (decode) / ms per GEMM (log)")
-    ax.set_title(f"{h.machine}: times over commits (red x: significant regression)", fontsize=10)
-    ax.set_xticks(xs, ticks, rotation=45, fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    # One quantity per axis: decode ms per token, GEMM us per call. Colour = backend, line
+    # style = autotune; a significant regression of the last comparison is a red x.
+    panels = ((axes[1], dec_series, 1e3, "decode: ms per token", lambda p: f"b={p[1]} in={p[2]} {p[3]}/{p[4]}"),
+              (axes[2], gemm_series, 1e6, "GEMM M=1: us per call", lambda p: f"{p[1]} {p[3]}/{p[4]}"))
+    for ax, data, scale, what, label in panels:
+        shown = 0
+        # the series the newest commit has first (at most 16 per panel: a legend stays legible)
+        for params, vals in sorted(data.items(), key=lambda kv: (kv[1][-1] is None, str(kv[0]))):
+            pts = [(x, v) for x, v in zip(xs, vals) if v is not None]
+            if not pts or shown >= 16:
+                continue
+            shown += 1
+            b = params[3]
+            ax.plot([q[0] for q in pts], [q[1] * scale for q in pts], STYLE.get(params[4], "-"),
+                    marker="o", markersize=3, color=color(b), label=label(params), alpha=0.85)
+            if tuple(params) in regress:
+                ax.plot([pts[-1][0]], [pts[-1][1] * scale], "x", color="red", markersize=12, mew=2)
+        ax.set_yscale("log")
+        ax.set_ylabel(what + " (log)")
+        ax.set_title(f"{h.machine}: {what} over commits", fontsize=10)
+        ax.set_xticks(xs, ticks, rotation=45, fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        if shown:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     return _save(fig, out_dir, name)
