@@ -108,6 +108,27 @@ def print_table(rows: list[list[str]], out=None) -> None:
             print("  ".join("-" * w for w in widths), file=out)
 
 
+def skipped_lines(cells) -> list[str]:
+    """Skipped cells, one line per (backend, autotune, reason): the tables keep the rest."""
+    groups: dict[tuple, int] = {}
+    for c in cells:
+        if c.status == "skipped":
+            key = (c.backend, c.autotune, c.reason)
+            groups[key] = groups.get(key, 0) + 1
+    return [f"skipped: {b} autotune={a}, {n} cells: {why}" for (b, a, why), n in groups.items()]
+
+
+def print_cells(table, cells, all_rows: bool) -> None:
+    """The cells' table (without skipped rows unless ``all_rows``), then one line per skip
+    reason."""
+    shown = cells if all_rows else [c for c in cells if c.status != "skipped"]
+    if shown:
+        print_table(table(shown))
+    if not all_rows:
+        for line in skipped_lines(cells):
+            print(line)
+
+
 def gemm_table(cells) -> list[list[str]]:
     rows = [["layer", "backend", "N", "K", "M", "autotune", "status", "median us", "99% CI us",
              "TFLOP/s", "GB/s", "%BW", "health"]]
@@ -168,7 +189,7 @@ def cmd_gemm(args) -> int:
         f"(copy bandwidth {env.copy_bandwidth_Bps / 1e9:.0f} GB/s)")
     gemm.run(cells, opts, log=log)
     choices = analysis.choice_map(cells)
-    print_table(gemm_table(cells))
+    print_cells(gemm_table, cells, args.all_rows)
     print()
     print("choice map: fastest healthy backend per (layer, M)")
     print_table(choice_table(choices))
@@ -273,7 +294,7 @@ def cmd_decode(args) -> int:
         decode.run(cells, opts, log=progress.log, on_cell=progress.cell)
     finally:
         progress.close()
-    print_table(decode_table(cells))
+    print_cells(decode_table, cells, args.all_rows)
     if args.profile:
         for c in cells:
             if c.kernels:
@@ -430,48 +451,88 @@ def cmd_report(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Help with each option's default where it has one worth saying (not for flags, not
+    None), lists written the way they are typed (1,8,64)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if (d is None or isinstance(d, bool) or d == argparse.SUPPRESS or action.nargs == 0
+                or "default" in text or not action.option_strings):
+            return text
+        shown = ",".join(map(str, d)) if isinstance(d, (list, tuple)) else str(d)
+        return f"{text} (default: {shown})".strip()
+
+
+def _names(with_names: bool) -> dict[str, str]:
+    """The valid models, backends and suites, for --help (importing the backends loads torch:
+    only when help is asked for)."""
+    if not with_names:
+        return {"models": "see --help", "backends": "see --help", "suites": "see --help"}
+    from harness import suite
+    from harness.backends import BACKENDS
+    from harness.models import MODELS
+    return {"models": ", ".join(MODELS), "backends": ", ".join(BACKENDS),
+            "suites": ", ".join(suite.available())}
+
+
+def build_parser(with_names: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nvfp4-bench",
                                 description="NVFP4 GEMM and decode benchmarking with histories")
     sub = p.add_subparsers(dest="cmd", required=True)
+    names = _names(with_names)
+    add_parser = sub.add_parser
+
+    def add(name, **kw):  # every subcommand's --help shows the defaults
+        return add_parser(name, formatter_class=_DefaultsHelp, **kw)
+    sub.add_parser = add
 
     e = sub.add_parser("env", help="describe this machine (GPU, versions, copy bandwidth)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_env)
 
+    def add_output_args(sp):
+        sp.add_argument("--json", metavar="PATH", help="write the run (environment + cells) here")
+        sp.add_argument("--all-rows", action="store_true",
+                        help="one table row per skipped cell too (else one line per skip reason)")
+        sp.add_argument("--quiet", action="store_true", help="no progress lines")
+
     g = sub.add_parser("gemm", help="NVFP4 GEMM backend comparison per layer shape and M")
-    g.add_argument("--model", required=True)
+    g.add_argument("--model", required=True, help=f"one of: {names['models']}")
     g.add_argument("--m", type=_csv_ints, default=[1, 8, 64], help="comma list of M (tokens)")
-    g.add_argument("--backends", default="all", help="comma list of backends, or 'all'")
+    g.add_argument("--backends", default="all",
+                   help=f"comma list of: {names['backends']}; or 'all' (every native one)")
     g.add_argument("--autotune", type=_csv, default=["on", "off"], help="on,off | on | off")
     g.add_argument("--layers", type=_csv, default=None, help="only these layers (comma list)")
     l2 = g.add_mutually_exclusive_group()
     l2.add_argument("--cold-l2", dest="cold_l2", action="store_true", default=True,
-                    help="flush L2 before every sample (default; weights come from DRAM)")
-    l2.add_argument("--warm-l2", dest="cold_l2", action="store_false")
-    g.add_argument("--samples", type=_positive, default=50)
-    g.add_argument("--warmup", type=_nonnegative, default=5)
-    g.add_argument("--seed", type=int, default=0)
+                    help="flush L2 before every sample (weights come from DRAM)")
+    l2.add_argument("--warm-l2", dest="cold_l2", action="store_false",
+                    help="no flush: weights may be served from L2")
+    g.add_argument("--samples", type=_positive, default=50, help="timed samples per cell")
+    g.add_argument("--warmup", type=_nonnegative, default=5, help="untimed calls first")
+    g.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights and inputs")
     g.add_argument("--in-process", action="store_true",
                    help="run every cell in this process (faster; autotune on/off no longer isolated)")
-    g.add_argument("--json", metavar="PATH", help="write the run (environment + cells) here")
-    g.add_argument("--quiet", action="store_true")
+    add_output_args(g)
     g.set_defaults(func=cmd_gemm)
 
     d = sub.add_parser("decode", help="end-to-end NVFP4 decode tokens/s per backend and autotune")
-    d.add_argument("--model", required=True, help="a model name (see `env`), or with "
+    d.add_argument("--model", required=True, help=f"one of: {names['models']}; or with "
                    "--checkpoint any name for the records")
-    d.add_argument("--batch", type=_csv_ints, default=[1, 8, 32])
-    d.add_argument("--input-len", type=_positive, default=1024)
-    d.add_argument("--output-len", type=_positive, default=128)
-    d.add_argument("--backends", default="triton,torch-bf16")
-    d.add_argument("--autotune", type=_csv, default=["on", "off"])
+    d.add_argument("--batch", type=_csv_ints, default=[1, 8, 32], help="comma list of batch sizes")
+    d.add_argument("--input-len", type=_positive, default=1024, help="prompt tokens per sequence")
+    d.add_argument("--output-len", type=_positive, default=128, help="decode steps timed")
+    d.add_argument("--backends", default="triton,torch-bf16",
+                   help=f"comma list of: {names['backends']}; or 'all'")
+    d.add_argument("--autotune", type=_csv, default=["on", "off"], help="on,off | on | off")
     d.add_argument("--engine", default="native",
-                   help="native (default) | sglang (SGLang's one-batch benchmark) | sglang-server "
+                   help="native | sglang (SGLang's one-batch benchmark) | sglang-server "
                    "(SGLang's server driven by its serving benchmark)")
     d.add_argument("--checkpoint", metavar="DIR", help="a local ModelOpt NVFP4 checkpoint "
-                   "(default: synthetic weights from --seed)")
-    d.add_argument("--seed", type=int, default=0)
+                   "(none: synthetic weights from --seed)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights and prompt")
     d.add_argument("--no-graph", action="store_true", help="time eager steps (no CUDA graph)")
     d.add_argument("--compile", action="store_true",
                    help="torch.compile the engine's non-GEMM pieces (GPU only)")
@@ -489,14 +550,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(on by default at batch 1 where the GPU has it: SM90+)")
     d.add_argument("--prefill-chunk", type=_positive, default=8192, metavar="TOKENS",
                    help="prefill the prompt in chunks of at most TOKENS tokens (batch x "
-                   "positions), as serving engines do (default: 8192, SGLang's default "
+                   "positions), as serving engines do (8192 is SGLang's default "
                    "--chunked-prefill-size)")
     d.add_argument("--profile", type=_nonnegative, default=0, metavar="STEPS",
                    help="after the timed steps, run STEPS more under the torch profiler and "
                    "report time per step by kernel (stored in the cell as `kernels`)")
-    d.add_argument("--in-process", action="store_true")
-    d.add_argument("--json", metavar="PATH")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--in-process", action="store_true",
+                   help="run every cell in this process (no worker per backend and autotune)")
+    add_output_args(d)
     d.set_defaults(func=cmd_decode)
 
     ins = sub.add_parser("inspect", help="what a ModelOpt NVFP4 checkpoint directory holds, as "
@@ -514,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "named and skipped")
 
     r = sub.add_parser("record", help="run a suite and store it in the asv histories")
-    r.add_argument("--suite", default="smoke", help="a suite name or a suite .toml file")
+    r.add_argument("--suite", default="smoke", help=f"one of: {names['suites']}; or a suite .toml file")
     add_store_args(r)
     r.add_argument("--commit", help="the commit to record under (default: HEAD of the repo)")
     r.add_argument("--label", help="a run label (e.g. flashinfer-0.7.2) for runs of one commit")
@@ -522,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gpus", default="1", help="N or 'all': one process per GPU, cells sharded")
     r.add_argument("--fresh", action="store_true", help="discard cells of an interrupted record")
     r.add_argument("--partial-only", action="store_true", help=argparse.SUPPRESS)
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
     r.set_defaults(func=cmd_record)
 
     c = sub.add_parser("compare", help="compare two stored runs (commits or labels); exit 1 on regressions")
@@ -572,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     from harness.records import ResultsFileError
     from harness.store import StoreError
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(with_names=any(a in ("-h", "--help") for a in argv))
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)

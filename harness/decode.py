@@ -27,6 +27,7 @@ from harness.models import gdn_kernel, get_model
 from harness.models import checkpoint as ckpt
 from harness.models import weights as weights_mod
 from harness.models.engine import PREFILL_CHUNK_TOKENS, DecodeEngine, PreparedModel
+from harness.progress import Progress
 from harness.records import DecodeCell
 
 # native: our engine; sglang: SGLang's one-batch benchmark; sglang-server: SGLang's server
@@ -356,6 +357,12 @@ def _skip_reason(c: DecodeCell) -> str | None:
 def run(cells: list[DecodeCell], opts: DecodeOptions, log: Callable[[str], None] = lambda s: None,
         on_cell: Callable[[DecodeCell], None] = lambda c: None) -> list[DecodeCell]:
     t0 = time.perf_counter()
+    progress = Progress("decode", len(cells), log)
+    cell_done = on_cell
+
+    def on_cell(c):
+        cell_done(c)
+        progress.tick()
     native = [c for c in cells if c.engine == "native"]
     external = [c for c in cells if c.engine == "sglang"]
     served = [c for c in cells if c.engine == "sglang-server"]

@@ -21,6 +21,7 @@ from harness.backends.flashinfer_lib import BackendRefused
 from harness.hardware import copy_bandwidth, default_device
 from harness.measure import time_fn
 from harness.models import get_model
+from harness.progress import Progress
 from harness.records import GemmCell
 
 AUTOTUNE_VALUES = ("on", "off")
@@ -209,11 +210,15 @@ def run(cells: list[GemmCell], opts: GemmOptions, log: Callable[[str], None] = l
         device: torch.device | None = None,
         on_cell: Callable[[GemmCell], None] = lambda c: None) -> list[GemmCell]:
     t0 = time.perf_counter()
+    progress = Progress("GEMM", len(cells), log)
+    def final(c):
+        on_cell(c)
+        progress.tick()
     if opts.isolate:
-        isolate.run_isolated("gemm", cells, dataclasses.asdict(opts), _skip_reason, log, on_cell)
+        isolate.run_isolated("gemm", cells, dataclasses.asdict(opts), _skip_reason, log, final)
     else:
         for group in isolate.groups(cells):
-            run_group(group, opts, device, on_cell=lambda c: (log(progress_line(c)), on_cell(c)))
+            run_group(group, opts, device, on_cell=lambda c: (log(progress_line(c)), final(c)))
     log(f"{len(cells)} cells in {time.perf_counter() - t0:.1f} s")
     return cells
 

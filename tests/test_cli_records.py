@@ -26,8 +26,9 @@ def test_gemm_json_and_tables(tmp_path, capsys):
     from harness.hardware import default_device, detect
     cudnn = get_backend("flashinfer-cudnn").availability(default_device())
     assert "choice map" in text
-    if not cudnn.ok:
-        assert f"skipped: {cudnn.reason}" in text
+    if not cudnn.ok:  # one line per skip reason, not a row per cell
+        assert f"skipped: flashinfer-cudnn autotune=off, 8 cells: {cudnn.reason}" in text
+        assert text.count(cudnn.reason) == 2  # on and off
     doc, cells = read_run(out)
     assert doc["environment"]["machine"] == detect(measure_bandwidth=False).machine_name()
     assert len(cells) == 4 * 2 * 3 * 2
@@ -106,3 +107,19 @@ def test_jsonl_torn_tail(tmp_path):
     warned = []
     assert read_jsonl(p, warn=warned.append) == [{"a": 1}, {"a": 2}]  # garbage never blocks
     assert len(warned) == 1 and "line 2 dropped" in warned[0]
+
+
+def test_progress_says_n_of_n_and_about_how_long_is_left():
+    from harness.progress import Progress
+    now = [0.0]
+    said = []
+    p = Progress("GEMM", 4, said.append, every_s=10, clock=lambda: now[0])
+    now[0] = 5
+    p.tick()
+    assert said == []  # not yet 10 s since the last line
+    now[0] = 12
+    p.tick()
+    assert said == ["progress: 2/4 GEMM cells, 0m12s, about 0m12s left"]
+    now[0] = 13
+    p.tick(2)
+    assert said[-1] == "progress: 4/4 GEMM cells, 0m13s"
