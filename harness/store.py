@@ -358,11 +358,17 @@ def save_cells(conf: Config, machine: str, sha: str, env: str, date_ms: int, par
         res.add_result(bench, BenchmarkResult(result=result, samples=samples, number=number,
                                               errcode=0, stderr="", profile=None),
                        started_at=started, record_samples=True, selected_idx=set(by_idx))
-    for name, (result, samples) in (extra_results or {}).items():
+    for name, (result, samples, *own) in (extra_results or {}).items():
         bench = benchmarks[name]
         res.add_result(bench, BenchmarkResult(
             result=result, samples=samples, number=[1 if s else None for s in samples],
             errcode=0, stderr="", profile=None), started_at=started, record_samples=True)
+        # Where asv had no samples to compute statistics from, keep the importer's own
+        # (asv's Results has no public way to set them).
+        if own and own[0]:
+            stats = res._stats.get(name) or [None] * len(result)
+            res._stats[name] = [st if st is not None else (o or None)
+                                for st, o in zip(stats, own[0])]
 
     # Save beside the tree, then rename into place: a reader never sees half a file.
     tmp_root = Path(tempfile.mkdtemp(prefix=".asv-save-", dir=conf.data_dir))

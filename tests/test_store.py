@@ -358,13 +358,14 @@ def test_import_pytest_benchmark(project, tmp_path):
                  "--commit", base, "--machine", "planted"]) == 0
     benchmarks = store.read_benchmarks(conf)
     b = benchmarks["pytest.test_k.test_sum"]
-    assert b["params"] == [["'10'", "'1000'"]] and b["unit"] == "seconds"
+    # pytest's own parameter name and values
+    assert b["param_names"] == ["n"] and b["params"] == [["10", "1000"]] and b["unit"] == "seconds"
     assert store.GEMM_BENCH in benchmarks  # our own benchmarks stay listed
     entry = store.resolve(conf, "planted", base)
     (p10, v10, s10), (p1000, v1000, s1000) = entry.cells("pytest.test_k.test_sum")
-    assert p10 == ("10",) and len(s10) >= 20 and v1000 > v10 > 0
+    assert p10 == (10,) and len(s10) >= 20 and v1000 > v10 > 0
     r = _asv(conf, "compare", base, base, "--machine", "planted")
-    assert r.returncode == 0 and "pytest.test_k.test_sum('10')" in r.stdout
+    assert r.returncode == 0 and "pytest.test_k.test_sum(10)" in r.stdout
     # ... and the report shows them
     from harness import report
     page = report.render(report.gather(conf), tmp_path / "rep").read_text()
@@ -455,3 +456,27 @@ def test_asv_date_is_the_commit_date_and_says_when_it_cannot_be(project):
     t0 = __import__("time").time() * 1000
     assert store.commit_date_ms(conf.repo, unknown, said.append) >= t0
     assert said and "not in" in said[0] and "record time" in said[0]
+
+
+def test_pytest_benchmark_import_keeps_its_stats_and_the_files_machine(project, tmp_path):
+    """A file without raw samples keeps pytest-benchmark's own quartiles, rounds and
+    iterations; a file measured on another host is stored under that host, with its facts."""
+    import json
+    conf, base, head = project
+    doc = {"machine_info": {"node": "GPU-Box-7", "machine": "aarch64", "system": "Linux",
+                            "release": "6.8", "python_version": "3.12.3",
+                            "cpu": {"brand_raw": "Grace", "count": 72}},
+           "commit_info": {"id": base},
+           "benchmarks": [{"name": "test_mm[64]", "fullname": "bench/test_mm.py::test_mm[64]",
+                           "params": {"m": 64}, "param": "64",
+                           "stats": {"median": 2e-5, "q1": 1.9e-5, "q3": 2.2e-5, "rounds": 40,
+                                     "iterations": 5, "min": 1.8e-5, "max": 3e-5}}]}
+    f = tmp_path / "other.json"
+    f.write_text(json.dumps(doc))
+    assert main(["import-pytest-benchmark", str(f), "--config", str(conf.path)]) == 0
+    info = json.loads((conf.results_dir / "gpu-box-7" / "machine.json").read_text())
+    assert info["cpu"] == "Grace" and info["arch"] == "aarch64" and info["num_cpu"] == "72"
+    res = store.load_results(store.results_path(conf, "gpu-box-7", base, store.env_name(None)))
+    stats = res.get_result_stats("pytest.test_mm.test_mm", [["64"]])
+    assert stats == [{"q_25": 1.9e-5, "q_75": 2.2e-5, "repeat": 40, "number": 5}]
+    assert res.get_result_value("pytest.test_mm.test_mm", [["64"]]) == [2e-5]
