@@ -51,6 +51,7 @@ class Verdict:
     old_cell: tuple = field(default_factory=tuple)
     commit: str = ""
     machine: str = ""
+    label: str | None = None  # the run label when the gate read a labelled run
 
     def to_json(self) -> dict:
         return {"id": self.claim.id, "title": self.claim.title, "verdict": self.verdict,
@@ -59,6 +60,7 @@ class Verdict:
                 "threshold": self.claim.threshold, "expected_ratio": self.claim.expected_ratio,
                 "tolerance": self.claim.tolerance, "source": self.claim.source,
                 "source_figures": self.claim.source_figures, "commit": self.commit,
+                "label": self.label,
                 "machine": self.machine, "new_cell": list(self.new_cell),
                 "old_cell": list(self.old_cell), "new_value": self.new_value,
                 "old_value": self.old_value, "kind": self.claim.kind}
@@ -122,7 +124,7 @@ def bootstrap_ratio_ci(old: list[float], new: list[float], confidence: float = 0
 
 
 def evaluate(claim: Claim, entry: store.Entry) -> Verdict:
-    v = Verdict(claim, NO_DATA, commit=entry.commit, machine=entry.machine)
+    v = Verdict(claim, NO_DATA, commit=entry.commit, machine=entry.machine, label=entry.label)
     sm = str(entry.results.params.get("sm", "none"))
     if claim.applies_to and sm not in claim.applies_to:
         v.verdict = NA
@@ -172,7 +174,8 @@ def gate(conf: store.Config, machine: str | None = None, rev: str | None = None,
 def markdown(verdicts: list[Verdict]) -> str:
     icon = {PASS: ":white_check_mark:", FAIL: ":x:", NA: ":white_circle:", NO_DATA: ":grey_question:"}
     head = verdicts[0] if verdicts else None
-    lines = [f"### Claims on `{head.machine}` at `{head.commit[:8]}`" if head else "### Claims", "",
+    at = f"`{head.commit[:8]}`" + (f" (run label `{head.label}`)" if head and head.label else "") if head else ""
+    lines = [f"### Claims on `{head.machine}` at {at}" if head else "### Claims", "",
              "| claim | verdict | measured | threshold | source figures | detail |",
              "|---|---|---:|---:|---|---|"]
     for v in verdicts:

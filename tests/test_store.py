@@ -169,6 +169,10 @@ def test_compare_missing_failed_and_labels(project):
     assert compare.regressions(rows) == [by["torch-dequant"]]  # newly failing counts
     assert main(["compare", "fi-0.7.1", "fi-0.7.2", "--config", str(conf.path)]) == 1
     assert main(["compare", "fi-0.7.1", "nope", "--config", str(conf.path)]) == 2
+    # the gate of a labelled run says which label it read, not only the commit
+    verdicts = gate.gate(conf, "planted", "fi-0.7.2")
+    assert verdicts and all(v.label == "fi-0.7.2" for v in verdicts)
+    assert f"at `{base[:8]}` (run label `fi-0.7.2`)" in gate.markdown(verdicts)
 
 
 CLAIMS = textwrap.dedent('''
