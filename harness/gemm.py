@@ -211,6 +211,7 @@ def run(cells: list[GemmCell], opts: GemmOptions, log: Callable[[str], None] = l
         on_cell: Callable[[GemmCell], None] = lambda c: None) -> list[GemmCell]:
     t0 = time.perf_counter()
     progress = Progress("GEMM", len(cells), log)
+
     def final(c):
         on_cell(c)
         progress.tick()

@@ -33,7 +33,11 @@ def _params(b: dict) -> dict[str, str] | None:
     """pytest's own parameter names and values ({"n": "10"}), or the test id as ``param``."""
     given = b.get("params")
     if isinstance(given, dict) and given:
-        return {str(k): repr(v) for k, v in given.items()}
+        def value(v):  # asv parameters are scalars; a list or object goes by its test id
+            if isinstance(v, (bool, int, float, str)) or v is None:
+                return repr(v)
+            return repr(str(b.get("param"))) if len(given) == 1 and b.get("param") else repr(str(v))
+        return {str(k): value(v) for k, v in given.items()}
     param = b.get("param")
     if param is None and "[" in b["name"]:
         param = b["name"].split("[", 1)[1].rstrip("]")

@@ -484,3 +484,18 @@ def test_pytest_benchmark_import_keeps_its_stats_and_the_files_machine(project, 
     stats = res.get_result_stats("pytest.test_mm.test_mm", [["64"]])
     assert stats == [{"q_25": 1.9e-5, "q_75": 2.2e-5, "repeat": 40, "number": 5}]
     assert res.get_result_value("pytest.test_mm.test_mm", [["64"]]) == [2e-5]
+
+
+def test_pytest_benchmark_params_that_are_not_scalars_go_by_their_test_id(tmp_path):
+    """A fixture parameter holding a list ([256, 4096]) is an asv parameter by its test id."""
+    import json
+    from harness import pytest_import
+    doc = {"benchmarks": [
+        {"name": f"test_q[{i}]", "fullname": f"b/test_h.py::test_q[{i}]", "params": {"weight": w},
+         "param": i, "stats": {"median": 1e-5}} for i, w in (("256x4096", [256, 4096]),
+                                                               ("2048x4096", [2048, 4096]))]}
+    f = tmp_path / "h.json"
+    f.write_text(json.dumps(doc))
+    _, entries, values = pytest_import.parse(f)
+    e = entries["pytest.test_h.test_q"]
+    assert e["param_names"] == ["weight"] and e["params"] == [["'2048x4096'", "'256x4096'"]]

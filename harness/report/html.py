@@ -236,9 +236,9 @@ def _imported_table(h) -> str:
         return ""
     rows = []
     for bench in sorted(k for k in h.head.results.get_all_result_keys() if k.startswith(PREFIX)):
-        before = {p: v for p, v, _ in h.base.cells(bench)} if h.base is not None else {}
+        before = {repr(p): v for p, v, _ in h.base.cells(bench)} if h.base is not None else {}
         for params, v, samples in h.head.cells(bench):
-            old = before.get(params)
+            old = before.get(repr(params))
             change = f"{(v / old - 1) * 100:+.1f}%" if v and old else "-"
             rows.append([bench + (f"[{params[0]}]" if params else ""), _fmt_t(v),
                          len(samples or []), _fmt_t(old) if old is not None else "-", change])
