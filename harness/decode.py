@@ -357,12 +357,7 @@ def _skip_reason(c: DecodeCell) -> str | None:
 def run(cells: list[DecodeCell], opts: DecodeOptions, log: Callable[[str], None] = lambda s: None,
         on_cell: Callable[[DecodeCell], None] = lambda c: None) -> list[DecodeCell]:
     t0 = time.perf_counter()
-    progress = Progress("decode", len(cells), log)
-    cell_done = on_cell
-
-    def on_cell(c):
-        cell_done(c)
-        progress.tick()
+    on_cell = Progress("decode", len(cells), log).counting(on_cell)
     native = [c for c in cells if c.engine == "native"]
     external = [c for c in cells if c.engine == "sglang"]
     served = [c for c in cells if c.engine == "sglang-server"]

@@ -210,11 +210,7 @@ def run(cells: list[GemmCell], opts: GemmOptions, log: Callable[[str], None] = l
         device: torch.device | None = None,
         on_cell: Callable[[GemmCell], None] = lambda c: None) -> list[GemmCell]:
     t0 = time.perf_counter()
-    progress = Progress("GEMM", len(cells), log)
-
-    def final(c):
-        on_cell(c)
-        progress.tick()
+    final = Progress("GEMM", len(cells), log).counting(on_cell)
     if opts.isolate:
         isolate.run_isolated("gemm", cells, dataclasses.asdict(opts), _skip_reason, log, final)
     else:

@@ -35,3 +35,10 @@ class Progress:
         if self.done >= self.total or now - self.last >= self.every_s:
             self.last = now
             self.log(self.line())
+
+    def counting(self, on_cell: Callable) -> Callable:
+        """``on_cell`` that also counts each final cell."""
+        def done(cell) -> None:
+            on_cell(cell)
+            self.tick()
+        return done

@@ -123,3 +123,13 @@ def test_progress_says_n_of_n_and_about_how_long_is_left():
     now[0] = 13
     p.tick(2)
     assert said[-1] == "progress: 4/4 GEMM cells, 0m13s"
+
+
+def test_progress_counts_the_cells_a_run_reports():
+    from harness.progress import Progress
+    seen, said = [], []
+    p = Progress("decode", 2, said.append, every_s=1e9)
+    done = p.counting(seen.append)
+    done("a")
+    done("b")
+    assert seen == ["a", "b"] and p.done == 2 and said == ["progress: 2/2 decode cells, 0m00s"]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness import nvfp4
 from harness.nvfp4 import NVFP4Tensor
 
 
@@ -34,6 +35,11 @@ class LayerWeights:
     fp4: NVFP4Tensor
     bf16: torch.Tensor | None = None
     quantized: bool = True
+
+    def unquantized(self) -> torch.Tensor:
+        """The weight for the backends that do not run NVFP4 (bf16, FP8): the bf16 original,
+        or where a checkpoint holds none, its dequantized weight (the closest stand-in)."""
+        return self.bf16 if self.bf16 is not None else nvfp4.dequantize(self.fp4)
 
     @property
     def n(self) -> int:

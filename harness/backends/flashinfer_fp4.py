@@ -43,19 +43,21 @@ def _probe_args(device: torch.device):
             torch.ones((), dtype=torch.float32, device=device), torch.bfloat16)
 
 
-class FlashInferFP4(GemmBackend):
+class FlashInferFP4(fil.FlashInferGemm, GemmBackend):
     math = "w4a4"
     family = "nvfp4"
     tunable = True
+    api = "mm_fp4"
+    fallback_sms = FALLBACK_SMS
 
     def __init__(self, fi_backend: str):
         self.fi_backend = fi_backend
         self.name = f"flashinfer-{fi_backend}"
+        self.what = f"flashinfer {fi_backend}"
         self.description = f"flashinfer.mm_fp4(backend={fi_backend!r}), NVFP4 W4A4"
 
     def availability(self, device: torch.device) -> Availability:
-        refused = fil.availability("mm_fp4", self.fi_backend, f"flashinfer {self.fi_backend}",
-                                   FALLBACK_SMS[self.fi_backend], device, _probe_args)
+        refused = self.refused(device, _probe_args)
         if refused is not None:
             return Availability.no(refused)
         if compute_capability(device) < MIN_QUANTIZE_SM:  # FlashInfer lists none below it
@@ -85,13 +87,3 @@ class FlashInferFP4(GemmBackend):
         args = (a_fp4, prepared["b_fp4"].T, a_sf, prepared["b_sf"].T, alpha, torch.bfloat16, None)
         return args, dict(block_size=16, use_8x4_sf_layout=False, backend=self.fi_backend,
                           use_nvfp4=True)
-
-    def run(self, prepared, x, x_global_scale):
-        args, kwargs = self.arguments(prepared, x, x_global_scale)
-        return fil.call(fil.module(), "mm_fp4", *args, **kwargs)
-
-    def tune(self, prepared, x, x_global_scale):
-        fil.tune(lambda: self.run(prepared, x, x_global_scale))
-
-    def fresh_tuning(self) -> str:
-        return fil.fresh_tuner()

@@ -149,3 +149,31 @@ def tune(run, passes: int = 3) -> None:
             run()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+class FlashInferGemm:
+    """What every ``flashinfer-*`` backend shares (mixed in before ``GemmBackend``): one
+    FlashInfer GEMM API (``api``) called with the backend's ``arguments()``, its refusals
+    raised as BackendRefused, tuning inside ``autotune(True)`` from a cleared cache."""
+
+    api: str = ""
+    fi_backend: str = ""
+    what: str = ""  # how skip reasons name it where FlashInfer is absent
+    fallback_sms: dict[str, tuple[int, ...]] = {}
+
+    def refused(self, device: torch.device, probe) -> str | None:
+        return availability(self.api, self.fi_backend, self.what,
+                            self.fallback_sms[self.fi_backend], device, probe)
+
+    def arguments(self, prepared, x: torch.Tensor, x_global_scale: torch.Tensor) -> tuple[tuple, dict]:
+        raise NotImplementedError
+
+    def run(self, prepared, x, x_global_scale):
+        args, kwargs = self.arguments(prepared, x, x_global_scale)
+        return call(module(), self.api, *args, **kwargs)
+
+    def tune(self, prepared, x, x_global_scale):
+        tune(lambda: self.run(prepared, x, x_global_scale))
+
+    def fresh_tuning(self) -> str:
+        return fresh_tuner()

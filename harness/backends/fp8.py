@@ -40,13 +40,8 @@ def activation_scale(x_global_scale: torch.Tensor) -> torch.Tensor:
     return (nvfp4.E2M1_MAX / x_global_scale.float()).reshape(())
 
 
-def weight_source(weights: LayerWeights) -> torch.Tensor:
-    # A checkpoint holds no bf16 original; its dequantized weight is the closest stand-in.
-    return weights.bf16 if weights.bf16 is not None else nvfp4.dequantize(weights.fp4)
-
-
 def quantize_weight(weights: LayerWeights) -> tuple[torch.Tensor, torch.Tensor]:
-    w = weight_source(weights)
+    w = weights.unquantized()
     scale = (w.float().abs().amax() / E4M3_MAX).clamp(min=1e-12).reshape(())
     return quantize(w, scale).contiguous(), scale
 
@@ -96,17 +91,19 @@ def _probe_args(device: torch.device):
             torch.ones((1,), dtype=torch.float32, device=device), torch.bfloat16)
 
 
-class FlashInferFP8(_FP8):
+class FlashInferFP8(fil.FlashInferGemm, _FP8):
     tunable = True
+    api = "mm_fp8"
+    fallback_sms = FALLBACK_SMS
 
     def __init__(self, fi_backend: str):
         self.fi_backend = fi_backend
         self.name = f"flashinfer-fp8-{fi_backend}"
+        self.what = f"flashinfer mm_fp8 {fi_backend}"
         self.description = f"flashinfer.mm_fp8(backend={fi_backend!r}), per-tensor e4m3 W8A8"
 
     def availability(self, device: torch.device) -> Availability:
-        refused = fil.availability("mm_fp8", self.fi_backend, f"flashinfer mm_fp8 {self.fi_backend}",
-                                   FALLBACK_SMS[self.fi_backend], device, _probe_args)
+        refused = self.refused(device, _probe_args)
         return Availability.no(refused) if refused else Availability.yes()
 
     def prepare(self, weights: LayerWeights, autotune: bool = False):
@@ -119,13 +116,3 @@ class FlashInferFP8(_FP8):
         a8 = quantize(x, a_scale)
         alpha = (a_scale * prepared["w_scale"]).reshape(1)  # fp32, one element
         return (a8, prepared["w"], alpha, torch.bfloat16), {"backend": self.fi_backend}
-
-    def run(self, prepared, x, x_global_scale):
-        args, kwargs = self.arguments(prepared, x, x_global_scale)
-        return fil.call(fil.module(), "mm_fp8", *args, **kwargs)
-
-    def tune(self, prepared, x, x_global_scale):
-        fil.tune(lambda: self.run(prepared, x, x_global_scale))
-
-    def fresh_tuning(self) -> str:
-        return fil.fresh_tuner()

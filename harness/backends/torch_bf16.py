@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness import nvfp4
 from harness.backends.base import GemmBackend, LayerWeights
 
 
@@ -16,9 +15,7 @@ class TorchBF16(GemmBackend):
     description = "bf16 weights, F.linear (what runs without FP4)"
 
     def prepare(self, weights: LayerWeights, autotune: bool = False):
-        # A checkpoint holds no bf16 original; its dequantized weight is the closest stand-in.
-        w = weights.bf16 if weights.bf16 is not None else nvfp4.dequantize(weights.fp4)
-        return w.to(torch.bfloat16).contiguous()
+        return weights.unquantized().to(torch.bfloat16).contiguous()
 
     def run(self, prepared, x, x_global_scale):
         return F.linear(x, prepared)
