@@ -1,20 +1,13 @@
-"""asv: seconds per GEMM for every GEMM cell of every suite (lower is better).
+"""asv: seconds per GEMM (lower is better), one benchmark per GEMM block of every suite
+(``gemm.track_<suite>[_<block>]``), whose parameter grid is exactly that block's cells.
 
-Thin: each parameter combination runs one cell through ``harness.gemm`` (the same code
-``nvfp4-bench record`` runs, which is how histories are normally written).
+Thin: each grid point runs one cell through ``harness.gemm`` in asv's benchmark process (the
+code ``nvfp4-bench record`` runs) and hands asv its samples, so asv's statistics, `asv
+compare` and `asv continuous` see the same samples a record stores. A cell that cannot run
+here raises asv's SkipNotImplemented with the library's reason.
 """
 
 from harness import suite
 
-_NAMES, _VALUES = suite.param_space("gemm")
-
-
-def track_seconds_per_gemm(model, layer, m, backend, autotune):
-    return suite.run_one("gemm", (model, layer, m, backend, autotune))
-
-
-track_seconds_per_gemm.params = _VALUES
-track_seconds_per_gemm.param_names = _NAMES
-track_seconds_per_gemm.unit = "seconds"
-track_seconds_per_gemm.version = "1"
-track_seconds_per_gemm.timeout = 3600
+for _grid in suite.grids("gemm"):
+    globals()[_grid.func] = suite.asv_benchmark(_grid)

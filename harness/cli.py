@@ -398,40 +398,82 @@ def cmd_import_pytest_benchmark(args) -> int:
     return 0
 
 
+def cmd_migrate(args) -> int:
+    from harness import store
+    conf = store.load_config(args.config, args.results, strict=args.strict)
+    n = store.migrate(conf, log=_log(False))
+    print(f"{n} results files moved to one benchmark per suite block" if n
+          else "nothing to migrate: every stored cell is in a suite block's benchmark")
+    return 0
+
+
+def cmd_machine(args) -> int:
+    """This machine's description, as asv's own commands need it: machine.json of the
+    histories and asv's machine file, so `asv run --machine NAME` keeps the GPU fields."""
+    from harness import store
+    from harness.hardware import detect
+    conf = store.load_config(args.config, args.results, strict=args.strict)
+    env = detect(measure_bandwidth=False)
+    info = store.machine_info(env.to_json())
+    info["machine"] = args.machine or env.machine_name()
+    with store.locked(conf):
+        store.write_machine(conf, info)
+    if args.name_only:
+        print(info["machine"])
+    else:
+        print("\n".join(f"{k}: {v}" for k, v in info.items()))
+    return 0
+
+
 def cmd_publish(args) -> int:
-    """asv's own site (asv publish) of the histories."""
+    """asv's own site (asv publish) of the histories, made to work offline."""
     import subprocess
     import tempfile
+    from pathlib import Path
 
     from harness import store
     conf = store.load_config(args.config, args.results, strict=args.strict)
-    if not (conf.results_dir / "benchmarks.json").exists():
-        with store.locked(conf):
-            store.write_benchmarks(conf)
+    with store.locked(conf):
+        benchmarks = store.write_benchmarks(conf)
     bad = store.bad_results(conf)
     for _, e in bad:
         store.skip_bad(conf, e)  # raises under --strict
-    with tempfile.TemporaryDirectory(prefix="nvfp4-asv-conf-") as tmp:
-        conf_path, results_dir = conf.path, conf.results_dir
-        if bad:  # asv would stop at (or silently drop) them: publish a copy without them
-            import shutil
-            results_dir = f"{tmp}/asv"
-            skip = {p.name for p, _ in bad}
-            shutil.copytree(conf.results_dir, results_dir,
-                            ignore=lambda d, names: [n for n in names if n in skip])
-        if args.results or bad:  # asv reads only its config: hand it one for this tree
-            doc = json.loads(conf.path.read_text())
-            doc.update(results_dir=str(results_dir), html_dir=str(conf.html_dir),
-                       repo=str(conf.repo), benchmark_dir=str(conf.bench_dir))
-            conf_path = f"{tmp}/asv.conf.json"
-            with open(conf_path, "w") as f:
-                json.dump(doc, f)
+    with tempfile.TemporaryDirectory(prefix="nvfp4-asv-publish-") as tmp:
+        # asv reads only its config: hand it a results tree of links to the machines'
+        # directories (the unreadable files left out, which asv would stop at) and a
+        # benchmarks.json of the benchmarks that have results here (a suite never run on
+        # these machines has no graph, and asv's page would ask for it)
+        results_dir = Path(tmp) / "asv"
+        skip = {p for p, _ in bad}
+        stored = set()
+        for m in store.machines(conf):
+            (results_dir / m).mkdir(parents=True)
+            for f in (conf.results_dir / m).glob("*.json"):
+                if f in skip:
+                    continue
+                (results_dir / m / f.name).symlink_to(f.resolve())
+                if f.name != "machine.json":
+                    stored |= set(store.load_results(f).get_all_result_keys())
+        (results_dir / "benchmarks.json").write_text(json.dumps(dict(
+            {k: v for k, v in benchmarks.items() if k in stored}, version=2)))
+        doc = json.loads(conf.path.read_text())
+        doc.update(results_dir=str(results_dir), html_dir=str(conf.html_dir),
+                   repo=str(conf.repo), benchmark_dir=str(conf.bench_dir))
+        conf_path = Path(tmp) / "asv.conf.json"
+        conf_path.write_text(json.dumps(doc))
         rc = subprocess.run([sys.executable, "-m", "asv", "publish", "--config", str(conf_path)],
                             cwd=conf.path.parent).returncode
     if rc != 0:
         print(f"nvfp4-bench: asv publish exited with {rc}", file=sys.stderr)
         return 1
-    print(f"asv site: {conf.html_dir / 'index.html'}")
+    from harness.report import asv_site
+    asv_site.localize(conf.html_dir)  # its scripts served from the site: works offline
+    regs = asv_site.regressions(conf.html_dir) or []
+    print(f"asv site: {conf.html_dir / 'index.html'} (offline-ready; asv's step detection "
+          f"finds {len(regs)} regressions)")
+    for r in regs[:10]:
+        print(f"  {r.benchmark} on {r.machine}: {r.before * 1e6:.2f} -> {r.after * 1e6:.2f} us "
+              f"(x{r.ratio:.3f}) from {r.commit[:8]}")
     return 0
 
 
@@ -610,6 +652,17 @@ def build_parser(with_names: bool = False) -> argparse.ArgumentParser:
     ip.add_argument("--commit")
     ip.add_argument("--label")
     ip.set_defaults(func=cmd_import_pytest_benchmark)
+
+    mg = sub.add_parser("migrate", help="move stored cells into one asv benchmark per suite "
+                        "block (histories written before the suites' blocks were benchmarks)")
+    add_store_args(mg)
+    mg.set_defaults(func=cmd_migrate)
+
+    mc = sub.add_parser("machine", help="write this machine's description (GPU included) where "
+                        "asv's own commands read it; prints it")
+    add_store_args(mc)
+    mc.add_argument("--name-only", action="store_true", help="print only the machine name")
+    mc.set_defaults(func=cmd_machine)
 
     pb = sub.add_parser("publish", help="asv publish: the interactive history site")
     add_store_args(pb)

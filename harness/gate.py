@@ -98,10 +98,9 @@ def load_claims(path: str | Path | None = None) -> list[Claim]:
 
 
 def _find(entry: store.Entry, kind: str, spec: dict):
-    bench = store.GEMM_BENCH if kind == "gemm" else store.DECODE_BENCH
     names = FIELDS[kind]
     hits = []
-    for params, value, samples in entry.cells(bench):
+    for params, value, samples in entry.cells_of(kind):
         d = dict(zip(names, params))
         if all(d.get(k) == v for k, v in spec.items()):
             hits.append((params, value, samples))

@@ -48,35 +48,40 @@ class Timing:
         return summarize(self.samples_s)
 
 
-def _median_ci_ranks(n: int, confidence: float) -> tuple[int, int]:
-    """0-based order-statistic ranks (lo, hi) bracketing the median with ``confidence``.
-
-    Distribution-free: with B ~ Binomial(n, 1/2), the interval between the k-th smallest and
-    the k-th largest sample covers the median with probability 1 - 2 P(B <= k-1). Take the
-    largest such k; with too few samples for the confidence, fall back to (min, max).
-    """
-    alpha = 1.0 - confidence
-    total = 2 ** n
-    k, cum = 1, 0
-    for j in range(n // 2 + 1):
-        cum += math.comb(n, j)  # cum = P(B <= j) * 2^n
-        if 2 * cum / total > alpha:
-            break
-        k = j + 1
-    k = min(k, (n + 1) // 2)
-    return k - 1, n - k
-
-
 def summarize(samples: list[float], confidence: float = 0.99) -> Stats:
+    """Median, its distribution-free interval (asv_runner's own ``quantile_ci``, the one
+    asv's statistics use), mean and CV. With too few samples for the confidence asv gives
+    an infinite interval; the whole range is stored instead (JSON has no infinity)."""
+    from asv_runner.statistics import quantile_ci
     if not samples:
         raise ValueError("no samples to summarize")
     xs = sorted(samples)
-    n = len(xs)
-    lo, hi = _median_ci_ranks(n, confidence)
+    _, (lo, hi) = quantile_ci(xs, 0.5, alpha_min=1.0 - confidence)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo, hi = xs[0], xs[-1]
     mean = statistics.fmean(xs)
-    sd = statistics.stdev(xs) if n > 1 else 0.0
-    return Stats(n=n, median_s=statistics.median(xs), ci99_s=(xs[lo], xs[hi]), mean_s=mean,
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return Stats(n=len(xs), median_s=statistics.median(xs), ci99_s=(lo, hi), mean_s=mean,
                  cv=sd / mean if mean > 0 else 0.0)
+
+
+# asv's benchmark ``version`` per cell kind: asv never compares results of two versions (it
+# greys them out in `asv compare` and leaves them out of its graphs), and neither does
+# `nvfp4-bench compare`. One entry per GPU timing method, oldest first: when a method
+# changes, append it (never edit or reorder), and the version moves on.
+TIMING_METHODS = {
+    "gemm": ("cuda-graph+events cold-L2", "cuda-graph+kernel-span cold-L2(read)"),
+    "decode": ("cuda-graph per step + events",),
+}
+
+
+def timing_version(kind: str, method: str | None = None) -> str:
+    """The asv version of ``kind``'s cells timed by ``method`` (default: today's)."""
+    methods = TIMING_METHODS[kind]
+    method = methods[-1] if method is None else method.split(",")[0]
+    if method not in methods:
+        raise ValueError(f"{kind} timing method {method!r} is not in TIMING_METHODS")
+    return f"{methods.index(method) + 1}: {method}"
 
 
 def _l2_flush_buffer(device: torch.device) -> torch.Tensor:

@@ -141,12 +141,10 @@ def import_file(path: str | Path, conf, machine: str | None = None, commit: str 
     sha = store.resolve_commit(conf.repo, sha)
     env_n = store.env_name(label)
     with store.locked(conf):
-        benchmarks = store.read_benchmarks(conf)
-        if not benchmarks:
-            benchmarks = store.write_benchmarks(conf)
-        benchmarks.update(entries)
-        store.atomic_write_json(conf.results_dir / "benchmarks.json", dict(benchmarks, version=2))
+        benchmarks = store.write_benchmarks(conf, extra=entries)
         store.write_machine(conf, {k: v for k, v in info.items() if k != "python"})
+        params = store.result_params({k: v for k, v in info.items() if k != "python"},
+                                     info.get("python", ""), label)
         out = store.save_cells(conf, machine, sha, env_n, store.commit_date_ms(conf.repo, sha),
-                               dict(info), [], benchmarks, extra_results=values)
+                               params, [], benchmarks, extra_results=values)
     return out, list(entries)

@@ -120,10 +120,11 @@ def record(suite_name: str, conf: store.Config, commit: str | None = None,
             info = store.machine_info(env.to_json())
             info["machine"] = machine
             store.write_machine(conf, info)
-            params = dict(info, python=f"{sys.version_info.major}.{sys.version_info.minor}")
+            params = store.result_params(
+                info, f"{sys.version_info.major}.{sys.version_info.minor}", label)
             path = store.save_cells(conf, machine, sha, env_n,
                                     store.commit_date_ms(conf.repo, sha, log), params, final,
-                                    benchmarks)
+                                    benchmarks, prefer=_block_bench(s))
             run_path = store.run_file(conf, machine, sha, env_n, s.name)
             cells_out, shards = _merge_shard_record(run_path, sha, shard, final, log)
             write_run(run_path, env.to_json(), cells_out, command=sys.argv,
@@ -133,6 +134,13 @@ def record(suite_name: str, conf: store.Config, commit: str | None = None,
             if f.exists():
                 os.unlink(f)
         return Recorded(machine, sha, env_n, final, path, run_path, resumed)
+
+
+def _block_bench(s: suite_mod.Suite) -> Callable[[Cell], str | None]:
+    def bench(cell: Cell) -> str | None:
+        grid = s.grid_of(cell)
+        return grid.bench if grid else None
+    return bench
 
 
 def _merge_shard_record(run_path: Path, sha: str, shard: str | None, cells: list[Cell],

@@ -38,8 +38,7 @@ from typing import Callable
 from harness.records import (Cell, GemmCell, ResultsFileError, atomic_write_json,
                              read_json)
 
-GEMM_BENCH = "gemm.track_seconds_per_gemm"
-DECODE_BENCH = "decode.track_seconds_per_token"
+KINDS = ("gemm", "decode")
 GEMM_PARAMS = ("model", "layer", "m", "backend", "autotune")
 DECODE_PARAMS = ("model", "batch", "input_len", "backend", "autotune", "engine")
 ENV_PREFIX = "nvfp4-bench"
@@ -150,11 +149,23 @@ def commit_date_ms(repo: Path, sha: str, log=lambda s: None) -> int:
 
 # ---- cells <-> asv coordinates -----------------------------------------------------------
 
-def coords(cell: Cell) -> tuple[str, tuple]:
+def cell_params(cell: Cell) -> tuple:
+    """A cell's asv parameter values (in GEMM_PARAMS or DECODE_PARAMS order)."""
     if isinstance(cell, GemmCell):
-        return GEMM_BENCH, (cell.model, cell.layer, cell.m, cell.backend, cell.autotune)
-    return DECODE_BENCH, (cell.model, cell.batch, cell.input_len, cell.backend, cell.autotune,
-                          cell.engine)
+        return (cell.model, cell.layer, cell.m, cell.backend, cell.autotune)
+    return (cell.model, cell.batch, cell.input_len, cell.backend, cell.autotune, cell.engine)
+
+
+def ident(name: str) -> str:
+    """A suite or block name as part of a Python (asv benchmark) name."""
+    return re.sub(r"\W", "_", name)
+
+
+def kind_of(bench: str) -> str | None:
+    """'gemm' or 'decode' for one of our benchmarks (one per suite block, ``bench/``), None
+    for an imported one."""
+    kind = bench.split(".", 1)[0]
+    return kind if kind in KINDS and bench.split(".", 1)[-1].startswith("track_") else None
 
 
 def value_and_samples(cell: Cell) -> tuple[float | None, list[float] | None]:
@@ -191,19 +202,31 @@ def read_benchmarks(conf: Config) -> dict[str, dict]:
     path = conf.results_dir / "benchmarks.json"
     if not path.exists():
         return {}
-    try:
-        doc = read_json(path)
-    except ResultsFileError:
-        raise
+    doc = read_json(path)
     if not isinstance(doc, dict):
         raise ResultsFileError(f"{path}: not an asv benchmarks.json")
     return {k: v for k, v in doc.items() if k != "version"}
 
 
+def imported_path(conf: Config) -> Path:
+    """Imported benchmarks' entries, kept beside the histories: `asv run` rewrites
+    benchmarks.json with what it discovers in bench/, and these are not there."""
+    return conf.data_dir / "imported-benchmarks.json"
+
+
 def write_benchmarks(conf: Config, extra: dict[str, dict] | None = None) -> dict[str, dict]:
-    entries = read_benchmarks(conf)
+    """benchmarks.json = asv's discovery of bench/ (one benchmark per suite block) + every
+    imported benchmark. Entries of our own kinds that bench/ no longer has are dropped."""
+    imported_file = imported_path(conf)
+    imported = read_json(imported_file) if imported_file.exists() else {}
+    current = read_benchmarks(conf)
+    new_imports = {k: v for k, v in current.items() if kind_of(k) is None and k not in imported}
+    new_imports.update(extra or {})
+    if new_imports:
+        imported.update(new_imports)
+        atomic_write_json(imported_file, imported)
+    entries = dict(imported)
     entries.update(discover(conf.bench_dir))
-    entries.update(extra or {})
     atomic_write_json(conf.results_dir / "benchmarks.json", dict(entries, version=2))
     return entries
 
@@ -230,7 +253,30 @@ def machine_info(env: dict) -> dict:
 
 
 def write_machine(conf: Config, info: dict) -> None:
+    """machine.json of the histories, and the same facts in asv's own machine file
+    (``~/.asv-machine.json``; NVFP4_BENCH_ASV_MACHINE_FILE elsewhere, for tests), from which
+    `asv run --machine NAME` takes them: asv rewrites machine.json on every run, and the GPU
+    fields survive only this way."""
+    from asv.machine import MachineCollection
     atomic_write_json(conf.results_dir / info["machine"] / "machine.json", dict(info, version=1))
+    try:
+        MachineCollection.save(info["machine"], dict(info),
+                               _path=os.environ.get("NVFP4_BENCH_ASV_MACHINE_FILE") or None)
+    except OSError as e:  # a read-only home: the histories do not depend on it
+        _warn(f"asv machine file not written ({e}); `asv run` on this machine will ask for "
+              f"its description")
+
+
+def result_params(info: dict, python: str, label: str | None) -> dict:
+    """asv's environment parameters of a results file: the machine facts, the Python, and
+    the run label. asv publish draws one graph per distinct set, so a labelled run is its
+    own series instead of being averaged with the plain run of the same commit (the plain
+    run carries no label key, as `asv run`'s results do not)."""
+    params = dict(info, python=python)
+    params.pop("version", None)
+    if label:
+        params["label"] = label
+    return params
 
 
 # ---- locking ---------------------------------------------------------------------------
@@ -302,10 +348,30 @@ def load_results(path: Path):
         raise ResultsFileError(f"{path}: malformed asv results ({type(e).__name__}: {e})") from None
 
 
+def bench_of(cell: Cell, benchmarks: dict[str, dict],
+             prefer: Callable[[Cell], str | None] | None = None) -> str:
+    """The benchmark (suite block) that stores ``cell``: ``prefer(cell)`` (the block of the
+    suite being recorded) where that is in ``benchmarks``, else the first by name of any
+    block whose grid holds it."""
+    name = prefer(cell) if prefer else None
+    if name in benchmarks:
+        return name
+    reprs = [param_repr(v) for v in cell_params(cell)]
+    fits = sorted(n for n, b in benchmarks.items()
+                  if kind_of(n) == cell.kind and len(b.get("params", [])) == len(reprs)
+                  and all(r in allowed for r, allowed in zip(reprs, b["params"])))
+    if not fits:
+        raise StoreError(f"cell {cell.key} is in no suite block's parameter grid "
+                         f"(benchmarks.json from bench/); add it to a suite file")
+    return fits[0]
+
+
 def save_cells(conf: Config, machine: str, sha: str, env: str, date_ms: int, params: dict,
                cells: list[Cell], benchmarks: dict[str, dict],
-               extra_results: dict[str, tuple[list, list]] | None = None) -> Path:
-    """Merge ``cells`` into the asv results of (machine, commit, env), atomically.
+               extra_results: dict[str, tuple[list, list]] | None = None,
+               prefer: Callable[[Cell], str | None] | None = None) -> Path:
+    """Merge ``cells`` into the asv results of (machine, commit, env), atomically; each cell
+    goes to the suite block that holds it (``bench_of``, suite ``prefer`` first).
 
     Values of other cells already stored for this commit are kept (several suites, shards
     or GPUs may record one commit). ``extra_results`` adds whole benchmarks (imports).
@@ -330,17 +396,10 @@ def save_cells(conf: Config, machine: str, sha: str, env: str, date_ms: int, par
 
     updates: dict[str, dict[int, Cell]] = {}
     for c in cells:
-        name, values = coords(c)
-        bench = benchmarks.get(name)
-        if bench is None:
-            raise StoreError(f"benchmark {name} is not in benchmarks.json (bench/ missing?)")
+        name = bench_of(c, benchmarks, prefer)
+        bench = benchmarks[name]
         space = bench["params"]
-        reprs = [param_repr(v) for v in values]
-        missing = [f"{n}={r}" for n, r, allowed in zip(bench["param_names"], reprs, space)
-                   if r not in allowed]
-        if missing:
-            raise StoreError(f"cell {c.key} is outside the parameter space of {name} "
-                             f"({', '.join(missing)}); add it to a suite file")
+        reprs = [param_repr(v) for v in cell_params(c)]
         idx = 0
         for r, allowed in zip(reprs, space):
             idx = idx * len(allowed) + allowed.index(r)
@@ -370,15 +429,7 @@ def save_cells(conf: Config, machine: str, sha: str, env: str, date_ms: int, par
             res._stats[name] = [st if st is not None else (o or None)
                                 for st, o in zip(stats, own[0])]
 
-    # Save beside the tree, then rename into place: a reader never sees half a file.
-    tmp_root = Path(tempfile.mkdtemp(prefix=".asv-save-", dir=conf.data_dir))
-    try:
-        res.save(str(tmp_root))
-        written = tmp_root / path.relative_to(conf.results_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(written, path)
-    finally:
-        shutil.rmtree(tmp_root, ignore_errors=True)
+    _save_results(conf, res, path)
     return path
 
 
@@ -429,11 +480,31 @@ class Entry:
         for combo, v, s in zip(itertools.product(*params), vals, samples):
             if isinstance(v, float) and math.isnan(v):
                 continue
-            out.append((tuple(_unrepr(x) for x in combo), v, s))
+            out.append((tuple(unrepr(x) for x in combo), v, s))
         return out
 
 
-def _unrepr(r: str):
+    def cells_of(self, kind: str) -> list[tuple[tuple, float | None, list[float] | None]]:
+        """Every stored cell of ``kind`` ('gemm' | 'decode') over all its suite blocks; a
+        cell stored in two blocks counts once (the first by name)."""
+        seen: dict[tuple, tuple] = {}
+        for bench in sorted(self.results.get_all_result_keys()):
+            if kind_of(bench) == kind:
+                for params, v, s in self.cells(bench):
+                    seen.setdefault(params, (params, v, s))
+        return list(seen.values())
+
+    def benches_of(self, kind: str) -> dict[tuple, str]:
+        """Which benchmark holds each stored cell of ``kind`` (as ``cells_of`` picks it)."""
+        out: dict[tuple, str] = {}
+        for bench in sorted(self.results.get_all_result_keys()):
+            if kind_of(bench) == kind:
+                for params, _, _ in self.cells(bench):
+                    out.setdefault(params, bench)
+        return out
+
+
+def unrepr(r: str):
     import ast
     try:
         return ast.literal_eval(r)
@@ -542,6 +613,134 @@ def resolve(conf: Config, machine: str, rev: str) -> Entry:
         return by_prefix[-1]
     known = sorted({e.label for e in all_entries if e.label} | {e.commit[:8] for e in all_entries})
     raise StoreError(f"no stored run {rev!r} on {machine}; stored: {', '.join(known) or 'none'}")
+
+
+# ---- migration ---------------------------------------------------------------------------
+
+def migrate(conf: Config, log: Callable[[str], None] = lambda s: None) -> int:
+    """Move stored cells of benchmarks that bench/ no longer defines (the one-grid-per-kind
+    benchmarks of older histories, or a renamed block) into the suite blocks that hold them
+    now, each with the asv version of its timing method (from the run records beside it).
+    Cells that no block holds stay where they are (our readers still see them; asv, which
+    reads only benchmarks.json's benchmarks, does not). Returns the number of files changed."""
+    from asv.runner import BenchmarkResult
+
+    with locked(conf):
+        benchmarks = write_benchmarks(conf)
+        changed = 0
+        for m in machines(conf):
+            for entry in entries(conf, m):
+                res = entry.results
+                stale = [k for k in res.get_all_result_keys()
+                         if kind_of(k) and k not in benchmarks]
+                if not stale:
+                    continue
+                methods = _cell_methods(conf, entry)
+                moved: dict[str, dict[int, tuple]] = {}
+                versions: dict[str, str] = {}
+                kept = 0
+                for key in stale:
+                    kept_here = 0
+                    kind = kind_of(key)
+                    params = res.get_result_params(key)
+                    stats = res.get_result_stats(key, params) or []
+                    for (combo, value, samples), st in zip(_unrolled(res, key), stats):
+                        if isinstance(value, float) and math.isnan(value):
+                            continue
+                        target = _grid_for(kind, combo, benchmarks, methods.get((kind, combo)))
+                        if target is None:
+                            kept_here += 1
+                            continue
+                        bench = benchmarks[target]
+                        idx = _flat_index(bench["params"], combo)
+                        moved.setdefault(target, {})[idx] = (value, samples, st)
+                        method = methods.get((kind, combo), {}).get("method")
+                        versions[target] = _version_for(kind, method)
+                    if not kept_here:  # else the old benchmark keeps them all, for our readers
+                        res.remove_result(key)
+                    kept += kept_here
+                for target, by_idx in moved.items():
+                    bench = dict(benchmarks[target], version=versions[target])
+                    size = math.prod(len(p) for p in bench["params"])
+                    result, samples, number = [math.nan] * size, [None] * size, [None] * size
+                    for i, (v, smp, st) in by_idx.items():
+                        result[i], samples[i] = v, smp
+                        number[i] = 1 if smp else None
+                    res.add_result(bench, BenchmarkResult(result=result, samples=samples,
+                                                          number=number, errcode=0, stderr="",
+                                                          profile=None),
+                                   record_samples=True, selected_idx=set(by_idx))
+                _save_results(conf, res, entry.path)
+                changed += 1
+                log(f"{entry.path.name}: {sum(map(len, moved.values()))} cells moved to "
+                    f"{len(moved)} suite blocks" + (f", {kept} kept (in no block)" if kept else ""))
+        return changed
+
+
+def _unrolled(res, key: str):
+    params = res.get_result_params(key)
+    values = res.get_result_value(key, params)
+    samples = res.get_result_samples(key, params) or [None] * len(values)
+    for combo, v, smp in zip(itertools.product(*params), values, samples):
+        yield tuple(unrepr(x) for x in combo), v, smp
+
+
+def _flat_index(space: list[list[str]], values: tuple) -> int:
+    idx = 0
+    for v, allowed in zip(values, space):
+        idx = idx * len(allowed) + allowed.index(param_repr(v))
+    return idx
+
+
+def _grid_for(kind: str, values: tuple, benchmarks: dict[str, dict],
+              recorded: dict | None) -> str | None:
+    """The block of the suite the cell was recorded by, else the first holding it."""
+    reprs = [param_repr(v) for v in values]
+    fits = sorted(n for n, b in benchmarks.items()
+                  if kind_of(n) == kind and len(b.get("params", [])) == len(reprs)
+                  and all(r in allowed for r, allowed in zip(reprs, b["params"])))
+    suite = (recorded or {}).get("suite")
+    mine = [n for n in fits if suite and (n == f"{kind}.track_{ident(suite)}"
+                                          or n.startswith(f"{kind}.track_{ident(suite)}_"))]
+    return (mine or fits or [None])[0]
+
+
+def _version_for(kind: str, method: str | None) -> str:
+    from harness.measure import TIMING_METHODS, timing_version
+    if method and method.split(",")[0] in TIMING_METHODS[kind]:
+        return timing_version(kind, method)
+    return timing_version(kind)  # a CPU method, or no record: today's
+
+
+def _cell_methods(conf: Config, entry: Entry) -> dict[tuple, dict]:
+    """(kind, params) -> {"suite", "method"} from the run records of ``entry``."""
+    from harness.records import read_run
+    runs = []
+    for path in sorted((conf.runs_dir / entry.machine).glob(f"{entry.commit[:8]}-{entry.env}-*.json")):
+        try:
+            runs.append(read_run(path))
+        except ResultsFileError:
+            continue
+    out: dict[tuple, dict] = {}
+    # a suite's record first: ad hoc runs beside it never name the block
+    for doc, cells in sorted(runs, key=lambda r: "suite" not in r[0]):
+        for c in cells:
+            if c.status == "ok":
+                out.setdefault((c.kind, cell_params(c)), {
+                    "suite": doc.get("suite"), "method": c.timing_method})
+    return out
+
+
+def _save_results(conf: Config, res, path: Path) -> None:
+    """Save beside the tree, then rename into place: a reader never sees half a file."""
+    tmp_root = Path(tempfile.mkdtemp(prefix=".asv-save-", dir=conf.data_dir))
+    try:
+        res.save(str(tmp_root))
+        written = tmp_root / path.relative_to(conf.results_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(written, path)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
 
 
 # ---- run records beside the histories ----------------------------------------------------

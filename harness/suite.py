@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,35 @@ from harness.models import UnknownNameError
 from harness.records import Cell
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
-GEMM_KEYS = {"model", "m", "backends", "autotune", "layers", "samples", "warmup", "cold_l2"}
-DECODE_KEYS = {"model", "batch", "input_len", "output_len", "backends", "autotune", "engine"}
+GEMM_KEYS = {"name", "model", "m", "backends", "autotune", "layers", "samples", "warmup",
+             "cold_l2"}
+DECODE_KEYS = {"name", "model", "batch", "input_len", "output_len", "backends", "autotune",
+               "engine"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One suite block as asv sees it: one benchmark whose parameter grid is exactly the
+    block's cells (every point measurable), named ``<kind>.track_<suite>[_<block>]``."""
+
+    kind: str                      # "gemm" | "decode"
+    suite: str
+    block: str                     # "" when the suite has one block of this kind
+    names: tuple[str, ...]         # asv param_names
+    values: tuple[tuple, ...]      # per name, the block's values in plan order
+    index: int                     # position among the suite's blocks of this kind
+
+    @property
+    def func(self) -> str:
+        return f"track_{store.ident(self.suite)}" + (f"_{self.block}" if self.block else "")
+
+    @property
+    def bench(self) -> str:
+        return f"{self.kind}.{self.func}"
+
+    def __contains__(self, values: tuple) -> bool:
+        return len(values) == len(self.values) and all(
+            v in allowed for v, allowed in zip(values, self.values))
 
 
 @dataclass
@@ -39,13 +67,36 @@ class Suite:
             out.append((opts, cells))
         return out
 
+    @staticmethod
+    def _decode_block(b: dict) -> list[Cell]:
+        return decode.plan(b["model"], b["batch"], b["input_len"], b["output_len"],
+                           b["backends"], b.get("autotune", ["on", "off"]),
+                           engine=b.get("engine", "native"))
+
     def decode_cells(self) -> list[Cell]:
-        cells = []
-        for b in self.decode:
-            cells += decode.plan(b["model"], b["batch"], b["input_len"], b["output_len"],
-                                 b["backends"], b.get("autotune", ["on", "off"]),
-                                 engine=b.get("engine", "native"))
-        return cells
+        return [c for b in self.decode for c in self._decode_block(b)]
+
+    def grids(self, kind: str) -> list[Grid]:
+        blocks = self.gemm if kind == "gemm" else self.decode
+        planned = ([cells for _, cells in self.gemm_blocks()] if kind == "gemm"
+                   else [self._decode_block(b) for b in self.decode])
+        names = store.GEMM_PARAMS if kind == "gemm" else store.DECODE_PARAMS
+        out = []
+        for i, (b, cells) in enumerate(zip(blocks, planned)):
+            values: list[list] = [[] for _ in names]
+            for c in cells:
+                for slot, v in zip(values, store.cell_params(c)):
+                    if v not in slot:
+                        slot.append(v)
+            block = str(b.get("name", "")) or (str(i + 1) if len(blocks) > 1 else "")
+            out.append(Grid(kind, self.name, block, tuple(names),
+                            tuple(tuple(v) for v in values), i))
+        return out
+
+    def grid_of(self, cell: Cell) -> Grid | None:
+        """The first block of this suite whose grid holds ``cell``."""
+        values = store.cell_params(cell)
+        return next((g for g in self.grids(cell.kind) if values in g), None)
 
     def cells(self) -> list[Cell]:
         out = [c for _, cells in self.gemm_blocks() for c in cells] + self.decode_cells()
@@ -80,6 +131,14 @@ def load(name_or_path: str) -> Suite:
             if unknown:
                 raise ValueError(f"suite file {path}: [[{kind}]] block {i + 1} has unknown "
                                  f"keys {sorted(unknown)}; valid keys: {sorted(keys)}")
+            name = b.get("name", "")
+            if name and not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
+                raise ValueError(f"suite file {path}: [[{kind}]] block {i + 1} name {name!r}: "
+                                 f"use letters, digits and _ (it names an asv benchmark)")
+        names = [g.block for g in suite.grids(kind)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"suite file {path}: two [[{kind}]] blocks share the name "
+                             f"{sorted(n for n in names if names.count(n) > 1)[0]!r}")
     suite.cells()  # validates names (models, backends, layers) with clear errors
     return suite
 
@@ -107,46 +166,48 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def param_space(kind: str) -> tuple[list[str], list[list]]:
-    """asv parameter names and values for ``kind`` ('gemm' | 'decode'): the union of every
-    suite's cells, so one benchmark holds every suite's history."""
-    names = store.GEMM_PARAMS if kind == "gemm" else store.DECODE_PARAMS
-    values: list[list] = [[] for _ in names]
-    for _, cell in _all_cells(kind):
-        for slot, v in zip(values, store.coords(cell)[1]):
-            if v not in slot:
-                slot.append(v)
-    return list(names), values
+def grids(kind: str) -> list[Grid]:
+    """Every suite's blocks of ``kind`` ('gemm' | 'decode') as asv benchmarks."""
+    return [g for name in available() for g in load(name).grids(kind)]
 
 
-def _all_cells(kind: str):
-    """(options, cell) for every cell of ``kind`` in every suite; options of GEMM blocks."""
-    for name in available():
-        s = load(name)
-        if kind == "gemm":
-            for opts, cells in s.gemm_blocks():
-                for c in cells:
-                    yield opts, c
-        else:
-            for c in s.decode_cells():
-                yield decode.DecodeOptions(), c
+def asv_benchmark(grid: Grid):
+    """The asv benchmark of one suite block (what ``bench/`` exposes): a ``track_`` function
+    over the block's grid, lower-is-better seconds, versioned by the timing method."""
+    from harness.measure import timing_version
+
+    def track(*values):
+        return run_one(grid.kind, grid.suite, grid.index, values)
+
+    track.__name__ = track.__qualname__ = grid.func
+    track.params = [list(v) for v in grid.values]
+    track.param_names = list(grid.names)
+    track.unit = "seconds"
+    track.version = timing_version(grid.kind)
+    track.timeout = 3600
+    return track
 
 
-def run_one(kind: str, values: tuple) -> float:
-    """Run the suite cell at these asv parameter values in this process (what ``bench/``
-    calls); returns the asv value, raises asv's SkipNotImplemented (asv records the cell as
-    skipped, not failed) or RuntimeError."""
+def run_one(kind: str, suite_name: str, block: int, values: tuple) -> dict:
+    """Run the cell at these asv parameter values of a suite block in this process (what
+    ``bench/`` calls). Returns asv's timing result (``samples`` in seconds per GEMM or per
+    token, ``number`` 1), so asv keeps the samples and tests significance on them; raises
+    asv's SkipNotImplemented (asv records a skip, not a failure) or RuntimeError."""
     from asv_runner.benchmarks.mark import SkipNotImplemented
-    found = next(((o, c) for o, c in _all_cells(kind) if store.coords(c)[1] == tuple(values)), None)
-    if found is None:
-        raise SkipNotImplemented("no suite has this combination")
-    opts, cell = found
+    s = load(suite_name)
+    values = tuple(values)
     if kind == "gemm":
-        gemm.run([cell], dataclasses.replace(opts, isolate=False))
+        opts, cells = s.gemm_blocks()[block]
     else:
-        decode.run([cell], dataclasses.replace(opts, isolate=False))
+        opts, cells = decode.DecodeOptions(), s._decode_block(s.decode[block])
+    cell = next((c for c in cells if store.cell_params(c) == values), None)
+    if cell is None:  # a grid point is always a cell of its block; this is a changed suite
+        raise SkipNotImplemented(f"suite {suite_name} block {block + 1} has no cell {values}")
+    runner = gemm.run if kind == "gemm" else decode.run
+    runner([cell], dataclasses.replace(opts, isolate=False))
     if cell.status == "skipped":
         raise SkipNotImplemented(cell.reason)
     if cell.status != "ok":
         raise RuntimeError(cell.reason)
-    return store.value_and_samples(cell)[0]
+    _, samples = store.value_and_samples(cell)
+    return {"samples": samples, "number": 1}

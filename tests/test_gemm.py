@@ -7,7 +7,7 @@ import torch
 
 from harness import analysis, gemm
 from harness.health import check
-from harness.measure import _median_ci_ranks, summarize, time_cpu
+from harness.measure import summarize, time_cpu
 
 FAST = gemm.GemmOptions(samples=3, warmup=1, isolate=False)
 
@@ -144,14 +144,28 @@ def test_choice_margin_within_the_intervals_is_marked_noise():
 
 
 @pytest.mark.parametrize("n", [5, 10, 20, 50, 100, 400])
-def test_median_ci_has_99_percent_coverage(n):
-    lo, hi = _median_ci_ranks(n, 0.99)
-    k = lo + 1
-    coverage = 1 - 2 * sum(math.comb(n, j) for j in range(k)) / 2 ** n
-    assert hi == n - 1 - lo
-    assert coverage >= 0.99 or lo == 0
-    if lo > 0:  # and it is the tightest such interval
-        assert 1 - 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2 ** n < 0.99
+def test_median_ci_is_asvs_own(n):
+    """The stored 99% interval is asv_runner's quantile_ci (asv compares with it), with the
+    whole range where too few samples give asv an infinite one."""
+    from asv_runner.statistics import quantile_ci
+    xs = [((i * 7919) % 1009) / 1009 for i in range(n)]
+    _, (lo, hi) = quantile_ci(sorted(xs), 0.5, alpha_min=0.01)
+    st = summarize(xs)
+    if math.isfinite(lo):
+        assert st.ci99_s == (lo, hi)
+    else:
+        assert st.ci99_s == (min(xs), max(xs))
+    assert st.ci99_s[0] <= st.median_s <= st.ci99_s[1]
+
+
+def test_timing_versions_follow_the_method():
+    from harness.measure import TIMING_METHODS, timing_version
+    assert timing_version("gemm") == timing_version("gemm", TIMING_METHODS["gemm"][-1])
+    assert timing_version("gemm", "cuda-graph+events cold-L2") != timing_version("gemm")
+    assert timing_version("decode", "cuda-graph per step + events, compiled") == \
+        timing_version("decode")  # the engine description after the comma is not the method
+    with pytest.raises(ValueError, match="not in TIMING_METHODS"):
+        timing_version("gemm", "stopwatch")
 
 
 def test_summarize_and_cpu_timer():

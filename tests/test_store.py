@@ -1,5 +1,6 @@
 """asv histories: record, compare, gate, pytest-benchmark import, resume, locks, corrupt files."""
 
+import itertools
 import json
 import random
 import subprocess
@@ -92,13 +93,13 @@ def test_record_smoke_twice_then_asv_compare_and_publish(project):
 
     out = _asv(conf, "compare", base, head, "--machine", machine)
     assert out.returncode == 0, out.stderr
-    assert "gemm.track_seconds_per_gemm('tiny', 'o_proj', 1, 'torch-bf16', 'off')" in out.stdout
-    assert "decode.track_seconds_per_token('tiny-hybrid', 1, 8, 'torch-ref', 'off', 'native')" in out.stdout
+    assert "gemm.track_smoke('tiny', 'o_proj', 1, 'torch-bf16', 'off')" in out.stdout
+    assert "decode.track_smoke('tiny-hybrid', 1, 8, 'torch-ref', 'off', 'native')" in out.stdout
     pub = _asv(conf, "publish")
     assert pub.returncode == 0, pub.stderr + pub.stdout
     index = json.loads((conf.html_dir / "index.json").read_text())
-    assert "gemm.track_seconds_per_gemm" in index["benchmarks"]
-    assert list((conf.html_dir / "graphs").rglob("gemm.track_seconds_per_gemm.json"))
+    assert "gemm.track_smoke" in index["benchmarks"]
+    assert list((conf.html_dir / "graphs").rglob("gemm.track_smoke.json"))
     # our compare of the same two commits: measured noise only, no planted change
     assert main(["compare", base[:8], head[:8], "--config", str(conf.path)]) in (0, 1)
 
@@ -109,7 +110,8 @@ def _plant(conf, sha, cells, env="nvfp4-bench", sm="none"):
             "ram": "1", "gpu": "none", "sm": sm}
     store.write_machine(conf, info)
     return store.save_cells(conf, "planted", sha, env, store.commit_date_ms(conf.repo, sha),
-                            dict(info, python="3.11"), cells, benchmarks)
+                            store.result_params(info, "3.11", store.label_of(env)), cells,
+                            benchmarks)
 
 
 def _gemm(backend, samples, layer="o_proj", m=1, autotune="off", status="ok"):
@@ -140,7 +142,7 @@ def test_compare_flags_a_planted_slowdown_and_not_noise(project, capsys):
                         _gemm("torch-dequant", _noise(2.01e-3, seed=5)),  # 0.5%: noise
                         _decode("torch-dequant", _noise(4.0e-3, seed=6))])  # 25% faster
     rows = compare.compare(store.resolve(conf, "planted", base), store.resolve(conf, "planted", head))
-    by = {(r.params[3] if r.bench == store.GEMM_BENCH else "decode"): r for r in rows}
+    by = {(r.params[3] if r.bench == "gemm" else "decode"): r for r in rows}
     assert by["torch-bf16"].verdict == compare.SLOWER and by["torch-bf16"].significant
     assert by["torch-bf16"].ratio == pytest.approx(1.10, rel=0.02)
     assert by["torch-dequant"].verdict == compare.SAME
@@ -236,7 +238,7 @@ def test_project_claims_file_is_valid():
     # every claim's cells are recorded by some suite
     for c in claims.values():
         for side in (c.new, c.old):
-            assert any(all(dict(zip(gate.FIELDS[c.kind], store.coords(cell)[1])).get(k) == v
+            assert any(all(dict(zip(gate.FIELDS[c.kind], store.cell_params(cell))).get(k) == v
                            for k, v in side.items())
                        for name in suite.available() for cell in suite.load(name).cells()
                        if cell.kind == c.kind), (c.id, side)
@@ -267,7 +269,7 @@ def test_interrupted_record_resumes(project, mini, monkeypatch):
     assert rec.resumed == 6 and calls == []  # only the decode cell ran
     assert rec.results_path.exists() and not partial[0].exists()
     entry = store.resolve(conf, rec.machine, base)
-    vals = {p: v for p, v, s in entry.cells(store.GEMM_BENCH)}
+    vals = {p: v for p, v, s in entry.cells_of("gemm")}
     assert vals[("tiny", "o_proj", 3, "torch-bf16", "off")] > 0
 
 
@@ -279,7 +281,7 @@ def test_record_merges_suites_and_records_failed_as_null(project, mini, tmp_path
     rec = record.record(mini, conf, commit=head)
     doc = json.loads(rec.results_path.read_text())
     cols = doc["result_columns"]
-    gem = dict(zip(cols, doc["results"][store.GEMM_BENCH]))
+    gem = dict(zip(cols, doc["results"]["gemm.track_smoke"]))
     assert gem["samples"] is not None and any(s for s in gem["samples"] if s)
     # a second suite on the same commit keeps the first one's cells
     other = tmp_path / "other.toml"
@@ -287,13 +289,13 @@ def test_record_merges_suites_and_records_failed_as_null(project, mini, tmp_path
                                   'backends = ["torch-ref"]').split("[[decode]]")[0])
     record.record(str(other), conf, commit=head)
     entry = store.resolve(conf, rec.machine, head)
-    vals = {p: v for p, v, s in entry.cells(store.GEMM_BENCH)}
+    vals = {p: v for p, v, s in entry.cells_of("gemm")}
     assert vals[("tiny", "o_proj", 1, "torch-bf16", "off")] > 0
     assert vals[("tiny", "o_proj", 1, "torch-ref", "off")] > 0
     # a failed cell is asv's failed value (null), not a number
     _plant(conf, base, [_gemm("torch-bf16", [], status="failed")])
     e = store.resolve(conf, "planted", base)
-    assert e.value(store.GEMM_BENCH, ("tiny", "o_proj", 1, "torch-bf16", "off"))[0] is None
+    assert e.value("gemm.track_smoke", ("tiny", "o_proj", 1, "torch-bf16", "off"))[0] is None
 
 
 def test_corrupt_results_are_named(project, capsys):
@@ -364,7 +366,7 @@ def test_import_pytest_benchmark(project, tmp_path):
     b = benchmarks["pytest.test_k.test_sum"]
     # pytest's own parameter name and values
     assert b["param_names"] == ["n"] and b["params"] == [["10", "1000"]] and b["unit"] == "seconds"
-    assert store.GEMM_BENCH in benchmarks  # our own benchmarks stay listed
+    assert "gemm.track_smoke" in benchmarks  # our own benchmarks stay listed
     entry = store.resolve(conf, "planted", base)
     (p10, v10, s10), (p1000, v1000, s1000) = entry.cells("pytest.test_k.test_sum")
     assert p10 == (10,) and len(s10) >= 20 and v1000 > v10 > 0
@@ -400,29 +402,42 @@ def test_record_spreads_cells_over_gpu_processes(project, mini):
     assert len(rec.cells) == 7 and all(c.status in ("ok", "skipped") for c in rec.cells)
     assert not list(conf.partial_dir.rglob("*.jsonl"))
     entry = store.resolve(conf, rec.machine, base)
-    gem = {p: v for p, v, s in entry.cells(store.GEMM_BENCH)}
-    dec = {p: v for p, v, s in entry.cells(store.DECODE_BENCH)}
+    gem = {p: v for p, v, s in entry.cells_of("gemm")}
+    dec = {p: v for p, v, s in entry.cells_of("decode")}
     assert len(gem) == 4 and len(dec) == 1  # 4 timed GEMM cells + 1 decode cell
 
 
-def test_asv_benchmarks_are_thin_wrappers_over_suite_cells():
+def test_asv_benchmarks_are_one_grid_per_suite_block():
     sys.path.insert(0, str(PROJECT / "bench"))
     try:
         import decode as bench_decode
         import gemm as bench_gemm
     finally:
         sys.path.remove(str(PROJECT / "bench"))
-    f = bench_gemm.track_seconds_per_gemm
+    from harness import suite
+    from harness.measure import timing_version
+    f = bench_gemm.track_smoke
     assert f.unit == "seconds" and f.param_names == list(store.GEMM_PARAMS)
-    assert "tiny" in f.params[0] and "qwen3.6-27b" in f.params[0]
-    assert 0 < f("tiny", "o_proj", 1, "torch-bf16", "off") < 1
+    assert f.params[0] == ["tiny"] and f.version == timing_version("gemm")
+    # every grid point of every block is a cell of that block: nothing asv runs is unplanned
+    for kind in ("gemm", "decode"):
+        for g in suite.grids(kind):
+            s = suite.load(g.suite)
+            cells = s.gemm_blocks()[g.index][1] if kind == "gemm" else \
+                s._decode_block(s.decode[g.index])
+            n = 1
+            for v in g.values:
+                n *= len(v)
+            assert n == len(cells), g.bench
+            assert {store.cell_params(c) for c in cells} == set(itertools.product(*g.values))
+    assert "decode.track_hopper_in2048" in {g.bench for g in suite.grids("decode")}
+    out = f("tiny", "o_proj", 1, "torch-bf16", "off")
+    assert out["number"] == 1 and len(out["samples"]) == 15 and 0 < min(out["samples"]) < 1
     from asv_runner.benchmarks.mark import SkipNotImplemented
     with pytest.raises(SkipNotImplemented, match="flashinfer cudnn needs"):
         f("tiny", "o_proj", 1, "flashinfer-cudnn", "off")  # asv records it as skipped
-    with pytest.raises(SkipNotImplemented, match="no suite"):
-        f("tiny", "o_proj", 2, "torch-bf16", "off")
-    per_token = bench_decode.track_seconds_per_token("tiny-hybrid", 2, 8, "torch-dequant", "off", "native")
-    assert 0 < per_token < 1
+    per_token = bench_decode.track_smoke("tiny-hybrid", 2, 8, "torch-dequant", "off", "native")
+    assert len(per_token["samples"]) == 8 and 0 < min(per_token["samples"]) < 1
 
 
 def test_compare_says_when_the_timing_method_changed(project, capsys):
@@ -499,3 +514,69 @@ def test_pytest_benchmark_params_that_are_not_scalars_go_by_their_test_id(tmp_pa
     _, entries, values = pytest_import.parse(f)
     e = entries["pytest.test_h.test_q"]
     assert e["param_names"] == ["weight"] and e["params"] == [["'2048x4096'", "'256x4096'"]]
+
+
+def _commits(conf, n):
+    """n more commits on the project fixture's repository, oldest first."""
+    out = []
+    for i in range(n):
+        (conf.repo / "f.txt").write_text(f"extra {i}")
+        _git(conf.repo, "commit", "-qam", f"extra {i}")
+        out.append(_git(conf.repo, "rev-parse", "HEAD"))
+    return out
+
+
+def test_compare_gives_asvs_own_verdicts(project):
+    """`nvfp4-bench compare` and `asv compare --factor 1.05` mark the same cells."""
+    conf, base, head = project
+    _plant(conf, base, [_gemm("torch-bf16", _noise(1e-3, seed=1)),
+                        _gemm("torch-dequant", _noise(2e-3, seed=2)),
+                        _gemm("torch-ref", _noise(3e-3, seed=3)),
+                        _gemm("torch-fp8", _noise(1e-3, seed=4))])
+    _plant(conf, head, [_gemm("torch-bf16", _noise(1.10e-3, seed=5)),   # slower
+                        _gemm("torch-dequant", _noise(1.8e-3, seed=6)),  # faster
+                        _gemm("torch-ref", _noise(3.03e-3, seed=7)),     # within the factor
+                        _gemm("torch-fp8", [], status="failed")])        # newly failing
+    ours = {r.params[3]: r.verdict for r in compare.compare(
+        store.resolve(conf, "planted", base), store.resolve(conf, "planted", head))}
+    out = _asv(conf, "compare", base, head, "--machine", "planted", "--factor", "1.05")
+    assert out.returncode == 0, out.stderr
+    marks = {}
+    for line in out.stdout.splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cols) == 5:
+            marks[cols[4]] = cols[0]
+    asv_verdict = {"+": compare.SLOWER, "-": compare.FASTER, "": compare.SAME,
+                   "!": compare.FAILED}
+    for backend in ("torch-bf16", "torch-dequant", "torch-ref", "torch-fp8"):
+        mark = marks[f"gemm.track_smoke('tiny', 'o_proj', 1, '{backend}', 'off')"]
+        assert ours[backend] == asv_verdict[mark], (backend, mark)
+
+
+@pytest.mark.slow
+def test_publish_works_offline_labels_are_series_and_regressions_reach_the_report(project, tmp_path):
+    conf, base, head = project
+    later = _commits(conf, 4)
+    commits = [base, head, *later]
+    # a lasting 30% step at the fourth commit, and a labelled run of the last commit
+    for i, sha in enumerate(commits):
+        _plant(conf, sha, [_gemm("torch-bf16", _noise(1e-3 if i < 3 else 1.3e-3, seed=i))])
+    _plant(conf, commits[-1], [_gemm("torch-bf16", _noise(2e-3, seed=9))],
+           env=store.env_name("fi-x"))
+    assert main(["publish", "--config", str(conf.path)]) == 0
+    site = conf.html_dir
+    page = (site / "index.html").read_text()
+    assert "cdn" not in page and "https://code.jquery.com" not in page
+    assert (site / "jquery-3.3.1.min.js").exists() and (site / "bootstrap-3.1.0.min.css").exists()
+    index = json.loads((site / "index.json").read_text())
+    assert set(index["params"]["label"]) == {None, "fi-x"}  # a series of its own
+    graphs = [str(p) for p in (site / "graphs").rglob("gemm.track_smoke.json")]
+    assert any("label-fi-x" in g for g in graphs) and any("label-fi-x" not in g for g in graphs)
+    from harness.report import asv_site
+    (reg,) = asv_site.regressions(site)
+    assert reg.commit == commits[3] and reg.ratio == pytest.approx(1.3, rel=0.05)
+    assert "torch-bf16" in reg.benchmark and reg.machine == "planted"
+    from harness import report
+    html_page = report.render(report.gather(conf), tmp_path / "rep").read_text()
+    assert "Regressions asv found" in html_page and commits[3][:8] in html_page
+    assert "SGLang PR #26496" in html_page.split("<div class='summary'>")[0]  # the headline

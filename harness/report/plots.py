@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from harness import analysis, store  # noqa: E402
+from harness import analysis  # noqa: E402
 from harness.backends import BACKENDS  # noqa: E402
 
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
@@ -184,9 +184,9 @@ def history(h, out_dir: Path, name: str, claims_by_id: dict) -> str | None:
     dec_series: dict[tuple, list] = {}
     gemm_series: dict[tuple, list] = {}
     for i, e in enumerate(plain):
-        for params, v, s in e.cells(store.DECODE_BENCH):
+        for params, v, s in e.cells_of("decode"):
             dec_series.setdefault(params, [None] * len(plain))[i] = v
-        for params, v, s in e.cells(store.GEMM_BENCH):
+        for params, v, s in e.cells_of("gemm"):
             if params[2] == 1 and params[1] in ("gate_up_proj", "down_proj"):  # the largest M = 1 GEMMs
                 gemm_series.setdefault(params, [None] * len(plain))[i] = v
     if not series and not dec_series and not gemm_series:
