@@ -55,6 +55,8 @@ class ReportData:
     histories: list[MachineHistory]
     asv_site: Path | None
     problems: list[str] = field(default_factory=list)  # unreadable files, named
+    asv_regressions: list | None = None  # asv_site.Regression, from the published site
+    out_dir: Path | None = None          # where the report is written (for relative links)
 
 
 def load_run(path: Path) -> Run:
@@ -119,7 +121,15 @@ def gather(conf: store.Config | None, run_files: list[Path] = (), latest_only: b
                 h.last_compare = compare.compare(h.base, h.head)
             histories.append(h)
     site = conf.html_dir / "index.html" if conf is not None and (conf.html_dir / "index.html").exists() else None
-    return ReportData(runs=runs, histories=histories, asv_site=site, problems=problems)
+    regressions = None
+    if site is not None:
+        from harness.report import asv_site
+        try:
+            regressions = asv_site.regressions(conf.html_dir)
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            problems.append(f"{conf.html_dir / 'regressions.json'}: unreadable ({e}); skipped")
+    return ReportData(runs=runs, histories=histories, asv_site=site, problems=problems,
+                      asv_regressions=regressions)
 
 
 def choices(run: Run) -> list[analysis.Choice]:

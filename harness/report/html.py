@@ -14,6 +14,7 @@ from harness.report import plots
 from harness.report.data import ReportData, Run, run_order
 
 CSS = """
+.headline { border: 2px solid #1f5fa8; background: #f2f7fd; padding: 0.6em 1em; margin: 1em 0; }
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1250px; color: #222; line-height: 1.4; padding: 0 1em; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
@@ -33,12 +34,14 @@ def _e(s) -> str:
 
 
 def _table(header: list[str], rows: list[list], num_cols: set[int] = frozenset(),
-           classes: list[str] | None = None) -> str:
+           classes: list[str] | None = None, raw: bool = False) -> str:
+    """``raw``: the cells are HTML already (escaped by the caller)."""
+    cell = (lambda v: str(v)) if raw else _e
     out = ["<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead><tbody>"]
     for i, r in enumerate(rows):
         cls = f' class="{classes[i]}"' if classes and classes[i] else ""
         out.append(f"<tr{cls}>" + "".join(
-            f'<td class="num">{_e(v)}</td>' if j in num_cols else f"<td>{_e(v)}</td>"
+            f'<td class="num">{cell(v)}</td>' if j in num_cols else f"<td>{cell(v)}</td>"
             for j, v in enumerate(r)) + "</tr>")
     return "\n".join(out) + "</tbody></table>"
 
@@ -218,6 +221,64 @@ def _not_ok_table(runs: list[Run]) -> str:
                    "reason"], rows, classes=classes, num_cols={6})
 
 
+HEADLINE = "sglang-pr26496"
+
+
+def _headline(data: ReportData) -> str:
+    """The question the project exists for: does SGLang PR #26496's +17% decode hold? Its
+    verdict on every machine, and what deciding it needs where it is not decided."""
+    claim = next((c for c in gate.load_claims() if c.id == HEADLINE), None)
+    if claim is None:
+        return ""
+    rows = []
+    for h in data.histories:
+        v = next((v for v in h.verdicts if v.claim.id == HEADLINE), None)
+        if v is None:
+            continue
+        if v.verdict in (gate.PASS, gate.FAIL):
+            ci = f" (99% CI {v.ci99[0]:.3f}-{v.ci99[1]:.3f})" if v.ci99 else ""
+            what = (f"measured <b>x{v.ratio:.3f}</b>{_e(ci)} at {_e(v.commit[:8])}, "
+                    f"needs x{claim.threshold:.2f}: <span class='{v.verdict}'>{_e(v.verdict)}</span>")
+        else:
+            what = (f"<span class='na'>{_e(v.verdict)}</span>: {_e(v.reason)}")
+        rows.append(f"<li>{_e(h.machine)}: {what}</li>")
+    if not rows:
+        rows.append("<li>No machine history yet.</li>")
+    decided = any(v.claim.id == HEADLINE and v.verdict in (gate.PASS, gate.FAIL)
+                  for h in data.histories for v in h.verdicts)
+    need = "" if decided else (
+        f"<p>To decide it: a machine with an {_e(' or '.join(claim.applies_to))} GPU and "
+        f"SGLang installed runs <code>NVFP4_BENCH_SUITE=claim-pr26496 bash scripts/main.sh</code> "
+        f"(the suite's cells: Qwen3.6-27B NVFP4, batch 1, input 1024, "
+        f"{_e(claim.old.get('backend'))}/autotune {_e(claim.old.get('autotune'))} vs "
+        f"{_e(claim.new.get('backend'))}/autotune {_e(claim.new.get('autotune'))}, served by "
+        f"SGLang); the gate then reads them from its history.</p>")
+    return (f"<div class='headline'><b>{_e(claim.title)}</b> — claimed "
+            f"{_e(claim.source_figures)}; passes at x{claim.threshold:.2f} or more."
+            f"<ul>{''.join(rows)}</ul>{need}</div>")
+
+
+def _asv_regressions(data: ReportData) -> str:
+    """The steps asv's own detection found over the whole published history."""
+    regs = data.asv_regressions
+    if regs is None:
+        return ""
+    if not regs:
+        return ("<p>asv's step detection (<code>regressions.json</code> of its site) finds no "
+                "regression in the published histories.</p>")
+    rel = (os.path.relpath(data.asv_site.parent, data.out_dir) if data.asv_site is not None
+           and data.out_dir is not None else "")
+    rows = [[f"<a href='{_e(rel)}/index.html{_e(r.url)}'>{_e(r.benchmark)}</a>" if rel
+             else _e(r.benchmark), _e(r.machine), _e(r.params.get("label") or ""),
+             _fmt_t(r.before), _fmt_t(r.after), f"x{r.ratio:.3f}", _e(r.commit[:8])]
+            for r in regs]
+    return ("<h2>Regressions asv found</h2><p class='muted'>asv's step detection "
+            "(<code>asv.step_detect</code>, run by <code>asv publish</code>) over every "
+            "recorded commit: each row is a lasting step up in time.</p>"
+            + _table(["benchmark", "machine", "label", "before", "after", "after/before",
+                      "from commit"], rows, num_cols={3, 4, 5}, raw=True))
+
+
 def _claims_table(h) -> str:
     rows, classes = [], []
     for v in h.verdicts:
@@ -251,7 +312,8 @@ def _imported_table(h) -> str:
 
 def _compare_table(h) -> str:
     rows, classes = [], []
-    order = {"slower": 0, "failed": 1, "missing": 2, "faster": 3, "no significant change": 4}
+    order = {"slower": 0, "failed": 1, "missing": 2, "not comparable": 3, "faster": 4,
+             "no significant change": 5}
     for r in sorted(h.last_compare, key=lambda r: (order[r.verdict], r.name)):
         rows.append([r.name, _fmt_t(r.base), _fmt_t(r.head), f"{r.ratio:.3f}" if r.ratio else "-", r.verdict])
         classes.append({"slower": "slower", "faster": "faster", "failed": "fail"}.get(r.verdict, ""))
@@ -269,6 +331,7 @@ def _fmt_t(v) -> str:
 
 def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench report") -> Path:
     out_dir = Path(out_dir)
+    data.out_dir = out_dir
     figs = out_dir / "figures"
     if figs.exists():
         for f in figs.glob("*.svg"):
@@ -278,7 +341,7 @@ def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench repo
              f"from {len(data.runs)} run records and {len(data.histories)} machine histories. "
              f"{_e(_timing_sentence(data.runs))} "
              "Every timed cell passed the NaN/Inf/zero-row and error checks first.</p>",
-             _summary(data)]
+             _headline(data), _summary(data)]
     if data.asv_site is not None:
         rel = os.path.relpath(data.asv_site, out_dir)
         parts.append(f"<p>Full interactive histories: <a href='{_e(rel)}'>asv site</a>.</p>")
@@ -311,6 +374,7 @@ def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench repo
         if r.decode:
             parts.append(_img(plots.decode_throughput(r, figs, f"decode-{i}.svg"), f"decode, {r.title}"))
             parts.append(_decode_table(r))
+    parts.append(_asv_regressions(data))
     parts.append("<h2>Failed and skipped cells</h2>")
     parts.append(_not_ok_table(data.runs))
     if data.problems:
