@@ -486,7 +486,7 @@ def cmd_report(args) -> int:
             else store.load_config(args.config, args.results, strict=args.strict))
     data = report.gather(conf, [Path(p) for p in args.runs], latest_only=not args.all_runs)
     out_dir = Path(args.output) if args.output else (conf.data_dir / "report" if conf else Path("report"))
-    path = report.render(data, out_dir)
+    path = report.render(data, out_dir, log=_log(args.quiet))
     for p in data.problems:
         print(f"nvfp4-bench: warning: {p}", file=sys.stderr)
     print(f"report: {path}")
@@ -677,6 +677,7 @@ def build_parser(with_names: bool = False) -> argparse.ArgumentParser:
     rp.add_argument("--no-history", action="store_true", help="only the run files given")
     rp.add_argument("--strict", action="store_true",
                     help="an unreadable history or run file is an error (exit 2)")
+    rp.add_argument("--quiet", action="store_true", help="no progress lines")
     rp.set_defaults(func=cmd_report)
     return p
 

@@ -16,8 +16,9 @@ def _mmss(s: float) -> str:
 
 class Progress:
     def __init__(self, what: str, total: int, log: Callable[[str], None], every_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, unit: str = "cells"):
         self.what, self.total, self.log, self.every_s, self.clock = what, total, log, every_s, clock
+        self.unit = unit
         self.done = 0
         self.t0 = clock()
         self.last = self.t0
@@ -26,7 +27,7 @@ class Progress:
         elapsed = self.clock() - self.t0
         left = self.total - self.done
         eta = f", about {_mmss(elapsed / self.done * left)} left" if self.done and left else ""
-        return f"progress: {self.done}/{self.total} {self.what} cells, {_mmss(elapsed)}{eta}"
+        return f"progress: {self.done}/{self.total} {self.what} {self.unit}, {_mmss(elapsed)}{eta}"
 
     def tick(self, n: int = 1) -> None:
         """One more cell final; says so at most every ``every_s`` seconds, and at the end."""

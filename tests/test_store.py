@@ -577,6 +577,8 @@ def test_publish_works_offline_labels_are_series_and_regressions_reach_the_repor
     assert reg.commit == commits[3] and reg.ratio == pytest.approx(1.3, rel=0.05)
     assert "torch-bf16" in reg.benchmark and reg.machine == "planted"
     from harness import report
-    html_page = report.render(report.gather(conf), tmp_path / "rep").read_text()
+    lines = []
+    html_page = report.render(report.gather(conf), tmp_path / "rep", log=lines.append).read_text()
+    assert lines[-1].startswith("progress: 1/1 report sections")
     assert "Regressions asv found" in html_page and commits[3][:8] in html_page
     assert "SGLang PR #26496" in html_page.split("<div class='summary'>")[0]  # the headline

@@ -329,9 +329,13 @@ def _fmt_t(v) -> str:
     return f"{v * 1e3:.3f} ms" if v >= 1e-3 else f"{v * 1e6:.2f} us"
 
 
-def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench report") -> Path:
+def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench report",
+           log=lambda s: None) -> Path:
+    """``log`` gets progress lines (sections drawn of all, time left) every 10 s."""
+    from harness.progress import Progress
     out_dir = Path(out_dir)
     data.out_dir = out_dir
+    progress = Progress("report", len(data.histories) + len(data.runs), log, unit="sections")
     figs = out_dir / "figures"
     if figs.exists():
         for f in figs.glob("*.svg"):
@@ -358,6 +362,7 @@ def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench repo
             parts.append(f"<h3>{_e(h.head.commit[:8])} vs {_e(h.base.commit[:8])}</h3>")
             parts.append(_compare_table(h))
         parts.append(_imported_table(h))
+        progress.tick()
     for i, r in enumerate(data.runs):
         parts.append(f"<h2>{_e(r.title)}</h2>")
         bw = r.environment.get("copy_bandwidth_Bps")
@@ -374,6 +379,7 @@ def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench repo
         if r.decode:
             parts.append(_img(plots.decode_throughput(r, figs, f"decode-{i}.svg"), f"decode, {r.title}"))
             parts.append(_decode_table(r))
+        progress.tick()
     parts.append(_asv_regressions(data))
     parts.append("<h2>Failed and skipped cells</h2>")
     parts.append(_not_ok_table(data.runs))
