@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.backends.sglang_auto import sglang_auto_choice
+from harness.engines.sglang_autotune import TUNED_FP4_GEMM_RUNNERS as TUNED_FP4_BACKENDS
 from harness.hardware import compute_capability, default_device
 from harness.models import MODELS
 from harness.records import DecodeCell
@@ -47,8 +48,6 @@ ROW_FIELDS = ("run_name", "batch_size", "input_len", "output_len", "prefill_late
               "total_latency", "overall_throughput")
 # The one-batch benchmark's module, newest layout first.
 ONE_BATCH_MODULES = ("sglang.benchmark.one_batch", "sglang.bench_one_batch")
-# --fp4-gemm-backend values SGLang runs FlashInfer's autotuner for (with modelopt_fp4).
-TUNED_FP4_BACKENDS = ("flashinfer_cutlass", "flashinfer_cutedsl")
 # Test hook: a different module to run (a fake sglang in the tests).
 MODULE_ENV = "NVFP4_BENCH_SGLANG_MODULE"
 
@@ -103,18 +102,27 @@ def why_no_flag(backend: str) -> str | None:
             f"(it takes {', '.join(FP4_GEMM_BACKEND.values())})")
 
 
-def why_not_tuned(backend: str, autotune: str) -> str | None:
-    """Why an ``autotune on`` cell would measure the same program as ``off``, or None."""
+def why_not_tuned(backend: str, autotune: str, moe_runner: str = "auto") -> str | None:
+    """Why an ``autotune on`` cell of a dense model would measure the same program as
+    ``off``, or None: SGLang's own rule (``sglang_autotune.decide``) on this GPU."""
+    from harness.engines.sglang_autotune import EngineSettings, decide
     asked = backend_arg(backend)
     if autotune != "on" or asked is None:
         return None
-    runs = sglang_auto_choice(compute_capability(default_device())) if asked == "auto" else asked
-    if runs in TUNED_FP4_BACKENDS:
+    cc = compute_capability(default_device())
+    runs = sglang_auto_choice(cc) if asked == "auto" else asked
+    decision = decide(EngineSettings(quantization="modelopt_fp4", fp4_gemm_runner_backend=runs,
+                                     moe_runner_backend=moe_runner,
+                                     sm_major=cc // 10 if cc else 12))
+    if decision.fp4_gemm and decision.runs:
         return None
     what = f"{asked} ({runs} on this GPU)" if asked == "auto" else asked
-    return (f"SGLang never runs FlashInfer's autotuner for --fp4-gemm-backend {what} (it tunes "
-            f"FP4 GEMMs only for {' and '.join(TUNED_FP4_BACKENDS)} with modelopt_fp4): on is "
-            f"the same program as off, whose cell is the measurement")
+    if not decision.fp4_gemm:
+        return (f"SGLang never runs FlashInfer's autotuner for --fp4-gemm-backend {what} (it "
+                f"tunes FP4 GEMMs only for {' and '.join(TUNED_FP4_BACKENDS)} with "
+                f"modelopt_fp4): on is the same program as off, whose cell is the measurement")
+    return (f"SGLang does not run FlashInfer's autotuner here ({decision.reason}): on is the "
+            f"same program as off, whose cell is the measurement")
 
 
 def model_path(model: str, checkpoint: str | None) -> str:
