@@ -202,6 +202,52 @@ def cmd_gemm(args) -> int:
     return 0
 
 
+def _write_json(args, env, cells, opts) -> None:
+    """--json: the run (environment, cells, options) as a run file."""
+    if args.json:
+        write_run_or_keep(args.json, env.to_json(), cells, command=sys.argv,
+                          extra={"options": opts.__dict__})
+        print(f"\nwrote {args.json}", file=sys.stderr)
+
+
+def moe_table(cells) -> list[list[str]]:
+    rows = [["runner", "autotune", "down", "tokens", "status", "median us", "99% CI us",
+             "experts hit", "GB/s", "%BW", "up BLOCK_M", "down BLOCK_M", "note"]]
+    for c in cells:
+        ci = f"{c.ci99_s[0] * 1e6:.1f}-{c.ci99_s[1] * 1e6:.1f}" if c.ci99_s else "-"
+        rows.append([c.runner, c.autotune, c.down, str(c.tokens), c.status,
+                     _fmt(c.median_s and c.median_s * 1e6, ".1f"), ci, str(c.experts_hit or "-"),
+                     _fmt(c.gbps, ".0f"), _fmt(c.roofline_frac and c.roofline_frac * 100, ".0f"),
+                     str((c.up_config or {}).get("BLOCK_SIZE_M", "-")),
+                     str((c.down_config or {}).get("BLOCK_SIZE_M", "-")),
+                     c.reason if c.status != "ok" else ""])
+    return rows
+
+
+def cmd_moe(args) -> int:
+    from harness.hardware import detect
+    from harness.moe import run as moe_run
+    check_output(args.json)
+    cells = moe_run.plan(args.model, args.tokens, args.runners, args.autotune, args.down)
+    opts = moe_run.MoeOptions(samples=args.samples, warmup=args.warmup, seed=args.seed,
+                              config_dir=args.config_dir)
+    env = detect()
+    moe_run.run(cells, opts, log=_log(args.quiet))
+    print_cells(moe_table, cells, args.all_rows)
+    _write_json(args, env, cells, opts)
+    return 0
+
+
+def cmd_tune_moe(args) -> int:
+    from harness.hardware import default_device
+    from harness.moe import run as moe_run
+    from harness.moe import tune
+    root = moe_run.config_dir(moe_run.MoeOptions(config_dir=args.config_dir))
+    up, down = tune.tune(args.model, args.tokens, default_device(), root, log=_log(args.quiet))
+    print(f"up:   {up}\ndown: {down}")
+    return 0
+
+
 def decode_table(cells) -> list[list[str]]:
     rows = [["engine", "backend", "autotune", "batch", "status", "tok/s", "step ms", "99% CI ms",
              "roofline ms", "%roofline", "note"]]
@@ -299,10 +345,7 @@ def cmd_decode(args) -> int:
         for c in cells:
             if c.kernels:
                 print(kernel_table(c))
-    if args.json:
-        write_run_or_keep(args.json, env.to_json(), cells, command=sys.argv,
-                          extra={"options": opts.__dict__})
-        print(f"\nwrote {args.json}", file=sys.stderr)
+    _write_json(args, env, cells, opts)
     return 0
 
 
@@ -559,6 +602,31 @@ def build_parser(with_names: bool = False) -> argparse.ArgumentParser:
                    help="run every cell in this process (faster; autotune on/off no longer isolated)")
     add_output_args(g)
     g.set_defaults(func=cmd_gemm)
+
+    mo = sub.add_parser("moe", help="one MoE layer per runner, autotune and down rule, at token counts")
+    mo.add_argument("--model", default="qwen3-30b-a3b", help="a MoE model: qwen3-30b-a3b, tiny-moe")
+    mo.add_argument("--tokens", type=_csv_ints, default=[1, 8, 32, 128, 256],
+                    help="comma list of token counts")
+    mo.add_argument("--runners", type=_csv, default=["moe-ref", "triton-moe"],
+                    help="comma list of: moe-ref, triton-moe")
+    mo.add_argument("--autotune", type=_csv, default=["on", "off"], help="on,off | on | off")
+    mo.add_argument("--down", type=_csv, default=["shared", "own"],
+                    help="shared (down's BLOCK_SIZE_M forced to up's, SGLang's rule) | own")
+    mo.add_argument("--samples", type=_positive, default=30, help="timed samples per cell")
+    mo.add_argument("--warmup", type=_nonnegative, default=5, help="untimed calls first")
+    mo.add_argument("--seed", type=int, default=0)
+    mo.add_argument("--config-dir", help="tuned configs (default: results/moe-configs)")
+    add_output_args(mo)
+    mo.set_defaults(func=cmd_moe)
+
+    tm = sub.add_parser("tune-moe", help="tune the Triton fused MoE for this GPU; writes "
+                        "SGLang-format config files (up and down)")
+    tm.add_argument("--model", default="qwen3-30b-a3b", help="a MoE model: qwen3-30b-a3b, tiny-moe")
+    tm.add_argument("--tokens", type=_csv_ints, default=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+                    help="comma list of token counts")
+    tm.add_argument("--config-dir", help="where to write (default: results/moe-configs)")
+    tm.add_argument("--quiet", action="store_true", help="no progress lines")
+    tm.set_defaults(func=cmd_tune_moe)
 
     d = sub.add_parser("decode", help="end-to-end NVFP4 decode tokens/s per backend and autotune")
     d.add_argument("--model", required=True, help=f"one of: {names['models']}; or with "

@@ -17,7 +17,7 @@ from harness import store
 
 PASS, FAIL, NA, NO_DATA = "pass", "fail", "not applicable", "no data"
 CLAIMS_FILE = store.ROOT / "baselines" / "claims.toml"
-FIELDS = {"gemm": store.GEMM_PARAMS, "decode": store.DECODE_PARAMS}
+FIELDS = store.PARAMS
 
 
 @dataclass
@@ -79,7 +79,7 @@ def load_claims(path: str | Path | None = None) -> list[Claim]:
         try:
             kind = c["kind"]
             if kind not in FIELDS:
-                raise ValueError(f"kind must be gemm or decode, got {kind!r}")
+                raise ValueError(f"kind must be one of {', '.join(FIELDS)}, got {kind!r}")
             for side in ("new", "old"):
                 bad = set(c[side]) - set(FIELDS[kind])
                 if bad:

@@ -72,6 +72,7 @@ def summarize(samples: list[float], confidence: float = 0.99) -> Stats:
 TIMING_METHODS = {
     "gemm": ("cuda-graph+events cold-L2", "cuda-graph+kernel-span cold-L2(read)"),
     "decode": ("cuda-graph per step + events",),
+    "moe": ("cuda-graph+kernel-span cold-L2(read)",),
 }
 
 

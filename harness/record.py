@@ -45,6 +45,12 @@ def _run_cells(s: suite_mod.Suite, todo_keys: set, on_cell: Callable[[Cell], Non
     if mine:
         decode.run(mine, decode.DecodeOptions(), log=log, on_cell=on_cell)
         done += mine
+    for opts, cells in s.moe_blocks():
+        mine = [c for c in cells if c.key in todo_keys]
+        if mine:
+            from harness.moe import run as moe_run
+            moe_run.run(mine, opts, log=log, on_cell=on_cell)
+            done += mine
     return done
 
 

@@ -98,7 +98,46 @@ class DecodeCell:
                 self.engine)
 
 
-Cell = GemmCell | DecodeCell
+@dataclass
+class MoeCell:
+    """One MoE layer (routing, up, silu*up, down, combine) at ``tokens`` tokens."""
+
+    model: str
+    tokens: int
+    runner: str
+    autotune: str              # "on": the device's tuned configs; "off": SGLang's defaults
+    down: str = "shared"       # "shared": down's BLOCK_SIZE_M forced to up's (SGLang); "own"
+    experts: int = 0
+    top_k: int = 0
+    hidden: int = 0
+    intermediate: int = 0
+    status: str = "skipped"
+    reason: str = ""
+    median_s: float | None = None
+    ci99_s: list[float] | None = None
+    cv: float | None = None
+    samples_s: list[float] = field(default_factory=list)
+    timing_method: str = ""
+    experts_hit: int = 0       # distinct experts the routed tokens use
+    bytes: int = 0             # their weights + activations in and out
+    gbps: float | None = None
+    roofline_frac: float | None = None
+    up_config: dict | None = None
+    down_config: dict | None = None
+    config_source: str = ""    # the config file used, or "SGLang's default config"
+    health: dict | None = None
+    kind: str = "moe"
+
+    @property
+    def key(self) -> tuple:
+        return (self.kind, self.model, self.tokens, self.runner, self.autotune, self.down)
+
+    @property
+    def backend(self) -> str:  # what the tables group by for every kind of cell
+        return self.runner
+
+
+Cell = GemmCell | DecodeCell | MoeCell
 
 
 def _clean(v: Any) -> Any:
@@ -118,7 +157,7 @@ def cell_to_json(cell: Cell) -> dict:
 
 def cell_from_json(d: dict) -> Cell:
     kind = d.get("kind")
-    cls = {"gemm": GemmCell, "decode": DecodeCell}.get(kind)
+    cls = {"gemm": GemmCell, "decode": DecodeCell, "moe": MoeCell}.get(kind)
     if cls is None:
         raise ValueError(f"unknown cell kind {kind!r}")
     names = {f for f in cls.__dataclass_fields__}

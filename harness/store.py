@@ -35,12 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from harness.records import (Cell, GemmCell, ResultsFileError, atomic_write_json,
+from harness.records import (Cell, GemmCell, MoeCell, ResultsFileError, atomic_write_json,
                              read_json)
 
-KINDS = ("gemm", "decode")
+KINDS = ("gemm", "decode", "moe")
 GEMM_PARAMS = ("model", "layer", "m", "backend", "autotune")
 DECODE_PARAMS = ("model", "batch", "input_len", "backend", "autotune", "engine")
+MOE_PARAMS = ("model", "tokens", "runner", "autotune", "down")
+PARAMS = {"gemm": GEMM_PARAMS, "decode": DECODE_PARAMS, "moe": MOE_PARAMS}
 ENV_PREFIX = "nvfp4-bench"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,9 +152,11 @@ def commit_date_ms(repo: Path, sha: str, log=lambda s: None) -> int:
 # ---- cells <-> asv coordinates -----------------------------------------------------------
 
 def cell_params(cell: Cell) -> tuple:
-    """A cell's asv parameter values (in GEMM_PARAMS or DECODE_PARAMS order)."""
+    """A cell's asv parameter values (in its kind's PARAMS order)."""
     if isinstance(cell, GemmCell):
         return (cell.model, cell.layer, cell.m, cell.backend, cell.autotune)
+    if isinstance(cell, MoeCell):
+        return (cell.model, cell.tokens, cell.runner, cell.autotune, cell.down)
     return (cell.model, cell.batch, cell.input_len, cell.backend, cell.autotune, cell.engine)
 
 
@@ -174,7 +178,7 @@ def value_and_samples(cell: Cell) -> tuple[float | None, list[float] | None]:
         return None, None
     if cell.status != "ok":
         return math.nan, None
-    if isinstance(cell, GemmCell):
+    if isinstance(cell, (GemmCell, MoeCell)):
         return cell.median_s, list(cell.samples_s) or None
     per_token = [s / cell.batch for s in cell.samples_s]
     return cell.median_step_s / cell.batch, per_token or None

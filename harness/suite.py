@@ -22,6 +22,7 @@ GEMM_KEYS = {"name", "model", "m", "backends", "autotune", "layers", "samples", 
              "cold_l2"}
 DECODE_KEYS = {"name", "model", "batch", "input_len", "output_len", "backends", "autotune",
                "engine"}
+MOE_KEYS = {"name", "model", "tokens", "runners", "autotune", "down", "samples", "warmup"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Suite:
     path: Path
     gemm: list[dict] = field(default_factory=list)
     decode: list[dict] = field(default_factory=list)
+    moe: list[dict] = field(default_factory=list)
 
     def gemm_blocks(self) -> list[tuple[gemm.GemmOptions, list[Cell]]]:
         out = []
@@ -76,13 +78,26 @@ class Suite:
     def decode_cells(self) -> list[Cell]:
         return [c for b in self.decode for c in self._decode_block(b)]
 
+    def moe_blocks(self) -> list[tuple[object, list[Cell]]]:
+        from harness.moe import run as moe_run
+        return [(moe_run.moe_options_from(b),
+                 moe_run.plan(b["model"], b["tokens"], b["runners"],
+                              b.get("autotune", ["on", "off"]), b.get("down", ["shared", "own"])))
+                for b in self.moe]
+
+    def blocks(self, kind: str) -> list[tuple[dict, object, list[Cell]]]:
+        """(block as written, its run options, its cells) of every block of ``kind``."""
+        if kind == "gemm":
+            return [(b, o, c) for b, (o, c) in zip(self.gemm, self.gemm_blocks())]
+        if kind == "moe":
+            return [(b, o, c) for b, (o, c) in zip(self.moe, self.moe_blocks())]
+        return [(b, decode.DecodeOptions(), self._decode_block(b)) for b in self.decode]
+
     def grids(self, kind: str) -> list[Grid]:
-        blocks = self.gemm if kind == "gemm" else self.decode
-        planned = ([cells for _, cells in self.gemm_blocks()] if kind == "gemm"
-                   else [self._decode_block(b) for b in self.decode])
-        names = store.GEMM_PARAMS if kind == "gemm" else store.DECODE_PARAMS
+        blocks = self.blocks(kind)
+        names = store.PARAMS[kind]
         out = []
-        for i, (b, cells) in enumerate(zip(blocks, planned)):
+        for i, (b, _, cells) in enumerate(blocks):
             values: list[list] = [[] for _ in names]
             for c in cells:
                 for slot, v in zip(values, store.cell_params(c)):
@@ -99,7 +114,8 @@ class Suite:
         return next((g for g in self.grids(cell.kind) if values in g), None)
 
     def cells(self) -> list[Cell]:
-        out = [c for _, cells in self.gemm_blocks() for c in cells] + self.decode_cells()
+        out = ([c for _, cells in self.gemm_blocks() for c in cells] + self.decode_cells()
+               + [c for _, cells in self.moe_blocks() for c in cells])
         seen = set()
         unique = []
         for c in out:
@@ -124,8 +140,9 @@ def load(name_or_path: str) -> Suite:
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"suite file {path}: {e}") from None
     suite = Suite(name=path.stem, description=doc.get("description", ""), path=path,
-                  gemm=doc.get("gemm", []), decode=doc.get("decode", []))
-    for kind, blocks, keys in (("gemm", suite.gemm, GEMM_KEYS), ("decode", suite.decode, DECODE_KEYS)):
+                  gemm=doc.get("gemm", []), decode=doc.get("decode", []), moe=doc.get("moe", []))
+    for kind, blocks, keys in (("gemm", suite.gemm, GEMM_KEYS), ("decode", suite.decode, DECODE_KEYS),
+                               ("moe", suite.moe, MOE_KEYS)):
         for i, b in enumerate(blocks):
             unknown = set(b) - keys
             if unknown:
@@ -167,7 +184,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def grids(kind: str) -> list[Grid]:
-    """Every suite's blocks of ``kind`` ('gemm' | 'decode') as asv benchmarks."""
+    """Every suite's blocks of ``kind`` ('gemm' | 'decode' | 'moe') as asv benchmarks."""
     return [g for name in available() for g in load(name).grids(kind)]
 
 
@@ -196,15 +213,16 @@ def run_one(kind: str, suite_name: str, block: int, values: tuple) -> dict:
     from asv_runner.benchmarks.mark import SkipNotImplemented
     s = load(suite_name)
     values = tuple(values)
-    if kind == "gemm":
-        opts, cells = s.gemm_blocks()[block]
-    else:
-        opts, cells = decode.DecodeOptions(), s._decode_block(s.decode[block])
+    _, opts, cells = s.blocks(kind)[block]
     cell = next((c for c in cells if store.cell_params(c) == values), None)
     if cell is None:  # a grid point is always a cell of its block; this is a changed suite
         raise SkipNotImplemented(f"suite {suite_name} block {block + 1} has no cell {values}")
-    runner = gemm.run if kind == "gemm" else decode.run
-    runner([cell], dataclasses.replace(opts, isolate=False))
+    if kind == "moe":
+        from harness.moe import run as moe_run
+        moe_run.run([cell], opts)
+    else:
+        runner = gemm.run if kind == "gemm" else decode.run
+        runner([cell], dataclasses.replace(opts, isolate=False))
     if cell.status == "skipped":
         raise SkipNotImplemented(cell.reason)
     if cell.status != "ok":

@@ -232,7 +232,7 @@ def test_filesystem_errors_and_closed_stdout_are_one_line(project, suite, measur
     conf, base, head = project
     _two_commits(conf, base, head, suite)
     from harness import report
-    monkeypatch.setattr(report, "render", lambda data, out: (_ for _ in ()).throw(
+    monkeypatch.setattr(report, "render", lambda data, out, **kw: (_ for _ in ()).throw(
         OSError(errno.ENOSPC, "No space left on device", str(out / "index.html"))))
     assert cli.main(["report", "--config", str(conf.path), "--output", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err

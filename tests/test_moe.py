@@ -165,3 +165,41 @@ def test_rules_match_sglangs_source():
         assert part in name_fn, part
     default = fns["get_default_config"]
     assert "M <= E or (is_marlin and M <= 32)" in default
+
+
+@pytest.mark.slow
+def test_tune_writes_sglang_files_and_cells_use_them(tmp_path):
+    """The tuner's files are SGLang-format; `autotune on` cells then run them, `down own`
+    with down's own BLOCK_SIZE_M where it differs, and the cells go through the store."""
+    from harness.moe import run as moe_run
+    from harness.moe import tune
+    space = [CFG16, CFG32]
+    up, down = tune.tune("tiny-moe", [1, 5], _dev(), tmp_path, space=space)
+    assert up.name.startswith("E=8,N=64,device_name=") and down.name.endswith("_down.json")
+    assert up.parent.name.startswith("triton_")
+    ups, downs = configs.load(up), configs.load(down)
+    assert set(ups) == {1, 5} and all(c in space for c in [*ups.values(), *downs.values()])
+    cells = moe_run.plan("tiny-moe", [1, 5], ["triton-moe"], ["on", "off"], ["shared", "own"])
+    moe_run.run(cells, moe_run.MoeOptions(samples=3, warmup=1, config_dir=str(tmp_path)))
+    by = {(c.autotune, c.down, c.tokens): c for c in cells}
+    assert all(by[("on", d, t)].status == "ok" for d in ("shared", "own") for t in (1, 5))
+    for t in (1, 5):
+        shared, own = by[("on", "shared", t)], by[("on", "own", t)]
+        assert shared.down_config["BLOCK_SIZE_M"] == shared.up_config["BLOCK_SIZE_M"]
+        assert own.down_config == downs[t]  # down as tuned
+        assert shared.health["ok"] and own.health["ok"] and str(up) in shared.config_source
+    assert by[("off", "own", 1)].status == "skipped"
+    assert by[("off", "shared", 5)].config_source == "SGLang's default config"
+
+
+def test_moe_plan_rejects_bad_input():
+    from harness.models import UnknownNameError
+    from harness.moe import run as moe_run
+    with pytest.raises(ValueError, match="has no MoE layers"):
+        moe_run.plan("tiny", [1], ["triton-moe"], ["off"])
+    with pytest.raises(UnknownNameError, match="valid MoE runners: moe-ref, triton-moe"):
+        moe_run.plan("tiny-moe", [1], ["nope"], ["off"])
+    with pytest.raises(ValueError, match="down must be one of shared, own"):
+        moe_run.plan("tiny-moe", [1], ["triton-moe"], ["off"], ["both"])
+    with pytest.raises(ValueError, match="positive"):
+        moe_run.plan("tiny-moe", [0], ["triton-moe"], ["off"])

@@ -29,6 +29,10 @@ def test_report_from_recorded_data(project, tmp_path):  # noqa: F811
         if c.status == "ok" and c.kind == "gemm":
             assert re.search(rf"<td>{c.layer}</td><td class=\"num\">{c.m}</td><td>{c.backend}</td>"
                              rf"<td>{c.autotune}</td><td class=\"num\">{c.median_s * 1e6:.1f}</td>", page), c.key
+        elif c.status == "ok" and c.kind == "moe":
+            assert re.search(rf"<td>{c.runner}</td><td>{c.autotune}</td><td>{c.down}</td>"
+                             rf"<td class=\"num\">{c.tokens}</td><td class=\"num\">"
+                             rf"{c.median_s * 1e6:.1f}</td>", page), c.key
         elif c.status == "ok":
             assert f"<td>{c.tokens_per_s:.1f}</td>" in page.replace('<td class="num">', "<td>")
         else:

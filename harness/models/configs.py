@@ -107,6 +107,13 @@ class ModelConfig:
             ]
         return mlp + gdn + attn
 
+    def moe_shape(self):
+        """The shape of one MoE layer (``arch == "moe"``)."""
+        from harness.moe.layer import MoeShape
+        if self.arch != "moe":
+            raise ValueError(f"model {self.name} has no MoE layers")
+        return MoeShape(self.experts, self.experts_per_token, self.hidden, self.moe_intermediate)
+
 
 MODELS: dict[str, ModelConfig] = {
     c.name: c
@@ -128,6 +135,10 @@ MODELS: dict[str, ModelConfig] = {
             layers=48, vocab=151936, q_heads=32, kv_heads=4, head_dim=128, intermediate=6144,
             experts=128, experts_per_token=8, moe_intermediate=768),
         # CPU-sized stand-ins with the same structure as the real models.
+        ModelConfig(
+            name="tiny-moe", arch="moe", hidden=128, layers=2, vocab=512, q_heads=4,
+            kv_heads=2, head_dim=32, intermediate=256, experts=8, experts_per_token=2,
+            moe_intermediate=64),
         ModelConfig(
             name="tiny", arch="dense", hidden=128, layers=2, vocab=512, q_heads=4, kv_heads=2,
             head_dim=32, intermediate=256),

@@ -36,7 +36,9 @@ def align(topk_ids: torch.Tensor, experts: int, block_m: int
     n = flat.numel()
     dev = flat.device
     em = -(-(n + experts * (block_m - 1)) // block_m) * block_m
-    counts = torch.bincount(flat, minlength=experts)
+    # scatter_add, not bincount: bincount reads its size back to the host (no graph capture)
+    counts = torch.zeros(experts, dtype=torch.long, device=dev).scatter_add_(
+        0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     starts = torch.cumsum(padded, 0) - padded
     order = torch.sort(flat, stable=True).indices

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import analysis, compare, gate, store
-from harness.records import Cell, DecodeCell, GemmCell, ResultsFileError, read_run
+from harness.records import Cell, DecodeCell, GemmCell, MoeCell, ResultsFileError, read_run
 
 
 @dataclass
@@ -29,6 +29,10 @@ class Run:
     @property
     def decode(self) -> list[DecodeCell]:
         return [c for c in self.cells if isinstance(c, DecodeCell)]
+
+    @property
+    def moe(self) -> list[MoeCell]:
+        return [c for c in self.cells if isinstance(c, MoeCell)]
 
     @property
     def title(self) -> str:

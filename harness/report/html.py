@@ -58,10 +58,10 @@ def _timing_sentence(runs: list[Run]) -> str:
     """How the shown times were taken, from the cells' own timing methods (they differ by
     machine and over the history: CPU perf_counter, CUDA events, kernel spans)."""
     parts = []
-    for kind, label in (("gemm", "GEMM"), ("decode", "decode")):
+    for kind, label in (("gemm", "GEMM"), ("decode", "decode"), ("moe", "MoE")):
         counts: dict[str, int] = {}
         for r in runs:
-            for c in (r.gemm if kind == "gemm" else r.decode):
+            for c in (c for c in r.cells if c.kind == kind):
                 if c.status == "ok" and c.timing_method:
                     m = c.timing_method.split(",")[0]  # the method, not the engine options
                     counts[m] = counts.get(m, 0) + 1
@@ -206,7 +206,9 @@ def _not_ok_table(runs: list[Run]) -> str:
         for c in r.cells:
             if c.status == "ok":
                 continue
-            where = (f"{c.layer} M={c.m}" if c.kind == "gemm" else f"batch={c.batch} in={c.input_len} {c.engine}")
+            where = (f"{c.layer} M={c.m}" if c.kind == "gemm"
+                     else f"tokens={c.tokens} down={c.down}" if c.kind == "moe"
+                     else f"batch={c.batch} in={c.input_len} {c.engine}")
             key = (r.title, c.kind, c.model, c.backend, c.autotune, c.status, c.reason)
             groups.setdefault(key, []).append(where)
     if not groups:
@@ -277,6 +279,24 @@ def _asv_regressions(data: ReportData) -> str:
             "recorded commit: each row is a lasting step up in time.</p>"
             + _table(["benchmark", "machine", "label", "before", "after", "after/before",
                       "from commit"], rows, num_cols={3, 4, 5}, raw=True))
+
+
+def _moe_table(r: Run) -> str:
+    """MoE layer cells: per runner, autotune and down rule, the time per call by tokens."""
+    ok = [c for c in r.moe if c.status == "ok"]
+    if not ok:
+        return ""
+    rows = []
+    for c in sorted(ok, key=lambda c: (c.runner, c.autotune, c.down, c.tokens)):
+        ci = f"{c.ci99_s[0] * 1e6:.1f}-{c.ci99_s[1] * 1e6:.1f}" if c.ci99_s else "-"
+        rows.append([c.runner, c.autotune, c.down, c.tokens, f"{c.median_s * 1e6:.1f}", ci,
+                     c.experts_hit, f"{c.roofline_frac * 100:.0f}%" if c.roofline_frac else "-",
+                     (c.up_config or {}).get("BLOCK_SIZE_M", "-"),
+                     (c.down_config or {}).get("BLOCK_SIZE_M", "-"), c.config_source])
+    return ("<h3>MoE layer (routing, up, silu*up, down, combine)</h3>"
+            + _table(["runner", "autotune", "down", "tokens", "median us", "99% CI us",
+                      "experts hit", "%BW", "up BLOCK_M", "down BLOCK_M", "configs"], rows,
+                     num_cols={3, 4, 5, 6, 7}))
 
 
 def _claims_table(h) -> str:
@@ -379,6 +399,7 @@ def render(data: ReportData, out_dir: str | Path, title: str = "nvfp4-bench repo
         if r.decode:
             parts.append(_img(plots.decode_throughput(r, figs, f"decode-{i}.svg"), f"decode, {r.title}"))
             parts.append(_decode_table(r))
+        parts.append(_moe_table(r))
         progress.tick()
     parts.append(_asv_regressions(data))
     parts.append("<h2>Failed and skipped cells</h2>")
