@@ -159,26 +159,41 @@ def evaluate(claim: Claim, entry: store.Entry) -> Verdict:
 
 def gate(conf: store.Config, machine: str | None = None, rev: str | None = None,
          claims: list[Claim] | None = None) -> list[Verdict]:
+    """Each claim's verdict at ``rev``; without one, at the newest stored run that holds the
+    claim's cells (suites are recorded apart: the newest commit may hold only some)."""
     machine = store.pick_machine(conf, machine)
+    claims = claims if claims is not None else load_claims()
     if rev:
         entry = store.resolve(conf, machine, rev)
-    else:
-        all_entries = store.entries(conf, machine)
-        if not all_entries:
-            raise store.StoreError(f"no stored runs for {machine}")
-        entry = all_entries[-1]
-    return [evaluate(c, entry) for c in (claims if claims is not None else load_claims())]
+        return [evaluate(c, entry) for c in claims]
+    all_entries = store.entries(conf, machine)
+    if not all_entries:
+        raise store.StoreError(f"no stored runs for {machine}")
+    return [evaluate(c, latest_for(c, all_entries)) for c in claims]
+
+
+def latest_for(claim: Claim, entries: list[store.Entry]) -> store.Entry:
+    """The newest entry holding both of the claim's cells, else the newest one."""
+    for e in reversed(entries):
+        if _find(e, claim.kind, claim.new) and _find(e, claim.kind, claim.old):
+            return e
+    return entries[-1]
 
 
 def markdown(verdicts: list[Verdict]) -> str:
     icon = {PASS: ":white_check_mark:", FAIL: ":x:", NA: ":white_circle:", NO_DATA: ":grey_question:"}
     head = verdicts[0] if verdicts else None
-    at = f"`{head.commit[:8]}`" + (f" (run label `{head.label}`)" if head and head.label else "") if head else ""
+    commits = list(dict.fromkeys(v.commit for v in verdicts))
+    several = len(commits) > 1  # claims read at different commits: say which per row
+    at = ", ".join(f"`{c[:8]}`" for c in commits) + (
+        f" (run label `{head.label}`)" if head and head.label else "") if head else ""
     lines = [f"### Claims on `{head.machine}` at {at}" if head else "### Claims", "",
-             "| claim | verdict | measured | threshold | source figures | detail |",
-             "|---|---|---:|---:|---|---|"]
+             "| claim | verdict | measured | threshold | source figures | detail |"
+             + (" at |" if several else ""),
+             "|---|---|---:|---:|---|---|" + ("---|" if several else "")]
     for v in verdicts:
         m = f"x{v.ratio:.3f}" if v.ratio is not None else "-"
         lines.append(f"| {v.claim.id} | {icon[v.verdict]} {v.verdict} | {m} | "
-                     f"x{v.claim.threshold:.2f} | {v.claim.source_figures} | {v.reason} |")
+                     f"x{v.claim.threshold:.2f} | {v.claim.source_figures} | {v.reason} |"
+                     + (f" `{v.commit[:8]}` |" if several else ""))
     return "\n".join(lines) + "\n"

@@ -227,6 +227,31 @@ def test_gate_pass_fail_not_applicable_no_data(project, tmp_path, capsys):
     assert main(["gate", "--config", str(conf.path), "--claims", str(claims), "--only", "x"]) == 2
 
 
+def test_gate_and_report_read_each_claim_where_its_cells_are(project, tmp_path, capsys):
+    """Suites are recorded apart: a newer commit with other cells does not hide a claim's
+    cells, and the report compares the newest two runs that share cells."""
+    conf, base, head = project
+    (later,) = _commits(conf, 1)
+    _plant(conf, base, [_gemm("torch-bf16", _noise(1e-3)), _gemm("torch-dequant", _noise(1.3e-3, seed=9))])
+    _plant(conf, head, [_gemm("torch-bf16", _noise(1e-3, seed=3)),
+                        _gemm("torch-dequant", _noise(1.3e-3, seed=4))])
+    _plant(conf, later, [_decode("torch-dequant", _noise(5e-3))])  # another suite only
+    claims = tmp_path / "claims.toml"
+    claims.write_text(CLAIMS.format(expected=1.25))
+    verdicts = {v.claim.id: v for v in gate.gate(conf, claims=gate.load_claims(claims))}
+    assert verdicts["bf16-beats-dequant"].verdict == gate.PASS
+    assert verdicts["bf16-beats-dequant"].commit == head  # the newest run with its cells
+    assert verdicts["absent"].commit == later
+    print(gate.markdown(list(verdicts.values())))
+    out = capsys.readouterr().out
+    assert f"`{head[:8]}`" in out and f"`{later[:8]}`" in out and "| at |" in out
+    # an explicit commit is read as it is
+    assert gate.gate(conf, rev=later, claims=gate.load_claims(claims))[0].verdict == gate.NO_DATA
+    from harness import report
+    (h,) = report.gather(conf, claims=gate.load_claims(claims)).histories
+    assert (h.base.commit, h.head.commit) == (base, head)
+
+
 def test_project_claims_file_is_valid():
     claims = {c.id: c for c in gate.load_claims()}
     pr = claims["sglang-pr26496"]

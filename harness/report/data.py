@@ -119,9 +119,10 @@ def gather(conf: store.Config | None, run_files: list[Path] = (), latest_only: b
             plain = [e for e in ents if e.label is None] or ents
             if plain:
                 h.head = plain[-1]
-                h.verdicts = [gate.evaluate(c, h.head) for c in claims]
-            if len(plain) >= 2:
-                h.base = plain[-2]
+                h.verdicts = [gate.evaluate(c, gate.latest_for(c, plain)) for c in claims]
+            pair = _latest_pair(plain)
+            if pair:
+                h.base, h.head = pair
                 h.last_compare = compare.compare(h.base, h.head)
             histories.append(h)
     site = conf.html_dir / "index.html" if conf is not None and (conf.html_dir / "index.html").exists() else None
@@ -134,6 +135,21 @@ def gather(conf: store.Config | None, run_files: list[Path] = (), latest_only: b
             problems.append(f"{conf.html_dir / 'regressions.json'}: unreadable ({e}); skipped")
     return ReportData(runs=runs, histories=histories, asv_site=site, problems=problems,
                       asv_regressions=regressions)
+
+
+def _stored(e: store.Entry) -> set[tuple]:
+    return {(k, p) for k in store.KINDS for p, _, _ in e.cells_of(k)}
+
+
+def _latest_pair(entries: list[store.Entry]) -> tuple[store.Entry, store.Entry] | None:
+    """The newest two runs that share cells (suites are recorded apart: the newest commit
+    may hold only a suite the one before it did not), newest pair first."""
+    cells = [_stored(e) for e in entries]
+    for j in range(len(entries) - 1, 0, -1):
+        for i in range(j - 1, -1, -1):
+            if cells[i] & cells[j]:
+                return entries[i], entries[j]
+    return None
 
 
 def choices(run: Run) -> list[analysis.Choice]:
