@@ -166,8 +166,8 @@ def ident(name: str) -> str:
 
 
 def kind_of(bench: str) -> str | None:
-    """'gemm' or 'decode' for one of our benchmarks (one per suite block, ``bench/``), None
-    for an imported one."""
+    """The cell kind (one of KINDS) of one of our benchmarks (one per suite block,
+    ``bench/``); None for an imported one."""
     kind = bench.split(".", 1)[0]
     return kind if kind in KINDS and bench.split(".", 1)[-1].startswith("track_") else None
 

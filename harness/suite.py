@@ -30,7 +30,7 @@ class Grid:
     """One suite block as asv sees it: one benchmark whose parameter grid is exactly the
     block's cells (every point measurable), named ``<kind>.track_<suite>[_<block>]``."""
 
-    kind: str                      # "gemm" | "decode"
+    kind: str                      # "gemm" | "decode" | "moe"
     suite: str
     block: str                     # "" when the suite has one block of this kind
     names: tuple[str, ...]         # asv param_names
