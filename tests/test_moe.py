@@ -192,6 +192,14 @@ def test_tune_writes_sglang_files_and_cells_use_them(tmp_path):
     assert by[("off", "shared", 5)].config_source == "SGLang's default config"
 
 
+def test_without_gpu_or_interpreter_triton_moe_is_skipped(monkeypatch):
+    from harness.moe import run as moe_run
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    (c,) = moe_run.plan("tiny-moe", [1], ["triton-moe"], ["off"], ["shared"])
+    reason = moe_run.why_skipped(c, torch.device("cpu"), Path("/nonexistent"))
+    assert reason and "needs an NVIDIA GPU or TRITON_INTERPRET=1" in reason
+
+
 def test_moe_plan_rejects_bad_input():
     from harness.models import UnknownNameError
     from harness.moe import run as moe_run

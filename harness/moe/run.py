@@ -117,7 +117,14 @@ def why_skipped(cell: MoeCell, device: torch.device, root: Path) -> str | None:
     if runner.name == "triton-moe":
         import importlib.util
         if importlib.util.find_spec("triton") is None:
-            return "triton is not installed"
+            return "triton is not installed (pip install 'nvfp4-bench[gpu]')"
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            return ("triton-moe needs an NVIDIA GPU or TRITON_INTERPRET=1; this machine has "
+                    "no GPU")
+        if device.type == "cuda":
+            from harness.hardware import compute_capability
+            if compute_capability(device) < 80:
+                return f"triton-moe needs SM80 or newer; this GPU is SM{compute_capability(device)}"
         if cell.autotune == "off" and cell.down == "own":
             return ("autotune off runs SGLang's one default config for both kernels, so down's "
                     "BLOCK_SIZE_M is up's already (the down=shared row is the measurement)")
