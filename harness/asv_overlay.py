@@ -13,7 +13,9 @@ commit being measured; nothing is downloaded and the user's environment is never
     asv run -E overlay:/opt/conda/bin/python ... another interpreter (it needs asv_runner)
 
 The project is built with ``pip wheel --no-deps --no-build-isolation`` (asv.conf.json), so
-setuptools must be importable there too; scripts/setup.sh installs both.
+setuptools must be importable there too; scripts/setup.sh installs both. Packages the
+interpreter finds only through PYTHONPATH are not site directories: asv drops PYTHONPATH and
+passes its own ``ASV_PYTHONPATH`` on instead.
 """
 
 from __future__ import annotations
