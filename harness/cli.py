@@ -478,7 +478,7 @@ def cmd_publish(args) -> int:
     conf = store.load_config(args.config, args.results, strict=args.strict)
     with store.locked(conf):
         benchmarks = store.write_benchmarks(conf)
-    bad = store.bad_results(conf)
+    stored, bad = store.scan_results(conf)
     for _, e in bad:
         store.skip_bad(conf, e)  # raises under --strict
     with tempfile.TemporaryDirectory(prefix="nvfp4-asv-publish-") as tmp:
@@ -488,15 +488,11 @@ def cmd_publish(args) -> int:
         # these machines has no graph, and asv's page would ask for it)
         results_dir = Path(tmp) / "asv"
         skip = {p for p, _ in bad}
-        stored = set()
         for m in store.machines(conf):
             (results_dir / m).mkdir(parents=True)
             for f in (conf.results_dir / m).glob("*.json"):
-                if f in skip:
-                    continue
-                (results_dir / m / f.name).symlink_to(f.resolve())
-                if f.name != "machine.json":
-                    stored |= set(store.load_results(f).get_all_result_keys())
+                if f not in skip:
+                    (results_dir / m / f.name).symlink_to(f.resolve())
         (results_dir / "benchmarks.json").write_text(json.dumps(dict(
             {k: v for k, v in benchmarks.items() if k in stored}, version=2)))
         doc = json.loads(conf.path.read_text())

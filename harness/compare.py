@@ -8,7 +8,6 @@ blocks, tokens/s, the timing-method banner and the exit status (1 on a regressio
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -40,25 +39,10 @@ def _group_cells(entry: store.Entry) -> dict[tuple[str, tuple], tuple]:
     out: dict[tuple[str, tuple], tuple] = {}
     for bench in sorted(res.get_all_result_keys()):
         group = store.kind_of(bench) or bench
-        params = res.get_result_params(bench)
         version = res.benchmark_version.get(bench)
-        stats = res.get_result_stats(bench, params)
-        for (combo, value, samples), st in zip(_unroll(entry, bench), stats):
+        for combo, value, samples, st in entry.rows(bench):
             out.setdefault((group, combo), (value, samples, st, version))
     return out
-
-
-def _unroll(entry: store.Entry, bench: str):
-    """asv's own unrolling of a parameterised result (``asv.commands.compare.unroll_result``),
-    with the parameter values turned back into Python values; skipped ones stay NaN."""
-    from asv.commands.compare import unroll_result
-    res = entry.results
-    params = res.get_result_params(bench)
-    values = res.get_result_value(bench, params)
-    samples = res.get_result_samples(bench, params)
-    combos = list(itertools.product(*params)) or [()]
-    for combo, (_, value, s) in zip(combos, unroll_result(bench, params, values, samples)):
-        yield tuple(store.unrepr(x) for x in combo), value, s
 
 
 def compare(base: store.Entry, head: store.Entry, threshold: float = 0.05) -> list[Row]:

@@ -64,7 +64,8 @@ def plan(model: str, ms: list[int], backends: list[str], autotunes: list[str],
     return cells
 
 
-def _seed(*parts) -> int:
+def seed_of(*parts) -> int:
+    """A stable 32-bit seed from the parts naming what is generated (layer, inputs, ...)."""
     h = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(h[:4], "little")
 
@@ -153,7 +154,7 @@ def run_group(cells: list[GemmCell], opts: GemmOptions, device: torch.device | N
         by_layer.setdefault((c.layer, c.n, c.k), []).append(c)
     for (layer, n, k), layer_cells in by_layer.items():
         try:
-            weights = make_weights(n, k, _seed(opts.seed, layer, n, k), device, opts.weight_std)
+            weights = make_weights(n, k, seed_of(opts.seed, layer, n, k), device, opts.weight_std)
             prepared = backend.prepare(weights, autotune=(autotune == "on"))
         except BackendRefused as e:
             for c in layer_cells:
@@ -177,7 +178,7 @@ def run_group(cells: list[GemmCell], opts: GemmOptions, device: torch.device | N
 def _run_cell(c: GemmCell, backend: GemmBackend, weights: LayerWeights, prepared, opts: GemmOptions,
               device: torch.device) -> None:
     try:
-        x = make_activations(c.m, c.k, _seed(opts.seed, "x", c.m, c.k), device)
+        x = make_activations(c.m, c.k, seed_of(opts.seed, "x", c.m, c.k), device)
         x_gsf = nvfp4.global_scale_for(x)
         ref = reference(backend.math, weights, x, x_gsf)
         if c.autotune == "on":

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -360,14 +360,27 @@ def bench_of(cell: Cell, benchmarks: dict[str, dict],
     name = prefer(cell) if prefer else None
     if name in benchmarks:
         return name
-    reprs = [param_repr(v) for v in cell_params(cell)]
-    fits = sorted(n for n, b in benchmarks.items()
-                  if kind_of(n) == cell.kind and len(b.get("params", [])) == len(reprs)
-                  and all(r in allowed for r, allowed in zip(reprs, b["params"])))
+    fits = grids_holding(cell.kind, cell_params(cell), benchmarks)
     if not fits:
         raise StoreError(f"cell {cell.key} is in no suite block's parameter grid "
                          f"(benchmarks.json from bench/); add it to a suite file")
     return fits[0]
+
+
+def grids_holding(kind: str, values: tuple, benchmarks: dict[str, dict]) -> list[str]:
+    """Our benchmarks of ``kind`` whose parameter grid holds ``values``, by name."""
+    reprs = [param_repr(v) for v in values]
+    return sorted(n for n, b in benchmarks.items()
+                  if kind_of(n) == kind and len(b.get("params", [])) == len(reprs)
+                  and all(r in allowed for r, allowed in zip(reprs, b["params"])))
+
+
+def flat_index(space: list[list[str]], values: tuple) -> int:
+    """Position of ``values`` in asv's flattened parameter grid ``space`` (lists of reprs)."""
+    idx = 0
+    for v, allowed in zip(values, space):
+        idx = idx * len(allowed) + allowed.index(param_repr(v))
+    return idx
 
 
 def save_cells(conf: Config, machine: str, sha: str, env: str, date_ms: int, params: dict,
@@ -402,12 +415,7 @@ def save_cells(conf: Config, machine: str, sha: str, env: str, date_ms: int, par
     for c in cells:
         name = bench_of(c, benchmarks, prefer)
         bench = benchmarks[name]
-        space = bench["params"]
-        reprs = [param_repr(v) for v in cell_params(c)]
-        idx = 0
-        for r, allowed in zip(reprs, space):
-            idx = idx * len(allowed) + allowed.index(r)
-        updates.setdefault(name, {})[idx] = c
+        updates.setdefault(name, {})[flat_index(bench["params"], cell_params(c))] = c
 
     started = datetime.datetime.now(datetime.timezone.utc)
     for name, by_idx in updates.items():
@@ -447,6 +455,8 @@ class Entry:
     date_ms: int
     path: Path
     results: object  # asv.results.Results
+    # cells_of per kind, unrolled once: the gate and the report ask per claim and per pair
+    _by_kind: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def label(self) -> str | None:
@@ -461,9 +471,7 @@ class Entry:
         reprs = [param_repr(v) for v in values]
         if not params or len(params) != len(reprs) or any(r not in p for r, p in zip(reprs, params)):
             return None, None, False
-        idx = 0
-        for r, p in zip(reprs, params):
-            idx = idx * len(p) + p.index(r)
+        idx = flat_index(params, values)
         vals = res.get_result_value(bench, params)
         samples = res.get_result_samples(bench, params)
         v = vals[idx] if isinstance(vals, list) else vals
@@ -472,40 +480,39 @@ class Entry:
             return v, None, False  # skipped or never run
         return v, s, True
 
-    def cells(self, bench: str) -> list[tuple[tuple, float | None, list[float] | None]]:
-        """Every stored combination of ``bench``: (param values, value, samples)."""
+    def rows(self, bench: str) -> list[tuple[tuple, float | None, list | None, dict | None]]:
+        """Every stored combination of ``bench`` as asv unrolls it
+        (``asv.commands.compare.unroll_result``): (param values, value, samples, asv's
+        stats); skipped or never-run ones (NaN) are left out."""
+        from asv.commands.compare import unroll_result
         res = self.results
         if bench not in res.get_all_result_keys():
             return []
         params = res.get_result_params(bench)
-        vals = res.get_result_value(bench, params)
-        samples = res.get_result_samples(bench, params) or [None] * len(vals)
-        out = []
-        for combo, v, s in zip(itertools.product(*params), vals, samples):
-            if isinstance(v, float) and math.isnan(v):
-                continue
-            out.append((tuple(unrepr(x) for x in combo), v, s))
-        return out
+        combos = list(itertools.product(*params)) or [()]
+        unrolled = unroll_result(bench, params, res.get_result_value(bench, params),
+                                 res.get_result_samples(bench, params),
+                                 res.get_result_stats(bench, params))
+        return [(tuple(unrepr(x) for x in combo), v, smp, st)
+                for combo, (_, v, smp, st) in zip(combos, unrolled)
+                if not (isinstance(v, float) and math.isnan(v))]
+
+    def cells(self, bench: str) -> list[tuple[tuple, float | None, list[float] | None]]:
+        """Every stored combination of ``bench``: (param values, value, samples)."""
+        return [(p, v, smp) for p, v, smp, _ in self.rows(bench)]
 
 
     def cells_of(self, kind: str) -> list[tuple[tuple, float | None, list[float] | None]]:
-        """Every stored cell of ``kind`` ('gemm' | 'decode') over all its suite blocks; a
-        cell stored in two blocks counts once (the first by name)."""
-        seen: dict[tuple, tuple] = {}
-        for bench in sorted(self.results.get_all_result_keys()):
-            if kind_of(bench) == kind:
-                for params, v, s in self.cells(bench):
-                    seen.setdefault(params, (params, v, s))
-        return list(seen.values())
-
-    def benches_of(self, kind: str) -> dict[tuple, str]:
-        """Which benchmark holds each stored cell of ``kind`` (as ``cells_of`` picks it)."""
-        out: dict[tuple, str] = {}
-        for bench in sorted(self.results.get_all_result_keys()):
-            if kind_of(bench) == kind:
-                for params, _, _ in self.cells(bench):
-                    out.setdefault(params, bench)
-        return out
+        """Every stored cell of ``kind`` (one of KINDS) over all its suite blocks; a cell
+        stored in two blocks counts once (the first by name)."""
+        if kind not in self._by_kind:
+            seen: dict[tuple, tuple] = {}
+            for bench in sorted(self.results.get_all_result_keys()):
+                if kind_of(bench) == kind:
+                    for params, v, s in self.cells(bench):
+                        seen.setdefault(params, (params, v, s))
+            self._by_kind[kind] = list(seen.values())
+        return self._by_kind[kind]
 
 
 def unrepr(r: str):
@@ -542,18 +549,20 @@ def skip_bad(conf: Config, error: ResultsFileError,
         _warn(f"{error}; skipped (--strict makes this an error)")
 
 
-def bad_results(conf: Config) -> list[tuple[Path, ResultsFileError]]:
-    """Every asv results file of the tree that cannot be read."""
-    out = []
+def scan_results(conf: Config) -> tuple[set[str], list[tuple[Path, ResultsFileError]]]:
+    """One read of every asv results file of the tree: the benchmarks that have results,
+    and the files that cannot be read."""
+    keys: set[str] = set()
+    bad = []
     for m in machines(conf):
         for path in sorted((conf.results_dir / m).glob("*.json")):
             if path.name == "machine.json":
                 continue
             try:
-                load_results(path)
+                keys |= set(load_results(path).get_all_result_keys())
             except ResultsFileError as e:
-                out.append((path, e))
-    return out
+                bad.append((path, e))
+    return keys, bad
 
 
 def entries(conf: Config, machine: str,
@@ -646,18 +655,13 @@ def migrate(conf: Config, log: Callable[[str], None] = lambda s: None) -> int:
                 for key in stale:
                     kept_here = 0
                     kind = kind_of(key)
-                    params = res.get_result_params(key)
-                    stats = res.get_result_stats(key, params) or []
-                    for (combo, value, samples), st in zip(_unrolled(res, key), stats):
-                        if isinstance(value, float) and math.isnan(value):
-                            continue
+                    for combo, value, samples in entry.cells(key):
                         target = _grid_for(kind, combo, benchmarks, methods.get((kind, combo)))
                         if target is None:
                             kept_here += 1
                             continue
-                        bench = benchmarks[target]
-                        idx = _flat_index(bench["params"], combo)
-                        moved.setdefault(target, {})[idx] = (value, samples, st)
+                        idx = flat_index(benchmarks[target]["params"], combo)
+                        moved.setdefault(target, {})[idx] = (value, samples)
                         method = methods.get((kind, combo), {}).get("method")
                         versions[target] = _version_for(kind, method)
                     if not kept_here:  # else the old benchmark keeps them all, for our readers
@@ -667,7 +671,7 @@ def migrate(conf: Config, log: Callable[[str], None] = lambda s: None) -> int:
                     bench = dict(benchmarks[target], version=versions[target])
                     size = math.prod(len(p) for p in bench["params"])
                     result, samples, number = [math.nan] * size, [None] * size, [None] * size
-                    for i, (v, smp, st) in by_idx.items():
+                    for i, (v, smp) in by_idx.items():
                         result[i], samples[i] = v, smp
                         number[i] = 1 if smp else None
                     res.add_result(bench, BenchmarkResult(result=result, samples=samples,
@@ -681,28 +685,10 @@ def migrate(conf: Config, log: Callable[[str], None] = lambda s: None) -> int:
         return changed
 
 
-def _unrolled(res, key: str):
-    params = res.get_result_params(key)
-    values = res.get_result_value(key, params)
-    samples = res.get_result_samples(key, params) or [None] * len(values)
-    for combo, v, smp in zip(itertools.product(*params), values, samples):
-        yield tuple(unrepr(x) for x in combo), v, smp
-
-
-def _flat_index(space: list[list[str]], values: tuple) -> int:
-    idx = 0
-    for v, allowed in zip(values, space):
-        idx = idx * len(allowed) + allowed.index(param_repr(v))
-    return idx
-
-
 def _grid_for(kind: str, values: tuple, benchmarks: dict[str, dict],
               recorded: dict | None) -> str | None:
     """The block of the suite the cell was recorded by, else the first holding it."""
-    reprs = [param_repr(v) for v in values]
-    fits = sorted(n for n, b in benchmarks.items()
-                  if kind_of(n) == kind and len(b.get("params", [])) == len(reprs)
-                  and all(r in allowed for r, allowed in zip(reprs, b["params"])))
+    fits = grids_holding(kind, values, benchmarks)
     suite = (recorded or {}).get("suite")
     mine = [n for n in fits if suite and (n == f"{kind}.track_{ident(suite)}"
                                           or n.startswith(f"{kind}.track_{ident(suite)}_"))]

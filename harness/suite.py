@@ -58,6 +58,8 @@ class Suite:
     gemm: list[dict] = field(default_factory=list)
     decode: list[dict] = field(default_factory=list)
     moe: list[dict] = field(default_factory=list)
+    # grids per kind, planned once: grid_of() asks for them per cell when a record is saved
+    _grids: dict[str, list] = field(default_factory=dict, repr=False, compare=False)
 
     def gemm_blocks(self) -> list[tuple[gemm.GemmOptions, list[Cell]]]:
         out = []
@@ -94,6 +96,11 @@ class Suite:
         return [(b, decode.DecodeOptions(), self._decode_block(b)) for b in self.decode]
 
     def grids(self, kind: str) -> list[Grid]:
+        if kind not in self._grids:
+            self._grids[kind] = self._plan_grids(kind)
+        return self._grids[kind]
+
+    def _plan_grids(self, kind: str) -> list[Grid]:
         blocks = self.blocks(kind)
         names = store.PARAMS[kind]
         out = []

@@ -15,7 +15,6 @@ reference above the runner's tolerance, make it ``failed``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Callable
 import torch
 
 from harness import health as health_mod
+from harness.gemm import describe_error, seed_of
 from harness.hardware import copy_bandwidth, default_device
 from harness.measure import time_fn
 from harness.models import UnknownNameError, get_model
@@ -136,10 +136,6 @@ def why_skipped(cell: MoeCell, device: torch.device, root: Path) -> str | None:
     return None
 
 
-def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "little")
-
-
 def _configs(cell: MoeCell, shape: MoeShape, device: torch.device, root: Path):
     if cell.autotune == "off":
         cfg = configs.default_config(cell.tokens, shape.experts)
@@ -175,7 +171,7 @@ def run(cells: list[MoeCell], opts: MoeOptions, log: Callable[[str], None] = lam
         if not todo:
             continue
         try:
-            weights = synthetic(shape, seed=_seed(opts.seed, model)).to(device)
+            weights = synthetic(shape, seed=seed_of(opts.seed, model)).to(device)
             fused = None
             if any(c.runner == "triton-moe" for c in todo):
                 from harness.moe.triton_moe import FusedMoe
@@ -198,10 +194,9 @@ def run(cells: list[MoeCell], opts: MoeOptions, log: Callable[[str], None] = lam
 
 def _run_cell(c: MoeCell, shape: MoeShape, weights: MoeWeights, fused, opts: MoeOptions,
               device: torch.device, root: Path) -> None:
-    from harness.gemm import describe_error
     runner = RUNNERS[c.runner]
     try:
-        g = torch.Generator(device="cpu").manual_seed(_seed(opts.seed, "x", c.tokens))
+        g = torch.Generator(device="cpu").manual_seed(seed_of(opts.seed, "x", c.tokens))
         x = torch.randn(c.tokens, shape.hidden, generator=g).to(torch.bfloat16).to(device)
         tw, ids = route(x, weights.router, shape.top_k, shape.renormalize)
         ref = reference(x, weights, tw, ids)

@@ -45,18 +45,19 @@ def _bench_ms(fn: Callable[[], object], device: torch.device) -> float:
 def tune(model: str, tokens: list[int], device: torch.device, root: Path,
          space: list[dict] = SPACE, seed: int = 0,
          log: Callable[[str], None] = lambda s: None) -> tuple[Path, Path]:
+    from harness.gemm import seed_of
     from harness.models import get_model
     from harness.moe import run as moe_run
     from harness.moe.triton_moe import FusedMoe, _launch, align
 
     shape = get_model(model).moe_shape()
-    weights = synthetic(shape, seed=moe_run._seed(seed, model)).to(device)
+    weights = synthetic(shape, seed=seed_of(seed, model)).to(device)
     fused = FusedMoe(weights)
     best_up: dict[int, dict] = {}
     best_down: dict[int, dict] = {}
     refused: dict[str, str] = {}
     for m in tokens:
-        g = torch.Generator(device="cpu").manual_seed(moe_run._seed(seed, "x", m))
+        g = torch.Generator(device="cpu").manual_seed(seed_of(seed, "x", m))
         x = torch.randn(m, shape.hidden, generator=g).to(torch.bfloat16).to(device)
         tw, ids = route(x, weights.router, shape.top_k, shape.renormalize)
         twf = tw.float().flatten()
