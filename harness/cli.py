@@ -550,12 +550,16 @@ def _names(with_names: bool) -> dict[str, str]:
     """The valid models, backends and suites, for --help (importing the backends loads torch:
     only when help is asked for)."""
     if not with_names:
-        return {"models": "see --help", "backends": "see --help", "suites": "see --help"}
+        return {k: "see --help" for k in ("models", "backends", "suites", "moe_models",
+                                          "moe_runners")}
     from harness import suite
     from harness.backends import BACKENDS
     from harness.models import MODELS
+    from harness.moe.runners import RUNNERS
     return {"models": ", ".join(MODELS), "backends": ", ".join(BACKENDS),
-            "suites": ", ".join(suite.available())}
+            "suites": ", ".join(suite.available()),
+            "moe_models": ", ".join(n for n, c in MODELS.items() if c.is_moe),
+            "moe_runners": ", ".join(RUNNERS)}
 
 
 def build_parser(with_names: bool = False) -> argparse.ArgumentParser:
@@ -600,11 +604,11 @@ def build_parser(with_names: bool = False) -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_gemm)
 
     mo = sub.add_parser("moe", help="one MoE layer per runner, autotune and down rule, at token counts")
-    mo.add_argument("--model", default="qwen3-30b-a3b", help="a MoE model: qwen3-30b-a3b, tiny-moe")
+    mo.add_argument("--model", default="qwen3-30b-a3b", help=f"a MoE model: {names['moe_models']}")
     mo.add_argument("--tokens", type=_csv_ints, default=[1, 8, 32, 128, 256],
                     help="comma list of token counts")
     mo.add_argument("--runners", type=_csv, default=["moe-ref", "triton-moe"],
-                    help="comma list of: moe-ref, triton-moe")
+                    help=f"comma list of: {names['moe_runners']}")
     mo.add_argument("--autotune", type=_csv, default=["on", "off"], help="on,off | on | off")
     mo.add_argument("--down", type=_csv, default=["shared", "own"],
                     help="shared (down's BLOCK_SIZE_M forced to up's, SGLang's rule) | own")
@@ -617,7 +621,7 @@ def build_parser(with_names: bool = False) -> argparse.ArgumentParser:
 
     tm = sub.add_parser("tune-moe", help="tune the Triton fused MoE for this GPU; writes "
                         "SGLang-format config files (up and down)")
-    tm.add_argument("--model", default="qwen3-30b-a3b", help="a MoE model: qwen3-30b-a3b, tiny-moe")
+    tm.add_argument("--model", default="qwen3-30b-a3b", help=f"a MoE model: {names['moe_models']}")
     tm.add_argument("--tokens", type=_csv_ints, default=[1, 2, 4, 8, 16, 32, 64, 128, 256],
                     help="comma list of token counts")
     tm.add_argument("--config-dir", help="where to write (default: results/moe-configs)")

@@ -104,7 +104,9 @@ def activation_bytes(cfg, batch: int, tokens: int) -> int:
     widest GEMM's output with its input and gated halves, a few hidden-size buffers, and
     the fp32 logits of the last position."""
     widest = max(n for n, _ in weights_mod.all_linears(cfg).values())
-    return tokens * (3 * widest + 4 * cfg.hidden) * 2 + batch * cfg.vocab * 4
+    # routed experts: every (token, expert) pair's [2I] and [H] rows, and the sort buffers
+    experts = tokens * cfg.experts_per_token * (3 * cfg.moe_intermediate + 2 * cfg.hidden) * 2
+    return tokens * (3 * widest + 4 * cfg.hidden) * 2 + experts + batch * cfg.vocab * 4
 
 
 def memory_check(backend: GemmBackend, cfg, batch: int, max_len: int, input_len: int,
@@ -115,7 +117,9 @@ def memory_check(backend: GemmBackend, cfg, batch: int, max_len: int, input_len:
         return None
     elements = sum(n * k for n, k in weights_mod.all_linears(cfg).values())
     dense = sum(torch.Size(s).numel() * 2 for s in weights_mod.dense_shapes(cfg).values())
-    weights = int(elements * backend.resident_bytes_per_element) + dense
+    # routed experts stay NVFP4 (0.5 + 1/16 bytes per element) whatever the GEMM backend
+    experts = weights_mod.expert_elements(cfg) * 9 // 16
+    weights = int(elements * backend.resident_bytes_per_element) + dense + experts
     chunk = batch * min(input_len, max(1, prefill_chunk // batch))  # the prefill's widest M
     need = int((weights + cache_bytes(cfg, batch, max_len) + activation_bytes(cfg, batch, chunk))
                * (1 + margin))
@@ -157,6 +161,22 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
             done(c)
         return cells
     cfg = plan.config if plan is not None else get_model(cells[0].model)
+    moe_runner, moe_root = None, None
+    if cfg.is_moe:
+        from harness.moe import runners
+        from harness.moe.run import MoeOptions, config_dir
+        moe_runner, moe_root = runners.for_backend(backend.name), config_dir(MoeOptions())
+        reason = (f"no MoE runner pairs with the {backend.name} backend; those that do: "
+                  f"{', '.join(sorted(runners.FOR_BACKEND))}" if moe_runner is None else
+                  runners.why_not(moe_runner, cfg.moe_shape(), cells[0].autotune, "shared",
+                                  device, moe_root))
+        for c in cells:
+            c.moe_runner = moe_runner or ""
+        if reason is not None:
+            for c in cells:
+                c.status, c.reason = "skipped", f"MoE runner {moe_runner}: {reason}"
+                done(c)
+            return cells
     todo = []
     for c in cells:
         r = memory_check(backend, cfg, c.batch, _max_len(c, opts), c.input_len, device,
@@ -186,7 +206,7 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
                               fused_gdn=opts.fused_gdn and fused_ok,
                               fused_attn=opts.fused_attn and fused_ok,
                               fused_norm=opts.fused_norm and fused_ok,
-                              pdl=opts.pdl)
+                              pdl=opts.pdl, moe_runner=moe_runner, moe_config_root=moe_root)
     except Exception as e:  # noqa: BLE001
         for c in todo:
             c.status, c.reason = "failed", f"preparing layers for {backend.name}: {describe_error(e)}"
@@ -198,7 +218,8 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
         try:
             max_len = _max_len(c, opts)
             engine = DecodeEngine(model, c.batch, max_len, prefill_chunk=opts.prefill_chunk)
-            c.weight_bytes = sum(lin.weight_bytes for lin in model.lin.values())
+            c.weight_bytes = (sum(lin.weight_bytes for lin in model.lin.values())
+                              + model.expert_bytes)
             c.model_bytes = model_bytes
             c.load_peak_bytes = load_peak
             c.weights, c.weights_notes = weights.source, list(weights.notes)

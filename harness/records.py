@@ -65,6 +65,7 @@ class DecodeCell:
     engine: str = "native"
     status: str = "skipped"
     reason: str = ""
+    moe_runner: str = ""       # MoE models: the runner of the routed experts (moe.runners)
     tokens_per_s: float | None = None
     median_step_s: float | None = None
     ci99_s: list[float] | None = None

@@ -103,6 +103,7 @@ class Suite:
     def _plan_grids(self, kind: str) -> list[Grid]:
         blocks = self.blocks(kind)
         names = store.PARAMS[kind]
+        unnamed = sum(1 for b, _, _ in blocks if not b.get("name"))
         out = []
         for i, (b, _, cells) in enumerate(blocks):
             values: list[list] = [[] for _ in names]
@@ -110,7 +111,9 @@ class Suite:
                 for slot, v in zip(values, store.cell_params(c)):
                     if v not in slot:
                         slot.append(v)
-            block = str(b.get("name", "")) or (str(i + 1) if len(blocks) > 1 else "")
+            # Unnamed blocks are numbered only when there are several of them, so naming a
+            # new block keeps the benchmark name (and history) of the one unnamed block.
+            block = str(b.get("name", "")) or (str(i + 1) if unnamed > 1 else "")
             out.append(Grid(kind, self.name, block, tuple(names),
                             tuple(tuple(v) for v in values), i))
         return out

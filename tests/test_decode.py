@@ -25,8 +25,11 @@ INPROC = decode.DecodeOptions(isolate=False)
 
 
 def _engine(model, backend, batch=2, max_len=16, seed=0, weights=None, device=CPU):
+    """An engine on synthetic weights; a MoE model's experts on the runner paired with the
+    backend."""
+    from harness.moe import runners
     w = weights or wmod.synthetic(get_model(model), device, seed=seed)
-    pm = PreparedModel(w, get_backend(backend), device)
+    pm = PreparedModel(w, get_backend(backend), device, moe_runner=runners.for_backend(backend))
     return DecodeEngine(pm, batch, max_len)
 
 

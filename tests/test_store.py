@@ -365,9 +365,10 @@ def test_shards_partition_the_cells():
     parts = [suite.shard(cells, i, 3) for i in range(3)]
     assert all(parts) and sum(len(p) for p in parts) == len(cells)
     assert len({c.key for p in parts for c in p}) == len(cells)
-    for p in parts:  # a (backend, autotune) group never straddles shards
+    for p in parts:  # a (model, backend, autotune) group never straddles shards
         for c in p:
-            assert all(d in p for d in cells if (d.kind, d.backend, d.autotune) == (c.kind, c.backend, c.autotune))
+            assert all(d in p for d in cells if (d.kind, d.model, d.backend, d.autotune)
+                       == (c.kind, c.model, c.backend, c.autotune))
     with pytest.raises(ValueError):
         suite.parse_shard("3/3")
 

@@ -150,3 +150,41 @@ def test_output_past_2_31_elements():
     ref = deq.run(deq.prepare(w), x[rows], None).float()
     err = ((out[rows].float() - ref).norm() / ref.norm()).item()
     assert not torch.isnan(out[rows]).any() and err < 1e-2, err
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+def test_cached_launches_match_tritons_own(autotune, monkeypatch):
+    """The resolved eager launches (harness.backends.triton_launch) give the same bits as
+    Triton's launch path, eagerly and in a CUDA graph, on every path (gemv, swapped operand,
+    tensor-core GEMM); a layer's entries go with its weights."""
+    import gc
+
+    from harness.backends import triton_launch, triton_w4a16
+    dev = torch.device("cuda")
+    tri = get_backend("triton")
+    n, k = 5120, 6144
+    w = make_weights(n, k, seed=3, device=dev, std=0.02)
+    p = tri.prepare(w, autotune=autotune)
+    for m in (1, 16, 64, 65):
+        x = make_activations(m, k, seed=m, device=dev)
+        monkeypatch.setenv(triton_launch.FAST_LAUNCH_ENV, "0")
+        plain = tri.run(p, x, None)
+        monkeypatch.setenv(triton_launch.FAST_LAUNCH_ENV, "1")
+        first = tri.run(p, x, None)   # Triton's path, then resolved
+        assert any(key[0] == id(p["words"]) and key[1] == m for key in triton_w4a16._FAST)
+        cached = tri.run(p, x.clone(), None)
+        g = torch.cuda.CUDAGraph()
+        static = x.clone()
+        with torch.cuda.graph(g):
+            graphed = tri.run(p, static, None)
+        static.copy_(make_activations(m, k, seed=m + 100, device=dev))
+        g.replay()
+        other = tri.run(p, static, None)
+        torch.cuda.synchronize()
+        assert torch.equal(first, plain) and torch.equal(cached, plain), m
+        assert torch.equal(graphed, other), m
+        assert not torch.equal(other, plain), m  # new activations: the comparison can fail
+    owner = id(p["words"])
+    del p, g
+    gc.collect()
+    assert not any(key[0] == owner for key in triton_w4a16._FAST)

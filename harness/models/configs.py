@@ -18,12 +18,17 @@ class LinearShape:
 # transformers' names of the layer kinds each architecture's engine runs.
 LAYER_TYPES = {"dense": ("full_attention",), "hybrid": ("full_attention", "linear_attention"),
                "moe": ("full_attention",)}
+# Which layer kinds an architecture's attention follows: "moe" (Qwen3-MoE) attends as "dense"
+# does; its MLPs are experts. A "hybrid" model with experts (Qwen3.5/3.6 MoE) is both.
+
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    arch: str                 # "dense" (GQA), "hybrid" (Gated DeltaNet + gated attention), "moe"
+    # "dense" (GQA), "hybrid" (Gated DeltaNet + gated attention), "moe" (GQA with expert
+    # MLPs); a hybrid model with ``experts`` has expert MLPs too (Qwen3.5/3.6 MoE)
+    arch: str
     hidden: int
     layers: int
     vocab: int
@@ -46,10 +51,13 @@ class ModelConfig:
     linear_v_heads: int = 0
     linear_head_dim: int = 0
     conv_kernel: int = 0
-    # MoE
+    # MoE: routed experts per layer, how many each token uses, each one's intermediate size;
+    # a shared expert (Qwen3.5/3.6 MoE: one SwiGLU MLP every token runs, its output scaled
+    # by sigmoid(shared_expert_gate(x))) of ``shared_expert_intermediate`` when positive
     experts: int = 0
     experts_per_token: int = 0
     moe_intermediate: int = 0
+    shared_expert_intermediate: int = 0
 
     def __post_init__(self):
         if self.layer_types:
@@ -64,6 +72,15 @@ class ModelConfig:
         elif self.arch == "hybrid" and self.full_attention_interval < 1:
             raise ValueError(f"model {self.name}: a hybrid model needs layer_types or a "
                              f"positive full_attention_interval")
+        if self.arch == "moe" and self.experts < 1:
+            raise ValueError(f"model {self.name}: a moe model needs experts")
+        if self.experts and not 0 < self.experts_per_token <= self.experts:
+            raise ValueError(f"model {self.name}: experts_per_token must be in 1..{self.experts}")
+
+    @property
+    def is_moe(self) -> bool:
+        """Whether the MLPs are routed experts (arch "moe", or a hybrid with experts)."""
+        return self.experts > 0
 
     @property
     def attention_layers(self) -> int:
@@ -94,12 +111,16 @@ class ModelConfig:
                 LinearShape("gdn_in_proj_qkvz", 2 * qk + 2 * v, h, self.deltanet_layers),
                 LinearShape("gdn_out_proj", h, v, self.deltanet_layers),
             ]
-        if self.arch == "moe":
+        if self.is_moe:
             n_exp = self.layers * self.experts
             mlp = [
                 LinearShape("expert_gate_up_proj", 2 * self.moe_intermediate, h, n_exp),
                 LinearShape("expert_down_proj", h, self.moe_intermediate, n_exp),
             ]
+            if self.shared_expert_intermediate:
+                si = self.shared_expert_intermediate
+                mlp += [LinearShape("shared_expert_gate_up_proj", 2 * si, h, self.layers),
+                        LinearShape("shared_expert_down_proj", h, si, self.layers)]
         else:
             mlp = [
                 LinearShape("gate_up_proj", 2 * self.intermediate, h, self.layers),
@@ -108,9 +129,9 @@ class ModelConfig:
         return mlp + gdn + attn
 
     def moe_shape(self):
-        """The shape of one MoE layer (``arch == "moe"``)."""
+        """The shape of one MoE layer's routed experts (``is_moe``)."""
         from harness.moe.layer import MoeShape
-        if self.arch != "moe":
+        if not self.is_moe:
             raise ValueError(f"model {self.name} has no MoE layers")
         return MoeShape(self.experts, self.experts_per_token, self.hidden, self.moe_intermediate)
 
@@ -134,11 +155,28 @@ MODELS: dict[str, ModelConfig] = {
             name="qwen3-30b-a3b", arch="moe", hf_id="Qwen/Qwen3-30B-A3B", hidden=2048,
             layers=48, vocab=151936, q_heads=32, kv_heads=4, head_dim=128, intermediate=6144,
             experts=128, experts_per_token=8, moe_intermediate=768),
+        # Qwen3.5-35B-A3B and Qwen3.6-35B-A3B share one text config (transformers'
+        # Qwen3_5MoeTextConfig defaults; the model cards): 40 layers = 10 x (3 Gated DeltaNet
+        # + 1 gated attention), each followed by 256 experts (top 8) plus one shared expert.
+        *[ModelConfig(
+            name=name, arch="hybrid", hf_id=hf, hidden=2048, layers=40, vocab=248320,
+            q_heads=16, kv_heads=2, head_dim=256, intermediate=0, full_attention_interval=4,
+            partial_rotary=0.25, attn_output_gate=True, linear_qk_heads=16, linear_v_heads=32,
+            linear_head_dim=128, conv_kernel=4, rope_theta=10_000_000.0, experts=256,
+            experts_per_token=8, moe_intermediate=512, shared_expert_intermediate=512)
+          for name, hf in (("qwen3.5-35b-a3b", "Qwen/Qwen3.5-35B-A3B"),
+                           ("qwen3.6-35b-a3b", "Qwen/Qwen3.6-35B-A3B"))],
         # CPU-sized stand-ins with the same structure as the real models.
         ModelConfig(
             name="tiny-moe", arch="moe", hidden=128, layers=2, vocab=512, q_heads=4,
             kv_heads=2, head_dim=32, intermediate=256, experts=8, experts_per_token=2,
             moe_intermediate=64),
+        ModelConfig(
+            name="tiny-hybrid-moe", arch="hybrid", hidden=128, layers=4, vocab=512, q_heads=4,
+            kv_heads=2, head_dim=32, intermediate=0, full_attention_interval=4,
+            partial_rotary=0.25, attn_output_gate=True, linear_qk_heads=2, linear_v_heads=4,
+            linear_head_dim=32, conv_kernel=4, experts=8, experts_per_token=2,
+            moe_intermediate=64, shared_expert_intermediate=64),
         ModelConfig(
             name="tiny", arch="dense", hidden=128, layers=2, vocab=512, q_heads=4, kv_heads=2,
             head_dim=32, intermediate=256),

@@ -1,4 +1,4 @@
-"""A compact NVFP4 decode engine for Qwen3 (dense GQA) and Qwen3.5/3.6 (hybrid) models.
+"""A compact NVFP4 decode engine for Qwen3 (dense GQA, MoE) and Qwen3.5/3.6 (hybrid, MoE) models.
 
 Every linear layer runs through one GEMM backend of the registry; embeddings, ``lm_head``
 and norms are plain torch in bf16/fp32 (optionally torch.compile'd); a decode token's Gated
@@ -20,6 +20,11 @@ one gated-attention layer):
   ``g = -exp(A_log) * softplus(a + dt_bias)``, ``beta = sigmoid(b)``; per v-head state
   ``S`` [dk, dv]: ``S = exp(g) S``; ``S += k (beta (v - k^T S))^T``; ``o = q^T S / sqrt(dk)``;
   gated RMSNorm ``norm(o) * silu(z)``; ``out_proj``.
+
+MoE layers (Qwen3-MoE, Qwen3.5/3.6 MoE): the router's softmax top-k (renormalized), the
+routed experts through one MoE runner (:mod:`harness.moe.runners`), plus, where the model has
+one, a shared expert (a SwiGLU MLP through the GEMM backend) scaled by
+``sigmoid(shared_expert_gate(x))``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from harness.backends.torch_bf16 import TorchBF16
 from harness.models import attn_kernel, gdn_kernel, norm_kernel
 from harness.models.configs import ModelConfig
 from harness.models.weights import ModelWeights
+from harness.moe.layer import route
 
 # NVFP4 activation global scale from a calibrated amax: gsf = 448 * 6 / amax.
 GSF_NUMERATOR = nvfp4.E4M3_MAX * nvfp4.E2M1_MAX
@@ -215,11 +221,14 @@ class StepBytes:
     kv_cache: int
     recurrent_state: int
     other: int
+    # routed experts a step reads: the expected distinct experts of ``batch`` tokens routed
+    # uniformly (E * (1 - (1 - k/E)^batch) per layer), each one's NVFP4 bytes
+    experts: int = 0
 
     @property
     def total(self) -> int:
         return (self.linear_weights + self.lm_head + self.embeddings + self.kv_cache
-                + self.recurrent_state + self.other)
+                + self.recurrent_state + self.other + self.experts)
 
 
 class PreparedModel:
@@ -227,7 +236,8 @@ class PreparedModel:
 
     def __init__(self, weights: ModelWeights, backend: GemmBackend, device: torch.device,
                  autotune: bool = False, compile: bool = False, fused_gdn: bool = False,
-                 fused_attn: bool = False, fused_norm: bool = False, pdl: bool = False):
+                 fused_attn: bool = False, fused_norm: bool = False, pdl: bool = False,
+                 moe_runner: str | None = None, moe_config_root=None):
         self.cfg: ModelConfig = weights.config
         self.backend, self.device, self.autotune = backend, device, autotune
         self.ops = Ops(compile, fused_gdn, fused_attn, fused_norm, pdl)
@@ -238,8 +248,26 @@ class PreparedModel:
             lw = weights.linears.pop(name)
             self.lin[name] = Linear(name, backend, lw, autotune, device, weights.input_gsf.get(name))
             del lw
+        self.moe_runner = moe_runner
+        self.moe: dict[int, object] = {}
+        self.routers: dict[int, torch.Tensor] = {}
+        self.mode = "run"
+        if self.cfg.is_moe:
+            from harness.moe.runners import PreparedMoe
+            if moe_runner is None:
+                raise ValueError(f"{self.cfg.name} has MoE layers: it needs a MoE runner")
+            for i in list(weights.experts):
+                ew = weights.experts.pop(i)
+                self.routers[i] = ew.router
+                # SGLang's rule for the down kernel (one sort for both)
+                self.moe[i] = PreparedMoe(moe_runner, ew, autotune, "shared", moe_config_root,
+                                          device)
+                del ew
+        self.expert_bytes = sum(m.weights.w13.nbytes() + m.weights.w2.nbytes()
+                                for m in self.moe.values())
 
     def set_mode(self, mode: str) -> None:
+        self.mode = mode
         for lin in self.lin.values():
             lin.mode = mode
 
@@ -383,7 +411,23 @@ class DecodeEngine:
 
     def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
         p = f"layers.{i}.mlp."
-        return self.lin[p + "down_proj"](self.model.ops.silu_mul(self.lin[p + "gate_up_proj"](x)))
+        if not self.cfg.is_moe:
+            return self.lin[p + "down_proj"](self.model.ops.silu_mul(self.lin[p + "gate_up_proj"](x)))
+        cfg, model = self.cfg, self.model
+        x2 = x.reshape(-1, cfg.hidden)
+        tw, ids = route(x2, model.routers[i], cfg.experts_per_token)
+        layer = model.moe[i]
+        if model.mode == "calibrate":
+            layer.calibrate(x2, tw, ids)
+        elif model.mode == "tune":
+            layer.tune(x2, tw, ids)
+        y = layer(x2, tw, ids).to(torch.bfloat16)
+        if cfg.shared_expert_intermediate:
+            s = self.lin[p + "shared_expert.down_proj"](
+                model.ops.silu_mul(self.lin[p + "shared_expert.gate_up_proj"](x2)))
+            gate = torch.sigmoid(F.linear(x2, self.dense[p + "shared_expert_gate"]).float())
+            y = (y.float() + gate * s.float()).to(torch.bfloat16)
+        return y.reshape(x.shape)
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, prefill: bool,
                 start: int = 0) -> torch.Tensor:
@@ -466,8 +510,14 @@ class DecodeEngine:
                   for s, c in zip(self.rec_state.values(), self.conv_state.values()))
         other = sum(t.numel() * t.element_size() for k, t in self.dense.items()
                     if k not in ("embed_tokens", "lm_head"))
+        experts = 0
+        if cfg.is_moe:
+            other += sum(r.numel() * r.element_size() for r in self.model.routers.values())
+            e, k = cfg.experts, cfg.experts_per_token
+            hit = e * (1 - (1 - k / e) ** b)
+            experts = int(self.model.expert_bytes / e * hit)
         return StepBytes(linear_weights=lin, lm_head=lm, embeddings=b * cfg.hidden * 2,
-                         kv_cache=kv, recurrent_state=rec, other=other)
+                         kv_cache=kv, recurrent_state=rec, other=other, experts=experts)
 
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (

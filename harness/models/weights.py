@@ -2,7 +2,9 @@
 
 Linear layers are NVFP4 (``LayerWeights``), fused as engines fuse them (q/k/v, gate/up);
 embeddings, ``lm_head``, norms and the small Gated DeltaNet parameters stay dense
-(ModelOpt's exclude list). Synthetic weights are drawn layer by layer directly in NVFP4
+(ModelOpt's exclude list); a MoE layer's routed experts are one stacked NVFP4 tensor per
+weight (``harness.moe.layer.MoeWeights``, what fused MoE kernels read), its router bf16.
+Synthetic weights are drawn layer by layer directly in NVFP4
 (random codes, random e4m3 block scales around a fixed level, a global scale chosen for a
 weight RMS of 1/sqrt(K)), so the bf16 model is never materialised and activations stay
 finite through every layer.
@@ -18,6 +20,7 @@ import torch
 from harness import nvfp4
 from harness.backends.base import LayerWeights
 from harness.models.configs import ModelConfig
+from harness.moe.layer import ExpertStack, MoeWeights
 
 # Centre of the synthetic block scales: high in the e4m3 range, so sf keeps 3 mantissa bits.
 SYNTH_SCALE = 224.0
@@ -35,9 +38,12 @@ class ModelWeights:
     source: str = "synthetic"
     # What the load had to decide and a result should say (e.g. how fused shards were scaled).
     notes: list[str] = field(default_factory=list)
+    # MoE models: layer index -> its routed experts and router
+    experts: dict[int, MoeWeights] = field(default_factory=dict)
 
     def nvfp4_bytes(self) -> int:
-        return sum(w.fp4.nbytes() for w in self.linears.values())
+        return (sum(w.fp4.nbytes() for w in self.linears.values())
+                + sum(m.w13.nbytes() + m.w2.nbytes() for m in self.experts.values()))
 
     def dense_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.dense.values())
@@ -49,8 +55,15 @@ def layer_linears(cfg: ModelConfig, i: int) -> dict[str, tuple[int, int]]:
     """Fused NVFP4 linears of layer ``i``: name -> (N, K)."""
     h, hd = cfg.hidden, cfg.head_dim
     p = f"layers.{i}."
-    out = {p + "mlp.gate_up_proj": (2 * cfg.intermediate, h),
-           p + "mlp.down_proj": (h, cfg.intermediate)}
+    if not cfg.is_moe:
+        out = {p + "mlp.gate_up_proj": (2 * cfg.intermediate, h),
+               p + "mlp.down_proj": (h, cfg.intermediate)}
+    elif cfg.shared_expert_intermediate:  # the routed experts are not linears (expert_elements)
+        si = cfg.shared_expert_intermediate
+        out = {p + "mlp.shared_expert.gate_up_proj": (2 * si, h),
+               p + "mlp.shared_expert.down_proj": (h, si)}
+    else:
+        out = {}
     if cfg.is_attention_layer(i):
         q_out = cfg.q_heads * hd * (2 if cfg.attn_output_gate else 1)
         out[p + "self_attn.qkv_proj"] = (q_out + 2 * cfg.kv_heads * hd, h)
@@ -72,6 +85,10 @@ def dense_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         p = f"layers.{i}."
         out[p + "input_layernorm"] = (h,)
         out[p + "post_attention_layernorm"] = (h,)
+        if cfg.is_moe:
+            out[p + "mlp.gate"] = (cfg.experts, h)
+            if cfg.shared_expert_intermediate:
+                out[p + "mlp.shared_expert_gate"] = (1, h)
         if cfg.is_attention_layer(i):
             out[p + "self_attn.q_norm"] = (cfg.head_dim,)
             out[p + "self_attn.k_norm"] = (cfg.head_dim,)
@@ -93,22 +110,49 @@ def all_linears(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     return out
 
 
+def expert_elements(cfg: ModelConfig) -> int:
+    """Weight elements of every routed expert of the model (0 without experts)."""
+    return cfg.layers * cfg.experts * 3 * cfg.moe_intermediate * cfg.hidden if cfg.is_moe else 0
+
+
 def nvfp4_weight_bytes(cfg: ModelConfig) -> int:
-    return sum(n * k // 2 + n * k // 16 + 4 for n, k in all_linears(cfg).values())
+    experts = expert_elements(cfg)
+    return (sum(n * k // 2 + n * k // 16 + 4 for n, k in all_linears(cfg).values())
+            + experts // 2 + experts // nvfp4.BLOCK + 2 * 4 * cfg.layers * cfg.experts)
 
 
 # ---- synthetic -----------------------------------------------------------------------
 
-def synthetic_linear(n: int, k: int, gen: torch.Generator, device: torch.device) -> LayerWeights:
-    """An NVFP4 weight with RMS ~ 1/sqrt(K), drawn in its packed form."""
-    packed = torch.randint(0, 256, (n, k // 2), generator=gen, device=device, dtype=torch.uint8)
-    u = torch.rand((n, k // nvfp4.BLOCK), generator=gen, device=device)
+def _packed(lead: tuple[int, ...], n: int, k: int, gen: torch.Generator,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Random codes and block scales of [*lead, N, K] and the gsf giving RMS ~ 1/sqrt(K)."""
+    packed = torch.randint(0, 256, (*lead, n, k // 2), generator=gen, device=device,
+                           dtype=torch.uint8)
+    u = torch.rand((*lead, n, k // nvfp4.BLOCK), generator=gen, device=device)
     scales = (SYNTH_SCALE * (0.75 + 0.5 * u)).to(torch.float8_e4m3fn)
     del u
     sf_mean_square = SYNTH_SCALE ** 2 * (0.75 ** 2 + 0.75 * 0.5 + 0.5 ** 2 / 3)
-    gsf = math.sqrt(E2M1_MEAN_SQUARE * sf_mean_square * k)
+    return packed, scales, math.sqrt(E2M1_MEAN_SQUARE * sf_mean_square * k)
+
+
+def synthetic_linear(n: int, k: int, gen: torch.Generator, device: torch.device) -> LayerWeights:
+    """An NVFP4 weight with RMS ~ 1/sqrt(K), drawn in its packed form."""
+    packed, scales, gsf = _packed((), n, k, gen, device)
     return LayerWeights(fp4=nvfp4.NVFP4Tensor(packed, scales,
                                               torch.tensor(gsf, dtype=torch.float32, device=device)))
+
+
+def synthetic_experts(cfg: ModelConfig, gen: torch.Generator, device: torch.device) -> MoeWeights:
+    """One MoE layer's router (bf16, RMS 1/sqrt(H)) and routed experts, drawn packed."""
+    shape = cfg.moe_shape()
+    e, h, i = shape.experts, shape.hidden, shape.intermediate
+
+    def stack(n, k):
+        packed, scales, gsf = _packed((e,), n, k, gen, device)
+        return ExpertStack(packed, scales, torch.full((e,), gsf, dtype=torch.float32,
+                                                      device=device))
+    router = (torch.randn((e, h), generator=gen, device=device) / math.sqrt(h)).to(torch.bfloat16)
+    return MoeWeights(shape, router, stack(2 * i, h), stack(h, i))
 
 
 def synthetic(cfg: ModelConfig, device: torch.device, seed: int = 0) -> ModelWeights:
@@ -117,7 +161,12 @@ def synthetic(cfg: ModelConfig, device: torch.device, seed: int = 0) -> ModelWei
     for name, (n, k) in all_linears(cfg).items():
         w.linears[name] = synthetic_linear(n, k, gen, device)
     for name, shape in dense_shapes(cfg).items():
+        if name.endswith(".mlp.gate"):  # the router comes with the experts
+            continue
         w.dense[name] = _synthetic_dense(name, shape, gen, device)
+    if cfg.is_moe:
+        for i in range(cfg.layers):
+            w.experts[i] = synthetic_experts(cfg, gen, device)
     return w
 
 
@@ -126,7 +175,7 @@ def _synthetic_dense(name: str, shape: tuple[int, ...], gen: torch.Generator,
     leaf = name.rsplit(".", 1)[-1]
     if leaf in ("embed_tokens", "lm_head"):
         return torch.randn(shape, generator=gen, device=device, dtype=torch.bfloat16)
-    if leaf == "in_proj_ba":
+    if leaf in ("in_proj_ba", "shared_expert_gate"):
         return (torch.randn(shape, generator=gen, device=device) / math.sqrt(shape[1])).to(torch.bfloat16)
     if leaf == "conv1d":
         return (torch.randn(shape, generator=gen, device=device) * 0.5).to(torch.bfloat16)

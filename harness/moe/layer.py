@@ -32,23 +32,46 @@ class MoeShape:
 
 
 @dataclass
+class ExpertStack:
+    """One weight of every expert, stacked: what the fused kernels read."""
+
+    codes: torch.Tensor         # uint8 [E, N, K/2], two e2m1 codes per byte (low nibble first)
+    scales: torch.Tensor        # float8_e4m3fn [E, N, K/16], linear layout
+    global_scale: torch.Tensor  # fp32 [E], FlashInfer's gsf (encode direction)
+
+    def expert(self, e: int) -> nvfp4.NVFP4Tensor:
+        return nvfp4.NVFP4Tensor(self.codes[e], self.scales[e], self.global_scale[e])
+
+    def to(self, device) -> "ExpertStack":
+        return ExpertStack(self.codes.to(device), self.scales.to(device),
+                           self.global_scale.to(device))
+
+    def nbytes(self) -> int:
+        return self.codes.numel() + self.scales.numel() + 4 * self.global_scale.numel()
+
+    @staticmethod
+    def of(tensors: list[nvfp4.NVFP4Tensor]) -> "ExpertStack":
+        return ExpertStack(torch.stack([t.packed for t in tensors]),
+                           torch.stack([t.scales for t in tensors]),
+                           torch.stack([t.global_scale.float().reshape(()) for t in tensors]))
+
+
+@dataclass
 class MoeWeights:
     shape: MoeShape
     router: torch.Tensor                 # bf16 [E, H]
-    w13: list[nvfp4.NVFP4Tensor]         # per expert [2I, H]: gate rows, then up rows
-    w2: list[nvfp4.NVFP4Tensor]          # per expert [H, I]
+    w13: ExpertStack                     # [E, 2I, H]: gate rows, then up rows
+    w2: ExpertStack                      # [E, H, I]
 
     def stacked(self, which: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(codes uint8 [E, N, K/2], block scales as bytes uint8 [E, N, K/16], global
         scales fp32 [E]) of w13 or w2, the layout the fused kernels read."""
-        ts = self.w13 if which == "w13" else self.w2
-        return (torch.stack([t.packed for t in ts]),
-                torch.stack([t.scales.view(torch.uint8) for t in ts]),
-                torch.stack([t.global_scale.float().reshape(()) for t in ts]))
+        st = self.w13 if which == "w13" else self.w2
+        return st.codes, st.scales.view(torch.uint8), st.global_scale
 
     def to(self, device) -> "MoeWeights":
-        return MoeWeights(self.shape, self.router.to(device), [t.to(device) for t in self.w13],
-                          [t.to(device) for t in self.w2])
+        return MoeWeights(self.shape, self.router.to(device), self.w13.to(device),
+                          self.w2.to(device))
 
 
 def synthetic(shape: MoeShape, seed: int = 0, device="cpu", std: float = 0.02) -> MoeWeights:
@@ -60,7 +83,7 @@ def synthetic(shape: MoeShape, seed: int = 0, device="cpu", std: float = 0.02) -
     router = rand(shape.experts, shape.hidden).to(torch.bfloat16)
     w13 = [nvfp4.quantize(rand(2 * shape.intermediate, shape.hidden)) for _ in range(shape.experts)]
     w2 = [nvfp4.quantize(rand(shape.hidden, shape.intermediate)) for _ in range(shape.experts)]
-    return MoeWeights(shape, router, w13, w2)
+    return MoeWeights(shape, router, ExpertStack.of(w13), ExpertStack.of(w2))
 
 
 def route(x: torch.Tensor, router: torch.Tensor, top_k: int, renormalize: bool = True
@@ -90,8 +113,8 @@ def reference(x: torch.Tensor, weights: MoeWeights, topk_weights: torch.Tensor,
     xf = x.float()
     for e in torch.unique(topk_ids).tolist():
         tok, slot = (topk_ids == e).nonzero(as_tuple=True)
-        w13 = nvfp4.dequantize(weights.w13[e], torch.float32)
-        w2 = nvfp4.dequantize(weights.w2[e], torch.float32)
+        w13 = nvfp4.dequantize(weights.w13.expert(e), torch.float32)
+        w2 = nvfp4.dequantize(weights.w2.expert(e), torch.float32)
         y = silu_and_mul(xf[tok] @ w13.t()) @ w2.t()
         out.index_add_(0, tok, y * topk_weights[tok, slot].unsqueeze(-1))
     return out

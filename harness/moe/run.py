@@ -1,12 +1,12 @@
 """MoE cells: one MoE layer of a model at a token count, per runner x autotune x down rule.
 
-Runners:
-- ``moe-ref``: the exact fp32 reference (the health reference, never a candidate);
-- ``triton-moe``: the Triton fused NVFP4 W4A16 MoE. ``autotune off`` runs SGLang's default
-  config (what an untuned device gets); ``on`` the configs tuned for this device
-  (``nvfp4-bench tune-moe`` writes them in SGLang's format). ``down shared`` applies SGLang's
-  rule (down's BLOCK_SIZE_M forced to up's, one sort); ``down own`` keeps down's tuned
-  BLOCK_SIZE_M (a second sort) — the comparison SGLang PR #26496's review left open.
+Runners (:mod:`harness.moe.runners`): ``moe-ref`` (exact, never a winner), ``triton-moe``
+(``autotune off``: SGLang's default config; ``on``: this device's tuned configs, written by
+``nvfp4-bench tune-moe`` in SGLang's format; ``down shared`` applies SGLang's rule, down's
+BLOCK_SIZE_M forced to up's with one sort, ``down own`` keeps down's tuned BLOCK_SIZE_M with
+a second sort: the comparison SGLang PR #26496's review left open), and FlashInfer's
+``cutlass_fused_moe`` (NVFP4 on SM100/SM120, FP8 and bf16 on SM90+; ``autotune on`` runs
+FlashInfer's tuner on the first call) and trtllm MoE.
 
 Every timed cell is checked first: NaN/Inf or all-zero rows, or an error against the
 reference above the runner's tolerance, make it ``failed``.
@@ -27,32 +27,16 @@ from harness import health as health_mod
 from harness.gemm import describe_error, seed_of
 from harness.hardware import copy_bandwidth, default_device
 from harness.measure import time_fn
-from harness.models import UnknownNameError, get_model
-from harness.moe import configs
+from harness.models import get_model
+from harness.moe import runners
 from harness.moe.layer import MoeShape, MoeWeights, reference, route, synthetic
+from harness.moe.runners import RUNNERS, get_runner  # noqa: F401 - the CLI's names
 from harness.progress import Progress
 from harness.records import MoeCell
 
 AUTOTUNE_VALUES = ("on", "off")
 DOWN_VALUES = ("shared", "own")
 CONFIG_DIR_ENV = "NVFP4_BENCH_MOE_CONFIG_DIR"
-
-
-@dataclass(frozen=True)
-class Runner:
-    name: str
-    description: str
-    candidate: bool = True
-    tunable: bool = False
-    tolerance: float = 2e-2
-
-
-RUNNERS = {r.name: r for r in [
-    Runner("moe-ref", "exact fp32 reference on the dequantized experts", candidate=False,
-           tolerance=1e-5),
-    Runner("triton-moe", "Triton fused MoE, NVFP4 weights decoded in registers, bf16 math",
-           tunable=True),
-]}
 
 
 @dataclass
@@ -62,12 +46,6 @@ class MoeOptions:
     cold_l2: bool = True
     seed: int = 0
     config_dir: str | None = None   # default: $NVFP4_BENCH_MOE_CONFIG_DIR or results/moe-configs
-
-
-def get_runner(name: str) -> Runner:
-    if name not in RUNNERS:
-        raise UnknownNameError("MoE runner", name, sorted(RUNNERS))
-    return RUNNERS[name]
 
 
 def plan(model: str, tokens: list[int], runners: list[str], autotunes: list[str],
@@ -94,57 +72,9 @@ def config_dir(opts: MoeOptions) -> Path:
     return Path(opts.config_dir or os.environ.get(CONFIG_DIR_ENV) or ROOT / "results" / "moe-configs")
 
 
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def tuned_paths(shape: MoeShape, device: torch.device, root: Path) -> tuple[Path, Path]:
-    """Where this device's tuned up and down configs live (SGLang's layout under ``root``)."""
-    import triton
-    d = root / "configs" / configs.version_dir(triton.__version__)
-    name = device_name(device)
-    return (d / configs.file_name(shape.experts, shape.intermediate, name, configs.NVFP4_W4A16),
-            d / configs.file_name(shape.experts, shape.intermediate, name, configs.NVFP4_W4A16,
-                                  down=True))
-
-
 def why_skipped(cell: MoeCell, device: torch.device, root: Path) -> str | None:
-    runner = RUNNERS[cell.runner]
-    if cell.autotune == "on" and not runner.tunable:
-        return f"{runner.name} has no configs to tune (its autotune=off row is the measurement)"
-    if cell.down == "own" and runner.name == "moe-ref":
-        return "moe-ref has no kernel block sizes (its down=shared row is the measurement)"
-    if runner.name == "triton-moe":
-        import importlib.util
-        if importlib.util.find_spec("triton") is None:
-            return "triton is not installed (pip install 'nvfp4-bench[gpu]')"
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            return ("triton-moe needs an NVIDIA GPU or TRITON_INTERPRET=1; this machine has "
-                    "no GPU")
-        if device.type == "cuda":
-            from harness.hardware import compute_capability
-            if compute_capability(device) < 80:
-                return f"triton-moe needs SM80 or newer; this GPU is SM{compute_capability(device)}"
-        if cell.autotune == "off" and cell.down == "own":
-            return ("autotune off runs SGLang's one default config for both kernels, so down's "
-                    "BLOCK_SIZE_M is up's already (the down=shared row is the measurement)")
-        if cell.autotune == "on":
-            up, down = tuned_paths(get_model(cell.model).moe_shape(), device, root)
-            if not up.exists():
-                return (f"no tuned configs for {device_name(device)} ({up}): "
-                        f"`nvfp4-bench tune-moe --model {cell.model}` writes them")
-    return None
-
-
-def _configs(cell: MoeCell, shape: MoeShape, device: torch.device, root: Path):
-    if cell.autotune == "off":
-        cfg = configs.default_config(cell.tokens, shape.experts)
-        return cfg, dict(cfg), "SGLang's default config"
-    up_path, down_path = tuned_paths(shape, device, root)
-    up = configs.load(up_path)
-    down = configs.load(down_path) if down_path.exists() else None
-    picked = configs.pick(up, down, cell.tokens, force_shared_block_m=(cell.down == "shared"))
-    return picked.up, picked.down, str(up_path if down is None else f"{up_path} + {down_path.name}")
+    return runners.why_not(cell.runner, get_model(cell.model).moe_shape(), cell.autotune,
+                           cell.down, device, root)
 
 
 def run(cells: list[MoeCell], opts: MoeOptions, log: Callable[[str], None] = lambda s: None,
@@ -172,43 +102,46 @@ def run(cells: list[MoeCell], opts: MoeOptions, log: Callable[[str], None] = lam
             continue
         try:
             weights = synthetic(shape, seed=seed_of(opts.seed, model)).to(device)
-            fused = None
-            if any(c.runner == "triton-moe" for c in todo):
-                from harness.moe.triton_moe import FusedMoe
-                fused = FusedMoe(weights)
         except Exception as e:  # noqa: BLE001
             for c in todo:
                 c.status, c.reason = "failed", f"weights: {type(e).__name__}: {e}"
                 final(c)
             continue
+        prepared: dict[tuple, runners.PreparedMoe] = {}
         for c in todo:
-            _run_cell(c, shape, weights, fused, opts, device, root)
+            _run_cell(c, shape, weights, prepared, opts, device, root)
             log(progress_line(c))
             final(c)
-        del weights, fused
+        del weights, prepared
         if device.type == "cuda":
             torch.cuda.empty_cache()
     log(f"{len(cells)} MoE cells in {time.perf_counter() - t0:.1f} s")
     return cells
 
 
-def _run_cell(c: MoeCell, shape: MoeShape, weights: MoeWeights, fused, opts: MoeOptions,
-              device: torch.device, root: Path) -> None:
+def _run_cell(c: MoeCell, shape: MoeShape, weights: MoeWeights, prepared: dict,
+              opts: MoeOptions, device: torch.device, root: Path) -> None:
     runner = RUNNERS[c.runner]
     try:
         g = torch.Generator(device="cpu").manual_seed(seed_of(opts.seed, "x", c.tokens))
         x = torch.randn(c.tokens, shape.hidden, generator=g).to(torch.bfloat16).to(device)
         tw, ids = route(x, weights.router, shape.top_k, shape.renormalize)
         ref = reference(x, weights, tw, ids)
-        if c.runner == "moe-ref":
-            def call():
-                return reference(x, weights, tw, ids)
-        else:
-            up, down, source = _configs(c, shape, device, root)
-            c.up_config, c.down_config, c.config_source = up, down, source
+        # One preparation per (runner, autotune, down): FlashInfer's weights are converted
+        # once and its tuner's choices stay with the prepared layer, as in an engine.
+        key = (c.runner, c.autotune, c.down)
+        if key not in prepared:
+            prepared[key] = runners.PreparedMoe(c.runner, weights, c.autotune == "on", c.down,
+                                                root, device)
+        layer = prepared[key]
+        if c.runner == "triton-moe":
+            c.up_config, c.down_config = layer.configs_for(c.tokens)
+        c.config_source = layer.config_source
+        layer.calibrate(x, tw, ids)
+        layer.tune(x, tw, ids)
 
-            def call():
-                return fused(x, tw, ids, up, down)
+        def call():
+            return layer(x, tw, ids)
         out = call()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

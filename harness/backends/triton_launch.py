@@ -1,0 +1,75 @@
+"""Eager launches of the ``triton`` backend's kernels without Triton's per-call Python work.
+
+A call through ``triton.autotune`` / ``JITFunction.run`` binds every argument, computes the
+specialization and cache keys, checks globals and (in the autotuner) looks up the tuned
+config: tens of microseconds of host time per call, more than a decode-size GEMM takes on
+the GPU. Graph replays hide it; eager callers (prefill, engines without CUDA graphs) pay it.
+
+:class:`Launch` resolves one (layer, M, launch options) once, after Triton has launched it
+normally: the compiled kernel (from Triton's own cache, by ``warmup``), its grid and its
+bound argument list, in which only the activation and output tensors change from call to
+call. Later calls go straight to the compiled kernel's launcher (``CompiledKernel.run``, the
+call ``JITFunction.run`` itself ends in). Triton's launch hooks are honoured.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    from triton import knobs
+    from triton.runtime import driver
+except ImportError:  # pragma: no cover - the backend reports itself unavailable
+    knobs = driver = None
+
+# "0" turns the cached launches off (every call through Triton's own launch path).
+FAST_LAUNCH_ENV = "NVFP4_BENCH_TRITON_FAST_LAUNCH"
+
+
+def enabled() -> bool:
+    return os.environ.get(FAST_LAUNCH_ENV, "1") != "0" and driver is not None
+
+
+class Launch:
+    """One kernel launch with fixed grid and config; ``__call__(*tensors)`` launches it on
+    new ``tensors`` (the ones named at construction, in that order: activations, output,
+    the layer's weights) of the same shapes, strides and 16-byte alignment. Other arguments
+    (workspaces, sizes) are kept; the named tensors are not, so a layer's weights can be
+    freed while its launches are cached."""
+
+    def __init__(self, jit, args: tuple, kwargs: dict, grid: tuple, tensors: tuple):
+        kernel = jit.warmup(*args, grid=grid, **kwargs)  # Triton's cached kernel: no compile
+        if hasattr(kernel, "result"):
+            kernel = kernel.result()
+        device = driver.active.get_current_device()
+        binder = jit.device_caches[device][4]
+        bound, _, _ = binder(*args, **kwargs)
+        values = list(bound.values())
+        self.at = [next(i for i, v in enumerate(values) if v is t) for t in tensors]
+        for i in self.at:
+            values[i] = None
+        self.values = values
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        self.kernel = kernel
+        self.device = device
+
+    def __call__(self, *tensors: torch.Tensor) -> None:
+        values = self.values.copy()
+        for i, t in zip(self.at, tensors):
+            values[i] = t
+        k = self.kernel
+        stream = driver.active.get_current_stream(self.device)
+        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        meta = k.launch_metadata(self.grid, stream, *values) if enter is not None else None
+        k.run(self.grid[0], self.grid[1], self.grid[2], stream, k.function, k.packed_metadata,
+              meta, enter, leave, *values)
+
+
+def resolved_kwargs(kernel_or_tuner, kwargs: dict, config=None) -> tuple[object, dict]:
+    """(the JIT function, every keyword of the launch that just ran): an autotuner's kept
+    config (``best_config``, set by its last run) or the given fixed ``config``."""
+    cfg = config if config is not None else kernel_or_tuner.best_config
+    jit = kernel_or_tuner.fn if config is None else kernel_or_tuner
+    return jit, {**kwargs, **cfg.all_kwargs()}

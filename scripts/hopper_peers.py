@@ -1,0 +1,229 @@
+"""NVFP4 `triton` against what a Hopper user runs instead, per decode-size GEMM, one process.
+
+    python scripts/hopper_peers.py [--models qwen3.6-27b,qwen3-32b] [--m 1,16,64] [--out DIR]
+
+Per layer shape of the models and per M, every path is called once eagerly (the triton
+backend tunes there), captured in a CUDA graph, and its replays timed by
+``triton.testing.do_bench`` (median; do_bench flushes the L2 between replays): ``triton``
+(autotune on), ``torch-bf16`` (cuBLAS), ``torch-fp8`` and FlashInfer's ``mm_fp8``
+(``flashinfer-fp8-cublas`` / ``-auto``, tuned by FlashInfer's autotuner), each through the
+harness's own backend (FP8 paths include their activation quantization, as a user's call
+does). Also, per shape, the read ceiling (the best of a few launch shapes of a kernel that
+only reads the layer's NVFP4 bytes, same method) and, at M=1, the eager call overhead of
+``triton``: wall time per call of back-to-back eager calls minus the hot-L2 graph replay
+time, with the cached launches (``harness.backends.triton_launch``) on and off.
+Writes ``hopper-peers.json`` and ``hopper-peers.md`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+import triton.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.backends import LayerWeights, get_backend  # noqa: E402
+from harness.backends import triton_launch  # noqa: E402
+from harness.gemm import why_skipped  # noqa: E402
+from harness.hardware import copy_bandwidth  # noqa: E402
+from harness.models import get_model  # noqa: E402
+from harness.models.weights import synthetic_linear  # noqa: E402
+
+PEERS = ("torch-bf16", "torch-fp8", "flashinfer-fp8-cublas", "flashinfer-fp8-auto")
+
+
+def graph_of(fn):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    torch.cuda.synchronize()
+    return g
+
+
+def cold_us(fn) -> float:
+    g = graph_of(fn)
+    return float(triton.testing.do_bench(g.replay, warmup=25, rep=200)) * 1e3
+
+
+def hot_us(fn, calls: int = 200) -> float:
+    g = graph_of(fn)
+    for _ in range(10):
+        g.replay()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(calls):
+        g.replay()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) * 1e3 / calls
+
+
+def eager_us(fn, calls: int = 300) -> float:
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    best = math.inf
+    for _ in range(5):  # the host is noisy: the best of five loops
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) * 1e6 / calls)
+    return best
+
+
+@triton.jit
+def _xor(a, b):
+    return a ^ b
+
+
+@triton.jit
+def _read(ptr, out, n, per_prog, BLOCK: tl.constexpr):
+    """Reads its share of ``ptr`` (XOR-reduced, so nothing is skipped) and writes one word."""
+    pid = tl.program_id(0)
+    acc = tl.zeros([BLOCK], dtype=tl.int32)
+    start = pid * per_prog
+    for off in range(start, start + per_prog, BLOCK):
+        idx = off + tl.arange(0, BLOCK)
+        acc ^= tl.load(ptr + idx, mask=idx < n, other=0)
+    tl.store(out + pid, tl.reduce(acc, 0, _xor))
+
+
+def read_ceiling_us(nbytes: int) -> tuple[float, str]:
+    n = nbytes // 4
+    buf = torch.randint(-2**31, 2**31 - 1, (n,), dtype=torch.int32, device="cuda")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    best, how = math.inf, ""
+    for mult in (1, 2, 4, 8):
+        for block, warps in ((1024, 4), (2048, 8), (4096, 8)):
+            progs = sms * mult
+            per = triton.cdiv(triton.cdiv(n, progs), block) * block
+            progs = triton.cdiv(n, per)
+            out = torch.empty(progs, dtype=torch.int32, device="cuda")
+            t = cold_us(lambda: _read[(progs,)](buf, out, n, per, BLOCK=block, num_warps=warps))
+            if t < best:
+                best, how = t, f"{progs} programs x {block} words, {warps} warps"
+    return best, how
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="qwen3.6-27b,qwen3-32b")
+    ap.add_argument("--m", default="1,16,64")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("needs an NVIDIA GPU", file=sys.stderr)
+        return 2
+    dev = torch.device("cuda")
+    ms = [int(v) for v in args.m.split(",")]
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for name in args.models.split(","):
+        for s in get_model(name).linear_layers():
+            shapes.setdefault((s.n, s.k), []).append(f"{name}:{s.name}")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    peers = [p for p in PEERS if why_skipped(get_backend(p), "on" if "flashinfer" in p else "off", dev) is None]
+    skipped = {p: why_skipped(get_backend(p), "on" if "flashinfer" in p else "off", dev)
+               for p in PEERS if p not in peers}
+    rows = []
+    bw = copy_bandwidth()
+    for (n, k), names in shapes.items():
+        lw = LayerWeights(fp4=synthetic_linear(n, k, gen, dev).fp4)
+        nbytes = lw.fp4.nbytes()
+        ceiling, how = read_ceiling_us(nbytes)
+        prepared = {}
+        for b in ("triton", *peers):
+            be = get_backend(b)
+            autotune = be.tunable
+            prepared[b] = (be, be.prepare(lw, autotune=autotune), autotune)
+        for m in ms:
+            x = torch.randn(m, k, generator=gen, device=dev).to(torch.bfloat16)
+            gsf = torch.tensor(448 * 6 / float(x.abs().amax()), device=dev)
+            row = {"layers": names, "n": n, "k": k, "m": m, "nvfp4_bytes": nbytes,
+                   "read_ceiling_us": ceiling, "read_ceiling_kernel": how, "us": {}}
+            for b, (be, p, autotune) in prepared.items():
+                if autotune:
+                    be.tune(p, x, gsf)
+                row["us"][b] = cold_us(lambda: be.run(p, x, gsf))
+            if m == 1:
+                be, p, _ = prepared["triton"]
+
+                def call():
+                    return be.run(p, x, gsf)
+                hot = hot_us(call)
+                over = {}
+                for mode in ("1", "0"):
+                    os.environ[triton_launch.FAST_LAUNCH_ENV] = mode
+                    over["cached" if mode == "1" else "triton"] = eager_us(call) - hot
+                os.environ.pop(triton_launch.FAST_LAUNCH_ENV, None)
+                row["triton_hot_us"] = hot
+                row["eager_overhead_us"] = over
+            t = row["us"]["triton"]
+            row["triton_read_ceiling_frac"] = ceiling / t
+            row["triton_copy_bw_frac"] = (nbytes / bw) / (t * 1e-6) if bw else None
+            rows.append(row)
+            print(json.dumps({k2: v for k2, v in row.items() if k2 != "layers"}), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
+           "copy_bandwidth_Bps": bw, "peers_skipped": skipped, "rows": rows,
+           "method": "CUDA graph of one call, replays timed by triton.testing.do_bench "
+                     "(median, L2 flushed between replays)"}
+    doc["triton"] = triton.__version__
+    (out / "hopper-peers.json").write_text(json.dumps(doc, indent=1))
+    (out / "hopper-peers.md").write_text(markdown(doc))
+    print(markdown(doc))
+    return 0
+
+
+def markdown(doc: dict) -> str:
+    rows = doc["rows"]
+    cols = ["triton", *[p for p in PEERS if rows and p in rows[0]["us"]]]
+    lines = [f"{doc['device']}, torch {doc['torch']}, triton {doc.get('triton')}; us, "
+             f"{doc['method']}", "",
+             "| layers | N x K | M | " + " | ".join(cols) + " | read ceiling | ceiling/triton |",
+             "|---" * (len(cols) + 5) + "|"]
+    for r in rows:
+        us = " | ".join(f"{r['us'][c]:.1f}" for c in cols)
+        lines.append(f"| {', '.join(r['layers'])} | {r['n']} x {r['k']} | {r['m']} | {us} | "
+                     f"{r['read_ceiling_us']:.1f} | {r['triton_read_ceiling_frac']:.0%} |")
+    lines += ["", "Geomean of peer / triton per M (> 1: triton faster):", ""]
+    for m in sorted({r["m"] for r in rows}):
+        mine = [r for r in rows if r["m"] == m]
+        parts = []
+        for c in cols[1:]:
+            g = math.exp(sum(math.log(r["us"][c] / r["us"]["triton"]) for r in mine) / len(mine))
+            lo = min(r["us"][c] / r["us"]["triton"] for r in mine)
+            parts.append(f"{c} x{g:.2f} (min x{lo:.2f})")
+        lines.append(f"- M={m}: " + ", ".join(parts))
+    eager = [r for r in rows if "eager_overhead_us" in r]
+    if eager:
+        lines += ["", "Eager call overhead at M=1 (us over the hot kernel time):", "",
+                  "| layers | hot kernel | cached launch | Triton launch |", "|---|---|---|---|"]
+        for r in eager:
+            o = r["eager_overhead_us"]
+            lines.append(f"| {', '.join(r['layers'])} | {r['triton_hot_us']:.1f} | "
+                         f"{o['cached']:.1f} | {o['triton']:.1f} |")
+    if doc["peers_skipped"]:
+        lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in doc["peers_skipped"].items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
