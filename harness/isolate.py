@@ -25,9 +25,11 @@ from harness.records import Cell, cell_from_json, cell_to_json, read_jsonl
 
 
 def groups(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells sharing one (model, backend, autotune): one worker prepares that model's layers
+    once for them (a suite may list several models)."""
     out: dict[tuple, list[Cell]] = {}
     for c in cells:
-        out.setdefault((c.backend, c.autotune), []).append(c)
+        out.setdefault((c.model, c.backend, c.autotune), []).append(c)
     return list(out.values())
 
 

@@ -231,3 +231,16 @@ def test_every_tunable_runner_has_autotune_cells_and_decode_pairs():
     # the engine's shared-expert MLP and the runners see the same SwiGLU
     h = torch.randn(3, 8)
     assert torch.allclose(silu_and_mul(h), torch.nn.functional.silu(h[:, :4]) * h[:, 4:])
+
+
+def test_cells_of_two_models_each_run_their_own_model():
+    """One (backend, autotune) over two models: each cell measures its own model's weights
+    (a group per model), here through the isolated workers and in process."""
+    for opts in (decode.DecodeOptions(isolate=False), decode.DecodeOptions()):
+        cells = (decode.plan("tiny", [1], 4, 2, ["torch-dequant"], ["off"])
+                 + decode.plan("tiny-moe", [1], 4, 2, ["torch-dequant"], ["off"]))
+        decode.run(cells, opts)
+        dense, moe = cells
+        assert dense.status == moe.status == "ok", (dense.reason, moe.reason)
+        assert dense.moe_runner == "" and moe.moe_runner == "moe-ref"
+        assert dense.step_bytes_detail["experts"] == 0 < moe.step_bytes_detail["experts"]
