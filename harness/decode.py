@@ -27,6 +27,7 @@ from harness.models import gdn_kernel, get_model
 from harness.models import checkpoint as ckpt
 from harness.models import weights as weights_mod
 from harness.models.engine import PREFILL_CHUNK_TOKENS, DecodeEngine, PreparedModel
+from harness.moe import runners
 from harness.progress import Progress
 from harness.records import DecodeCell
 
@@ -111,14 +112,15 @@ def activation_bytes(cfg, batch: int, tokens: int) -> int:
 
 def memory_check(backend: GemmBackend, cfg, batch: int, max_len: int, input_len: int,
                  device: torch.device, margin: float,
-                 prefill_chunk: int = PREFILL_CHUNK_TOKENS) -> str | None:
+                 prefill_chunk: int = PREFILL_CHUNK_TOKENS,
+                 expert_bytes_per_element: float = 9 / 16) -> str | None:
     """The reason a model cannot fit this GPU with this backend, naming the bytes; or None."""
     if device.type != "cuda":
         return None
     elements = sum(n * k for n, k in weights_mod.all_linears(cfg).values())
     dense = sum(torch.Size(s).numel() * 2 for s in weights_mod.dense_shapes(cfg).values())
-    # routed experts stay NVFP4 (0.5 + 1/16 bytes per element) whatever the GEMM backend
-    experts = weights_mod.expert_elements(cfg) * 9 // 16
+    # routed experts in their MoE runner's format (NVFP4: 0.5 + 1/16 bytes per element)
+    experts = int(weights_mod.expert_elements(cfg) * expert_bytes_per_element)
     weights = int(elements * backend.resident_bytes_per_element) + dense + experts
     chunk = batch * min(input_len, max(1, prefill_chunk // batch))  # the prefill's widest M
     need = int((weights + cache_bytes(cfg, batch, max_len) + activation_bytes(cfg, batch, chunk))
@@ -163,13 +165,12 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
     cfg = plan.config if plan is not None else get_model(cells[0].model)
     moe_runner, moe_root = None, None
     if cfg.is_moe:
-        from harness.moe import runners
         from harness.moe.run import MoeOptions, config_dir
         moe_runner, moe_root = runners.for_backend(backend.name), config_dir(MoeOptions())
         reason = (f"no MoE runner pairs with the {backend.name} backend; those that do: "
                   f"{', '.join(sorted(runners.FOR_BACKEND))}" if moe_runner is None else
                   runners.why_not(moe_runner, cfg.moe_shape(), cells[0].autotune, "shared",
-                                  device, moe_root))
+                                  device, moe_root, cfg.name))
         for c in cells:
             c.moe_runner = moe_runner or ""
         if reason is not None:
@@ -180,7 +181,8 @@ def run_group(cells: list[DecodeCell], opts: DecodeOptions, device: torch.device
     todo = []
     for c in cells:
         r = memory_check(backend, cfg, c.batch, _max_len(c, opts), c.input_len, device,
-                         opts.memory_margin, opts.prefill_chunk)
+                         opts.memory_margin, opts.prefill_chunk,
+                         runners.resident_bytes_per_element(moe_runner or ""))
         if r is not None:
             c.status, c.reason = "skipped", r
             done(c)

@@ -7,8 +7,8 @@ the GPU. Graph replays hide it; eager callers (prefill, engines without CUDA gra
 
 :class:`Launch` resolves one (layer, M, launch options) once, after Triton has launched it
 normally: the compiled kernel (from Triton's own cache, by ``warmup``), its grid and its
-bound argument list, in which only the activation and output tensors change from call to
-call. Later calls go straight to the compiled kernel's launcher (``CompiledKernel.run``, the
+bound argument list, in which only the activation, output and weight tensors change from
+call to call. Later calls go straight to the compiled kernel's launcher (``CompiledKernel.run``, the
 call ``JITFunction.run`` itself ends in). Triton's launch hooks are honoured.
 """
 

@@ -605,7 +605,7 @@ def _swap_ab_ok(x: torch.Tensor, m: int, k: int) -> bool:
 def run_swap_ab(x, words, args, autotune: bool, launch: dict | None = None):
     """Launch the swapped-operand kernel on ``args`` (the shared argument tuple);
     ``launch``: extra launch options (``harness.pdl``). Returns what ran (kernel, arguments,
-    keywords, grid function), for ``_resolve``."""
+    keywords, grid function), for the cached launch."""
     m, n, k = args[7], args[8], args[9]
     scales = args[2]
     kernel_args = (x, words, scales, *args[3:12], words.stride(0), scales.stride(0), args[12])

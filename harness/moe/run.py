@@ -74,7 +74,7 @@ def config_dir(opts: MoeOptions) -> Path:
 
 def why_skipped(cell: MoeCell, device: torch.device, root: Path) -> str | None:
     return runners.why_not(cell.runner, get_model(cell.model).moe_shape(), cell.autotune,
-                           cell.down, device, root)
+                           cell.down, device, root, cell.model)
 
 
 def run(cells: list[MoeCell], opts: MoeOptions, log: Callable[[str], None] = lambda s: None,

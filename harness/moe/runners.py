@@ -90,6 +90,14 @@ def for_backend(backend: str) -> str | None:
     return FOR_BACKEND.get(backend)
 
 
+def resident_bytes_per_element(runner: str) -> float:
+    """GPU bytes per expert weight element a prepared layer holds: the NVFP4 experts, plus
+    FlashInfer's bf16 or FP8 copy for those runners."""
+    nvfp4_bytes = 9 / 16
+    return nvfp4_bytes + {"flashinfer-cutlass-moe-bf16": 2.0, "flashinfer-cutlass-moe-fp8": 1.0,
+                          "flashinfer-cutlass-moe": nvfp4_bytes}.get(runner, 0.0)
+
+
 def get_runner(name: str) -> Runner:
     if name not in RUNNERS:
         raise UnknownNameError("MoE runner", name, sorted(RUNNERS))
@@ -113,7 +121,7 @@ def tuned_paths(shape, device: torch.device, root: Path) -> tuple[Path, Path]:
 # ---- availability --------------------------------------------------------------------
 
 def why_not(runner: str, shape, autotune: str, down: str, device: torch.device,
-            root: Path) -> str | None:
+            root: Path, model: str = "") -> str | None:
     """Why this runner cannot run this (autotune, down) here, or None."""
     r = get_runner(runner)
     if autotune == "on" and not r.tunable:
@@ -121,13 +129,13 @@ def why_not(runner: str, shape, autotune: str, down: str, device: torch.device,
     if down == "own" and not r.has_block_sizes:
         return (f"{r.name} has no Triton block sizes (its down=shared row is the measurement)")
     if runner == "triton-moe":
-        return _why_not_triton(shape, autotune, down, device, root)
+        return _why_not_triton(shape, autotune, down, device, root, model)
     if runner.startswith("flashinfer-"):
         return _why_not_flashinfer(runner, device)
     return None
 
 
-def _why_not_triton(shape, autotune, down, device, root) -> str | None:
+def _why_not_triton(shape, autotune, down, device, root, model) -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install 'nvfp4-bench[gpu]')"
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -141,7 +149,7 @@ def _why_not_triton(shape, autotune, down, device, root) -> str | None:
         up, _ = tuned_paths(shape, device, root)
         if not up.exists():
             return (f"no tuned configs for {device_name(device)} ({up}): "
-                    f"`nvfp4-bench tune-moe` writes them")
+                    f"`nvfp4-bench tune-moe{' --model ' + model if model else ''}` writes them")
     return None
 
 
