@@ -20,6 +20,7 @@ and up swapped into FlashInfer's [up; gate] order), so every runner computes the
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -185,8 +186,10 @@ def _why_not_flashinfer(runner: str, device: torch.device) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def _cutlass_spec(sm: int):
-    """FlashInfer's own JIT spec of the fused-MoE module it would load on this GPU."""
+    """FlashInfer's own JIT spec of the fused-MoE module it would load on this GPU (made
+    once per process: making it writes the module's generated CUTLASS sources)."""
     from flashinfer.jit import fused_moe as jit_moe
     gen = {90: "gen_cutlass_fused_moe_sm90_module", 89: "gen_cutlass_fused_moe_sm89_module",
            103: "gen_cutlass_fused_moe_sm103_module"}.get(sm)
