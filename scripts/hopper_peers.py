@@ -8,7 +8,7 @@ backend tunes there), captured in a CUDA graph, and its replays timed by
 (autotune on), ``torch-bf16`` (cuBLAS), ``torch-fp8`` and FlashInfer's ``mm_fp8``
 (``flashinfer-fp8-cublas`` / ``-auto``, tuned by FlashInfer's autotuner), each through the
 harness's own backend (FP8 paths include their activation quantization, as a user's call
-does). Also, per shape, the time of a plain read-only kernel of the layer's NVFP4 bytes (best
+does); FlashInfer's ``mm_fp8`` also alone, on an activation already in e4m3. Also, per shape, the time of a plain read-only kernel of the layer's NVFP4 bytes (best
 of 12 launch shapes, same method; on the H200 it stays well above the read ceilings of
 docs/PERF.md, so it is a lower bar, not a ceiling) and, at M=1, the eager call overhead of
 ``triton``: wall time per call of back-to-back eager calls minus the hot-L2 graph replay
@@ -34,7 +34,7 @@ import triton.testing
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.backends import LayerWeights, get_backend  # noqa: E402
-from harness.backends import triton_launch  # noqa: E402
+from harness.backends import flashinfer_lib, triton_launch  # noqa: E402
 from harness.gemm import why_skipped  # noqa: E402
 from harness.hardware import copy_bandwidth  # noqa: E402
 from harness.models import get_model  # noqa: E402
@@ -163,6 +163,10 @@ def main() -> int:
                 if autotune:
                     be.tune(p, x, gsf)
                 row["us"][b] = cold_us(lambda: be.run(p, x, gsf))
+                if hasattr(be, "arguments"):  # FlashInfer's GEMM alone, x already in FP8
+                    args, kw = be.arguments(p, x, gsf)
+                    api = getattr(flashinfer_lib.module(), be.api)
+                    row.setdefault("gemm_alone_us", {})[b] = cold_us(lambda: api(*args, **kw))
             if m == 1:
                 be, p, _ = prepared["triton"]
 
@@ -206,6 +210,16 @@ def markdown(doc: dict) -> str:
         us = " | ".join(f"{r['us'][c]:.1f}" for c in cols)
         lines.append(f"| {', '.join(r['layers'])} | {r['n']} x {r['k']} | {r['m']} | {us} | "
                      f"{r['read_ceiling_us']:.1f} | {r['triton_read_ceiling_frac']:.0%} |")
+    alone = sorted({b for r in rows for b in r.get("gemm_alone_us", {})})
+    if alone:
+        lines += ["", "FlashInfer's FP8 GEMM alone (the activation already in e4m3, as from a "
+                  "fused quantization in the previous kernel), us:", "",
+                  "| layers | M | triton | " + " | ".join(alone) + " |",
+                  "|---" * (len(alone) + 3) + "|"]
+        for r in rows:
+            ga = r.get("gemm_alone_us", {})
+            lines.append(f"| {', '.join(r['layers'])} | {r['m']} | {r['us']['triton']:.1f} | "
+                         + " | ".join(f"{ga[b]:.1f}" if b in ga else "-" for b in alone) + " |")
     lines += ["", "Geomean of peer / triton per M (> 1: triton faster):", ""]
     for m in sorted({r["m"] for r in rows}):
         mine = [r for r in rows if r["m"] == m]
@@ -214,6 +228,11 @@ def markdown(doc: dict) -> str:
             g = math.exp(sum(math.log(r["us"][c] / r["us"]["triton"]) for r in mine) / len(mine))
             lo = min(r["us"][c] / r["us"]["triton"] for r in mine)
             parts.append(f"{c} x{g:.2f} (min x{lo:.2f})")
+        for c in alone:
+            if all(c in r.get("gemm_alone_us", {}) for r in mine):
+                ratios = [r["gemm_alone_us"][c] / r["us"]["triton"] for r in mine]
+                g = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+                parts.append(f"{c} GEMM alone x{g:.2f} (min x{min(ratios):.2f})")
         lines.append(f"- M={m}: " + ", ".join(parts))
     eager = [r for r in rows if "eager_overhead_us" in r]
     if eager:

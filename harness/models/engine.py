@@ -263,8 +263,7 @@ class PreparedModel:
                 self.moe[i] = PreparedMoe(moe_runner, ew, autotune, "shared", moe_config_root,
                                           device)
                 del ew
-        self.expert_bytes = sum(m.weights.w13.nbytes() + m.weights.w2.nbytes()
-                                for m in self.moe.values())
+        self.expert_bytes = sum(m.nvfp4_bytes for m in self.moe.values())
 
     def set_mode(self, mode: str) -> None:
         self.mode = mode

@@ -210,12 +210,14 @@ class PreparedMoe:
                  root: Path | None = None, device: torch.device | None = None):
         self.runner, self.weights, self.autotune, self.down = runner, weights, autotune, down
         self.shape = weights.shape
+        self.nvfp4_bytes = weights.w13.nbytes() + weights.w2.nbytes()  # the experts as stored
         self.device = device or weights.router.device
         self.config_source = ""
         self._tuned = False
         if runner == "triton-moe":
             from harness.moe.triton_moe import FusedMoe
             self.fused = FusedMoe(weights)
+            self.weights = None  # the kernels read their own word copy; the codes can go
             self.up_table = self.down_table = None
             if autotune:
                 up_path, down_path = tuned_paths(self.shape, self.device, root)
