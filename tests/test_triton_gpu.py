@@ -95,37 +95,6 @@ def test_shared_memory_ring_path(n, k, config, warps, monkeypatch):
         assert err < 1e-2, (n, k, m, config, err)
 
 
-# Two batch tiles per program (M > 32): register path and shared-memory ring, with split-K.
-TWO_TILES = [({"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1, "STAGES": 0}, 2),
-             ({"BLOCK_N": 128, "BLOCK_K": 256, "SPLIT_K": 4, "STAGES": 0}, 4),
-             ({"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 8, "STAGES": 2}, 2),
-             ({"BLOCK_N": 128, "BLOCK_K": 256, "SPLIT_K": 2, "STAGES": 3}, 4)]
-
-
-@pytest.mark.parametrize("n,k", [SHAPES[0], SHAPES[-1], (1000, 1280)])
-@pytest.mark.parametrize("config,warps", TWO_TILES)
-def test_two_batch_tiles_per_program(n, k, config, warps, monkeypatch):
-    """``B_TILES = 2``: one decode of the weight tile serves two batch tiles of 32 rows; the
-    second tile's rows past M (33, 50) and split-K partial tiles must still come out right."""
-    import triton
-
-    from harness.backends import triton_w4a16
-
-    monkeypatch.setattr(triton_w4a16, "SWAP_AB_DEFAULT",
-                        triton.Config(dict(config, PREFETCH=False, B_TILES=2), num_warps=warps,
-                                      num_stages=1))
-    dev = torch.device("cuda")
-    tri, deq = get_backend("triton"), get_backend("torch-dequant")
-    w = make_weights(n, k, seed=n + 2 * k, device=dev, std=0.02)
-    pt, pd = tri.prepare(w, autotune=False), deq.prepare(w)
-    for m in (33, 50, 64):
-        x = make_activations(m, k, seed=m + 2, device=dev)
-        out, base = tri.run(pt, x, None), deq.run(pd, x, None)
-        assert torch.isfinite(out).all()
-        err = ((out.float() - base.float()).norm() / base.float().norm()).item()
-        assert err < 1e-2, (n, k, m, config, err)
-
-
 @pytest.mark.parametrize("batch", [1, 3])
 def test_pdl_decode_steps_match_plain_launches(batch, monkeypatch):
     """A tiny hybrid model's decode steps, replayed from CUDA graphs, give the same logits

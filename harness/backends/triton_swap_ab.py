@@ -226,27 +226,19 @@ if gluon is not None:
                                                mask=live)
 
     @gluon.jit
-    def _issue_acts(x_smem, x_src, x_ok, x_src2, x_ok2, slot, step, live, BLOCK_K: gl.constexpr,
-                    BLOCK_B: gl.constexpr, B_TILES: gl.constexpr):
-        """Start the copy of K step ``step``'s activations (each batch tile's rows) and close
-        the step's commit group (an empty group when ``live`` is false: the wait counts stay
-        uniform). Batch rows past M are zero-filled without reading memory."""
-        if B_TILES == 1:
-            async_copy.async_copy_global_to_shared(x_smem.index(slot), x_src + step * BLOCK_K,
-                                                   mask=x_ok & live)
-        else:
-            async_copy.async_copy_global_to_shared(x_smem.index(slot).slice(0, BLOCK_B),
-                                                   x_src + step * BLOCK_K, mask=x_ok & live)
-            async_copy.async_copy_global_to_shared(x_smem.index(slot).slice(BLOCK_B, BLOCK_B),
-                                                   x_src2 + step * BLOCK_K, mask=x_ok2 & live)
+    def _issue_acts(x_smem, x_src, x_ok, slot, step, live, BLOCK_K: gl.constexpr):
+        """Start the copy of K step ``step``'s activations and close the step's commit group
+        (an empty group when ``live`` is false: the wait counts stay uniform). Batch rows
+        past M are zero-filled without reading memory."""
+        async_copy.async_copy_global_to_shared(x_smem.index(slot), x_src + step * BLOCK_K,
+                                               mask=x_ok & live)
         async_copy.commit_group()
 
     @gluon.jit
-    def _staged_loop(w_ptr, stride_wn, x_ptrs, x_ok, x_ptrs2, x_ok2, s_ptr, stride_sn, pid_n,
-                     N, first, last, acc, acc2,
+    def _staged_loop(w_ptr, stride_wn, x_ptrs, x_ok, s_ptr, stride_sn, pid_n, N, first, last,
+                     acc,
                      BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
-                     STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
-                     B_TILES: gl.constexpr):
+                     STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr):
         """The K loop with the weight streamed through a ring of ``STAGES`` shared-memory
         slots by ``cp.async``: ``STAGES - 1`` steps of words and scales are in flight while
         one decodes, without the registers a register pipeline of that depth would need.
@@ -273,7 +265,7 @@ if gluon is not None:
                                            gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
         # Activations: each warp copies the whole tile it reads (every warp needs all of
         # it). The swizzle spreads the rows of a shared-memory phase over the banks.
-        x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, B_TILES * BLOCK_B, BLOCK_K],
+        x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_B, BLOCK_K],
                                            gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
         # Built in the staged layout itself (not by reshaping ``w_ptrs``) so the compiler
         # sees 16 contiguous aligned words per row and group: 16-byte copies.
@@ -293,8 +285,7 @@ if gluon is not None:
         if GDC:
             _gdc_wait()
         for j in gl.static_range(STAGES - 1):
-            _issue_acts(x_smem, x_ptrs, x_ok, x_ptrs2, x_ok2, j, first + j, first + j < last,
-                        BLOCK_K, BLOCK_B, B_TILES)
+            _issue_acts(x_smem, x_ptrs, x_ok, j, first + j, first + j < last, BLOCK_K)
         for step in range(first, last):
             i = step - first
             async_copy.wait_group(STAGES - 2)  # this thread's copies of `step` have landed
@@ -302,37 +293,28 @@ if gluon is not None:
             ahead = step + STAGES - 1
             slot_ahead = (i + STAGES - 1) % STAGES
             _issue_weights(w_smem, s_smem, w_src, s_src, slot_ahead, ahead, ahead < last, BLOCK_K)
-            _issue_acts(x_smem, x_ptrs, x_ok, x_ptrs2, x_ok2, slot_ahead, ahead, ahead < last,
-                        BLOCK_K, BLOCK_B, B_TILES)
+            _issue_acts(x_smem, x_ptrs, x_ok, slot_ahead, ahead, ahead < last, BLOCK_K)
             slot = i % STAGES
             w3 = w_smem.index(slot).load(WL3)
             wv = gl.convert_layout(gl.reshape(gl.permute(w3, [1, 0, 2]),
                                               [BLOCK_N, BLOCK_K // 8]), WL, assert_trivial=True)
             sb = s_smem.index(slot).load(SL)
+            xv = x_smem.index(slot).load(XL)
             a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
-            if B_TILES == 1:
-                xv = x_smem.index(slot).load(XL)
-                acc = mma_v2(a, _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT), acc)
-            else:  # one tile's activations in registers at a time
-                xv = x_smem.index(slot).slice(0, BLOCK_B).load(XL)
-                acc = mma_v2(a, _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT), acc)
-                xv2 = x_smem.index(slot).slice(BLOCK_B, BLOCK_B).load(XL)
-                acc2 = mma_v2(a, _b_fragment(xv2, BLOCK_B, BLOCK_K, B_LAYOUT), acc2)
+            b = _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT)
+            acc = mma_v2(a, b, acc)
         async_copy.wait_group(0)
-        return acc, acc2
+        return acc
 
     @gluon.jit
     def swap_ab_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                        M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
                        BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                        SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr, FP8_CVT: gl.constexpr,
-                       STAGES: gl.constexpr = 0, GDC: gl.constexpr = False,
-                       B_TILES: gl.constexpr = 1):
+                       STAGES: gl.constexpr = 0, GDC: gl.constexpr = False):
         # GDC: grid-dependency control for a PDL launch (``harness.pdl``): wait for the
         # previous kernel before the first activation load; let the next one launch once
-        # the K loop is done. B_TILES = 2: the program covers two batch tiles with one
-        # decode of its weight tile, each tile's activations loaded just before its MMA
-        # (not with PREFETCH): M = 64 decodes the weight once instead of twice.
+        # the K loop is done.
         nw: gl.constexpr = gl.num_warps()
         WL: gl.constexpr = _word_layout(BLOCK_N, BLOCK_K, nw)
         SL: gl.constexpr = _scale_layout(BLOCK_N, BLOCK_K, nw)
@@ -351,7 +333,7 @@ if gluon is not None:
                         N - 1)
         jw = gl.arange(0, BLOCK_K // 8, layout=gl.SliceLayout(0, WL))
         js = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SL))
-        rb = pid_b * (B_TILES * BLOCK_B) + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XL))
+        rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XL))
         jk = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XL))
         steps = K // BLOCK_K
         per_split = (steps + SPLIT_K - 1) // SPLIT_K
@@ -361,14 +343,10 @@ if gluon is not None:
         s_ptrs = s_ptr + rs.to(gl.int64)[:, None] * stride_sn + js[None, :]
         x_ptrs = x_ptr + rb[:, None] * stride_xm + jk[None, :]
         x_ok = rb[:, None] < M
-        x_ptrs2 = x_ptrs + BLOCK_B * stride_xm  # the second tile (B_TILES = 2)
-        x_ok2 = (rb[:, None] + BLOCK_B) < M
         acc = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
-        acc2 = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
         if STAGES > 0:
-            acc, acc2 = _staged_loop(w_ptr, stride_wn, x_ptrs, x_ok, x_ptrs2, x_ok2, s_ptr,
-                                     stride_sn, pid_n, N, first, last, acc, acc2, BLOCK_N,
-                                     BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, B_TILES)
+            acc = _staged_loop(w_ptr, stride_wn, x_ptrs, x_ok, s_ptr, stride_sn, pid_n, N, first,
+                               last, acc, BLOCK_N, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC)
         elif PREFETCH:
             # Software pipeline in registers: the loads of step i + 1 are in flight while step
             # i decodes (Triton pipelines loads only through shared memory, for dot operands).
@@ -399,25 +377,10 @@ if gluon is not None:
                 a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
                 b = _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT)
                 acc = mma_v2(a, b, acc)
-                if B_TILES == 2:
-                    xv2 = gl.load(x_ptrs2 + step * BLOCK_K, mask=x_ok2, other=0.0)
-                    acc2 = mma_v2(a, _b_fragment(xv2, BLOCK_B, BLOCK_K, B_LAYOUT), acc2)
         if GDC:
             _gdc_launch_dependents()
-        _store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
-                    pid_b * B_TILES, pid_k, BLOCK_N, BLOCK_B, SPLIT_K, B_TILES, MMA)
-        if B_TILES == 2:
-            _store_tile(acc2, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
-                        pid_b * B_TILES + 1, pid_k, BLOCK_N, BLOCK_B, SPLIT_K, B_TILES, MMA)
-
-    @gluon.jit
-    def _store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n, tile_b,
-                    pid_k, BLOCK_N: gl.constexpr, BLOCK_B: gl.constexpr, SPLIT_K: gl.constexpr,
-                    B_TILES: gl.constexpr, MMA: gl.constexpr):
-        """Store batch tile ``tile_b`` of the program's output rows (with split-K: the last
-        program of the tile to arrive sums the partials)."""
         on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))
-        ob = tile_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(0, MMA))
+        ob = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(0, MMA))
         mask = (ob[None, :] < M) & (on[:, None] < N)
         out_ptrs = out_ptr + ob[None, :] * stride_om + on[:, None]
         scale = gl.load(scale_ptr)
@@ -430,7 +393,7 @@ if gluon is not None:
             ws_ptrs = ws_ptr + ob[None, :] * N + on[:, None]
             gl.store(ws_ptrs + pid_k * plane, acc, mask=mask)
             gl.thread_barrier()
-            tile = pid_n * (gl.num_programs(0) * B_TILES) + tile_b
+            tile = pid_n * gl.num_programs(0) + pid_b
             arrived = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
             if arrived == SPLIT_K - 1:
                 total = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)

@@ -287,21 +287,15 @@ if triton is not None:
         # activation conversion, fewer give more programs in flight. STAGES 0 loads into
         # registers (PREFETCH: one step ahead); STAGES 2 streams through shared memory
         # (deeper rings never won on H200: the decode, not the memory latency, is the limit).
-        # B_TILES 2 (M > 32): two batch tiles of 32 per program share one decode of the
-        # weight tile (pruned below where M fits one tile).
         return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "PREFETCH": pf,
-                               "STAGES": st, "B_TILES": bt}, num_warps=w, num_stages=1)
+                               "STAGES": st}, num_warps=w, num_stages=1)
                 for bn, w in ((64, 2), (128, 2), (128, 4)) for bk in (128, 256)
-                for sk in (1, 2, 4, 8)
-                for pf, st, bt in ((False, 0, 1), (True, 0, 1), (False, 2, 1), (False, 0, 2),
-                                   (False, 2, 2))]
+                for sk in (1, 2, 4, 8) for pf, st in ((False, 0), (True, 0), (False, 2))]
 
     def _swap_ab_fits(kw: dict, num_warps: int, m: int, k: int) -> bool:
         """Config constraints of the kernel's layouts and of its register budget."""
         bn, bk, sk = kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"]
-        bb, bt = _block_b(m), kw.get("B_TILES", 1)
-        if bt > 1 and (m <= bb or kw.get("PREFETCH")):
-            return False  # one tile holds M already; prefetching both tiles spills
+        bb = _block_b(m)
         return (16 * num_warps <= bn <= 64 * num_warps and k % bk == 0 and k // bk >= sk
                 # each thread holds its batch rows' activations for the whole BLOCK_K
                 and bb * bk <= 32 * 256 and (bb < 32 or bn * bk <= 128 * 256))
@@ -314,8 +308,7 @@ if triton is not None:
             kw = c.kwargs
             if not _swap_ab_fits(kw, c.num_warps, m, k):
                 continue
-            progs = (triton.cdiv(m, _block_b(m) * kw.get("B_TILES", 1))
-                     * triton.cdiv(n, kw["BLOCK_N"]) * kw["SPLIT_K"])
+            progs = triton.cdiv(m, _block_b(m)) * triton.cdiv(n, kw["BLOCK_N"]) * kw["SPLIT_K"]
             if sms // 2 <= progs <= 16 * sms:
                 keep.append(c)
         # The fixed config of autotune=off is always a candidate: tuning never loses to it
@@ -619,8 +612,7 @@ def run_swap_ab(x, words, args, autotune: bool, launch: dict | None = None):
     bb = _block_b(m)
 
     def grid(meta):
-        return (triton.cdiv(m, bb * meta.get("B_TILES", 1)), triton.cdiv(n, meta["BLOCK_N"]),
-                meta["SPLIT_K"])
+        return (triton.cdiv(m, bb), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
     extra = {"BLOCK_B": bb, "FP8_CVT": _has_fp8_cvt(x.device), **(launch or {})}
     kernel = (_swap_ab_tuned() if autotune

@@ -1,8 +1,9 @@
 """Triton fused MoE for NVFP4 weights and bf16 activations (W4A16), SGLang's structure:
 
 1. ``align``: the (token, slot) pairs sorted by expert, each expert's run padded to a
-   multiple of BLOCK_SIZE_M (SGLang's ``moe_align_block_size``; here in torch, with the
-   worst-case length so nothing waits on the host and it can be graph-captured);
+   multiple of BLOCK_SIZE_M (SGLang's ``moe_align_block_size``; one Triton program for a
+   decode batch, torch ops for larger ones; the worst-case length, so nothing waits on the
+   host and it can be graph-captured);
 2. the up kernel: per BLOCK_SIZE_M block of one expert, rows of x times that expert's
    [2I, H] weight, decoded from NVFP4 in registers, into [M*k, 2I]. The weights are in the
    dense ``triton`` backend's word layout (``shuffle_words``: 8 codes per int32 word,
