@@ -8,8 +8,9 @@ backend tunes there), captured in a CUDA graph, and its replays timed by
 (autotune on), ``torch-bf16`` (cuBLAS), ``torch-fp8`` and FlashInfer's ``mm_fp8``
 (``flashinfer-fp8-cublas`` / ``-auto``, tuned by FlashInfer's autotuner), each through the
 harness's own backend (FP8 paths include their activation quantization, as a user's call
-does); FlashInfer's ``mm_fp8`` also alone, on an activation already in e4m3. Also, per shape, the time of a plain read-only kernel of the layer's NVFP4 bytes (best
-of 12 launch shapes, same method; on the H200 it stays well above the read ceilings of
+does); FlashInfer's ``mm_fp8`` also alone, on an activation already in e4m3. Also, per
+shape, the time of a plain read-only kernel of the layer's NVFP4 bytes (best of 12 launch
+shapes, same method; on the H200 it stays well above the read ceilings of
 docs/PERF.md, so it is a lower bar, not a ceiling) and, at M=1, the eager call overhead of
 ``triton``: wall time per call of back-to-back eager calls minus the hot-L2 graph replay
 time, with the cached launches (``harness.backends.triton_launch``) on and off.
