@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from harness import isolate
+from harness import isolate, nvfp4
 from harness.backends import GemmBackend, get_backend
 from harness.gemm import AUTOTUNE_VALUES, describe_error, why_skipped
 from harness.hardware import copy_bandwidth, default_device
@@ -113,7 +113,7 @@ def activation_bytes(cfg, batch: int, tokens: int) -> int:
 def memory_check(backend: GemmBackend, cfg, batch: int, max_len: int, input_len: int,
                  device: torch.device, margin: float,
                  prefill_chunk: int = PREFILL_CHUNK_TOKENS,
-                 expert_bytes_per_element: float = 9 / 16) -> str | None:
+                 expert_bytes_per_element: float = nvfp4.BYTES_PER_ELEMENT) -> str | None:
     """The reason a model cannot fit this GPU with this backend, naming the bytes; or None."""
     if device.type != "cuda":
         return None

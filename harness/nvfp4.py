@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 BLOCK = 16
+# Bytes per weight element: a 4-bit code plus one e4m3 scale per block.
+BYTES_PER_ELEMENT = 0.5 + 1 / BLOCK
 E2M1_MAX = 6.0
 E4M3_MAX = 448.0
 # Magnitudes of the eight e2m1 codes; bit 3 of a code is the sign.

@@ -73,7 +73,7 @@ class GemmBackend:
     tolerance: float = 2e-2
     description: str = ""
     # Bytes per weight element the prepared layer keeps in GPU memory (for memory checks).
-    resident_bytes_per_element: float = 0.5 + 1 / 16
+    resident_bytes_per_element: float = nvfp4.BYTES_PER_ELEMENT
 
     def availability(self, device: torch.device) -> Availability:
         return Availability.yes()

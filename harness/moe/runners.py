@@ -94,7 +94,7 @@ def for_backend(backend: str) -> str | None:
 def resident_bytes_per_element(runner: str) -> float:
     """GPU bytes per expert weight element a prepared layer holds: the NVFP4 experts, plus
     FlashInfer's bf16 or FP8 copy for those runners."""
-    nvfp4_bytes = 9 / 16
+    nvfp4_bytes = nvfp4.BYTES_PER_ELEMENT
     return nvfp4_bytes + {"flashinfer-cutlass-moe-bf16": 2.0, "flashinfer-cutlass-moe-fp8": 1.0,
                           "flashinfer-cutlass-moe": nvfp4_bytes}.get(runner, 0.0)
 
