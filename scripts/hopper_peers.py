@@ -14,7 +14,8 @@ shapes, same method; on the H200 it stays well above the read ceilings of
 docs/PERF.md, so it is a lower bar, not a ceiling) and, at M=1, the eager call overhead of
 ``triton``: wall time per call of back-to-back eager calls minus the hot-L2 graph replay
 time, with the cached launches (``harness.backends.triton_launch``) on and off.
-Writes ``hopper-peers.json`` and ``hopper-peers.md`` under ``--out``.
+Writes ``hopper-peers.json`` and ``hopper-peers.md`` under ``--out``, again after every row
+(``"complete": false`` until the last), so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ import triton.testing
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.backends import LayerWeights, get_backend  # noqa: E402
-from harness.backends import flashinfer_lib, triton_launch  # noqa: E402
+from harness.backends import flashinfer_lib, triton_launch, triton_w4a16  # noqa: E402
 from harness.gemm import why_skipped  # noqa: E402
 from harness.hardware import copy_bandwidth  # noqa: E402
 from harness.models import get_model  # noqa: E402
 from harness.models.weights import synthetic_linear  # noqa: E402
+from harness.records import atomic_write_text  # noqa: E402
 
 PEERS = ("torch-bf16", "torch-fp8", "flashinfer-fp8-cublas", "flashinfer-fp8-auto")
 
@@ -146,6 +148,12 @@ def main() -> int:
     skipped = {p: why for p, why in reasons.items() if why is not None}
     rows = []
     bw = copy_bandwidth()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
+           "triton": triton.__version__, "copy_bandwidth_Bps": bw, "peers_skipped": skipped,
+           "rows": rows, "method": "CUDA graph of one call, replays timed by "
+                                   "triton.testing.do_bench (median, L2 flushed between replays)"}
     for (n, k), names in shapes.items():
         lw = LayerWeights(fp4=synthetic_linear(n, k, gen, dev).fp4)
         nbytes = lw.fp4.nbytes()
@@ -165,10 +173,10 @@ def main() -> int:
                     be.tune(p, x, gsf)
                 row["us"][b] = cold_us(lambda: be.run(p, x, gsf))
                 if hasattr(be, "arguments"):  # FlashInfer's GEMM alone, x already in FP8
-                    args, kw = be.arguments(p, x, gsf)
+                    fi_args, fi_kw = be.arguments(p, x, gsf)
                     fi = flashinfer_lib.module()
                     row.setdefault("gemm_alone_us", {})[b] = cold_us(
-                        lambda: flashinfer_lib.call(fi, be.api, *args, **kw))
+                        lambda: flashinfer_lib.call(fi, be.api, *fi_args, **fi_kw))
             if m == 1:
                 be, p, _ = prepared["triton"]
 
@@ -182,22 +190,23 @@ def main() -> int:
                 os.environ.pop(triton_launch.FAST_LAUNCH_ENV, None)
                 row["triton_hot_us"] = hot
                 row["eager_overhead_us"] = over
+            row["triton_kernel"] = triton_w4a16.tuned_choice(n, k, m)
             t = row["us"]["triton"]
             row["triton_read_ceiling_frac"] = ceiling / t
             row["triton_copy_bw_frac"] = (nbytes / bw) / (t * 1e-6) if bw else None
             rows.append(row)
             print(json.dumps({k2: v for k2, v in row.items() if k2 != "layers"}), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    doc = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
-           "copy_bandwidth_Bps": bw, "peers_skipped": skipped, "rows": rows,
-           "method": "CUDA graph of one call, replays timed by triton.testing.do_bench "
-                     "(median, L2 flushed between replays)"}
-    doc["triton"] = triton.__version__
-    (out / "hopper-peers.json").write_text(json.dumps(doc, indent=1))
-    (out / "hopper-peers.md").write_text(markdown(doc))
+            write(out, doc, complete=False)  # a kill or time limit keeps the finished rows
+    write(out, doc, complete=True)
     print(markdown(doc))
     return 0
+
+
+def write(out: Path, doc: dict, complete: bool) -> None:
+    """Both files, each replaced atomically; ``complete`` false while rows are missing."""
+    doc["complete"] = complete
+    atomic_write_text(out / "hopper-peers.json", json.dumps(doc, indent=1))
+    atomic_write_text(out / "hopper-peers.md", markdown(doc))
 
 
 def markdown(doc: dict) -> str:
@@ -244,6 +253,13 @@ def markdown(doc: dict) -> str:
             o = r["eager_overhead_us"]
             lines.append(f"| {', '.join(r['layers'])} | {r['triton_hot_us']:.1f} | "
                          f"{o['cached']:.1f} | {o['triton']:.1f} |")
+    chosen = [r for r in rows if r.get("triton_kernel")]
+    if chosen:
+        lines += ["", "What the tuned triton backend runs:", "",
+                  "| N x K | M | kernel and config |", "|---|---|---|"]
+        lines += [f"| {r['n']} x {r['k']} | {r['m']} | {r['triton_kernel']} |" for r in chosen]
+    if not doc.get("complete", True):
+        lines += ["", "Incomplete: the run stopped before its last rows."]
     if doc["peers_skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in doc["peers_skipped"].items())]
     return "\n".join(lines) + "\n"

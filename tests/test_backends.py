@@ -93,3 +93,22 @@ def test_triton_skip_reason_without_gpu(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     r = get_backend("triton").availability(CPU)
     assert not r.ok and "needs an NVIDIA GPU" in r.reason
+
+
+def test_tuned_choice_names_the_kernel_the_tuner_kept(monkeypatch):
+    """hopper_peers logs which kernel and config the tuned triton backend runs per GEMM;
+    the lookup must follow the small-M path table and the right autotuner's cache."""
+    triton = pytest.importorskip("triton")
+    from harness.backends import triton_w4a16 as tw
+
+    monkeypatch.setattr(tw, "_SMALL_M_PATH", {})
+    n, k = 4096, 1536  # a shape no other test tunes
+    assert tw.tuned_choice(n, k, 16) is None  # not tuned yet
+    mma = triton.Config({"BLOCK_N": 64, "BLOCK_K": 256}, num_warps=2)
+    wg = triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "STAGES": 4}, num_warps=8)
+    monkeypatch.setitem(tw._swap_ab_tuned().cache, (n, k, 16, "torch.bfloat16"), mma)
+    monkeypatch.setitem(tw._wgmma_tuned().cache, (n, k, 32, "torch.bfloat16"), wg)
+    assert tw.tuned_choice(n, k, 16) == f"mma.sync swap-ab {mma}"
+    assert tw.tuned_choice(n, k, 32) is None  # the path table still says mma.sync
+    tw._SMALL_M_PATH[(n, k, 32)] = "wgmma"
+    assert tw.tuned_choice(n, k, 17) == f"wgmma {wg}"  # M 17 shares the bucket of 32

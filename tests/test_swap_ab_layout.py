@@ -143,3 +143,100 @@ def test_staged_word_reads_are_free_of_bank_conflicts(block_n, block_k, block_b,
                     assert w % 4 == 0
                     chunks.add(((g * rows + r) * words + w) * 4 // 16 % 8)
                 assert len(chunks) == 8, (reg, warp, phase)
+
+
+# ---- the warpgroup-MMA variant (SM90a) -------------------------------------------------
+
+WGMMA_CONFIGS = [(64, 128, 16, 4), (128, 128, 64, 8), (256, 256, 32, 8), (128, 256, 64, 4)]
+
+
+def _wgmma_a_bases(block_n, block_k, block_b, num_warps):
+    ctx = ir.context()
+    ir.load_dialects(ctx)
+    builder = gluon_ir.GluonOpBuilder(ctx)
+    mma = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                    instr_shape=[16, block_b, 16])
+    a = builder.to_linear_layout(gl.DotOperandLayout(0, mma, 2)._to_ir(builder),
+                                 [block_n, block_k])
+    return {"reg": a.reg_bases, "lane": a.lane_bases, "warp": a.warp_bases}
+
+
+@pytest.mark.parametrize("block_n,block_k,block_b,num_warps", WGMMA_CONFIGS)
+def test_decoded_words_land_in_the_wgmma_a_operand_lanes(block_n, block_k, block_b,
+                                                         num_warps):
+    a = _owners(_wgmma_a_bases(block_n, block_k, block_b, num_warps))
+    words = _owners(sab.word_layout_bases(block_n, block_k, num_warps))
+    assert len(a) == block_n * block_k
+    for (row, w), who in words.items():
+        group, in_group = divmod(w, 16)
+        for e in range(8):
+            assert a[(row, 128 * group + sab.logical_column(in_group, e))] == who, (row, w, e)
+
+
+@pytest.mark.parametrize("block_k", [128, 256])
+def test_staged_activation_rows_follow_the_a_operand_k_order(block_k):
+    from harness.backends import triton_wgmma
+
+    order = triton_wgmma.act_staging_order(block_k)
+    assert sorted(order) == list(range(block_k))
+    for group in range(block_k // 128):
+        for w in range(16):
+            for e in range(8):
+                row = 128 * group + sab.logical_column(w, e)
+                assert order[row] == 128 * group + 8 * w + e
+
+
+def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps):
+    """Compile the kernel for sm_90a here (no GPU needed) -> (PTX, ptxas -v report)."""
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from harness.backends import triton_wgmma
+
+    fn = triton_wgmma.wgmma_kernel
+    sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
+           "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
+    sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
+                                   "stride_sn", "M_BUCKET")})
+    const = {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_B": block_b, "SPLIT_K": split_k,
+             "FP8_CVT": True, "STAGES": 0, "GDC": False}
+    sig.update({name: "constexpr" for name in const})
+    aligned = [a for a in sig if a.endswith("_ptr")] + ["N", "K", "stride_xm", "stride_om",
+                                                         "stride_wn", "stride_sn"]
+    src = GluonASTSource(fn=fn, signature=sig,
+                         constexprs={(fn.arg_names.index(n),): v for n, v in const.items()},
+                         attrs={(fn.arg_names.index(a),): [["tt.divisibility", 16]]
+                                for a in aligned})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": num_warps})
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = f"{tmp}/k.ptx"
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", ptx, "-o",
+                                 f"{tmp}/k.o"], capture_output=True, text=True, check=True)
+    return kernel.asm["ptx"], report.stderr
+
+
+@pytest.mark.parametrize("block_n,block_k,block_b,num_warps", [
+    (256, 128, 64, 8),  # at the register rule's limit: kept
+    (128, 128, 64, 4),  # one step past it: rejected
+])
+def test_wgmma_register_rule_matches_ptxas(block_n, block_k, block_b, num_warps):
+    """The tuner's register rule keeps exactly the configs ptxas compiles without spills
+    (the compile also proves the decode's layout is the wgmma A operand's: the kernel's
+    ``assert_trivial`` conversion fails the build otherwise)."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from harness.backends import triton_w4a16
+
+    ptx, report = _compile_wgmma(block_n, block_k, block_b, 1, num_warps)
+    assert f"m64n{block_b}k16.f32.bf16.bf16" in ptx
+    spills = "0 bytes spill stores" not in report
+    kept = triton_w4a16._wgmma_fits({"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": 1},
+                                    num_warps, block_b, 5120)
+    assert kept != spills, report

@@ -188,3 +188,53 @@ def test_cached_launches_match_tritons_own(autotune, monkeypatch):
     del p, g
     gc.collect()
     assert not any(key[0] == owner for key in triton_w4a16._FAST)
+
+
+# Warpgroup-MMA configs (BLOCK_N, BLOCK_K, SPLIT_K, warps, STAGES): one and two warpgroups,
+# 64 to 256 weight rows, both K steps, register and ring paths, split-K ranges past the end
+# of K on (1000, 1280).
+WGMMA = [(128, 128, 2, 8, 4), (64, 256, 4, 4, 0), (256, 128, 1, 8, 4), (128, 256, 8, 8, 0),
+         (128, 128, 1, 4, 3), (256, 256, 4, 8, 2)]
+
+
+class _Always(dict):
+    """A path table that answers one path for every key."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def get(self, key, default=None):
+        return self.path
+
+
+@pytest.mark.skipif(not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the warpgroup-MMA kernel needs an SM90 GPU")
+@pytest.mark.parametrize("n,k", [SHAPES[0], SHAPES[-1], (1000, 1280)])
+@pytest.mark.parametrize("bn,bk,sk,warps,stages", WGMMA)
+def test_wgmma_path_matches_torch_dequant(n, k, bn, bk, sk, warps, stages, monkeypatch):
+    import triton
+
+    from harness.backends import triton_launch, triton_w4a16, triton_wgmma
+
+    config = triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": stages},
+                           num_warps=warps, num_stages=1)
+    monkeypatch.setattr(triton_w4a16, "_SMALL_M_PATH", _Always("wgmma"))
+    monkeypatch.setattr(triton_w4a16, "_wgmma_tuned",
+                        lambda: triton_w4a16._fixed(triton_wgmma.wgmma_kernel, config))
+    monkeypatch.setenv(triton_launch.FAST_LAUNCH_ENV, "0")
+    if k % bk:
+        pytest.skip(f"K={k} is not a multiple of BLOCK_K={bk}")
+    dev = torch.device("cuda")
+    tri, deq = get_backend("triton"), get_backend("torch-dequant")
+    w = make_weights(n, k, seed=n * 5 + k, device=dev, std=0.02)
+    pt, pd = tri.prepare(w, autotune=True), deq.prepare(w)
+    for m in (9, 16, 33, 64):
+        x = make_activations(m, k, seed=m + 2, device=dev)
+        out, base = tri.run(pt, x, None), deq.run(pd, x, None)
+        assert torch.isfinite(out).all()
+        err = ((out.float() - base.float()).norm() / base.float().norm()).item()
+        assert err < 1e-2, (n, k, m, err)
+        again = tri.run(pt, x, None)
+        assert torch.equal(out, again), (n, k, m)  # split-K sums in a fixed order

@@ -307,6 +307,46 @@ if gluon is not None:
         return acc
 
     @gluon.jit
+    def split_range(K, BLOCK_K: gl.constexpr, SPLIT_K: gl.constexpr, pid_k):
+        """(K steps, first step, end step) of split ``pid_k``; a split past the end of K
+        has first >= end (no steps)."""
+        steps = K // BLOCK_K
+        per_split = (steps + SPLIT_K - 1) // SPLIT_K
+        first = pid_k * per_split
+        return steps, first, gl.minimum(first + per_split, steps)
+
+    @gluon.jit
+    def store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n, pid_b,
+                   pid_k, BLOCK_N: gl.constexpr, BLOCK_B: gl.constexpr, SPLIT_K: gl.constexpr,
+                   MMA: gl.constexpr):
+        """The fp32 [BLOCK_N, BLOCK_B] tile of out^T (in layout ``MMA``) -> bf16 ``out``
+        times the epilogue scale; under split-K through the workspace and the tile's
+        arrival counter. Shared by the mma.sync and wgmma kernels."""
+        on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))
+        ob = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(0, MMA))
+        mask = (ob[None, :] < M) & (on[:, None] < N)
+        out_ptrs = out_ptr + ob[None, :] * stride_om + on[:, None]
+        scale = gl.load(scale_ptr)
+        if SPLIT_K == 1:
+            gl.store(out_ptrs, (acc * scale).to(gl.bfloat16), mask=mask)
+        else:
+            # Deterministic split-K in one launch: every program stores its partial, the last
+            # to arrive at the tile's counter sums them in split order.
+            plane = M * N
+            ws_ptrs = ws_ptr + ob[None, :] * N + on[:, None]
+            gl.store(ws_ptrs + pid_k * plane, acc, mask=mask)
+            gl.thread_barrier()
+            tile = pid_n * gl.num_programs(0) + pid_b
+            arrived = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT_K - 1:
+                total = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
+                for s in range(SPLIT_K):
+                    total += gl.load(ws_ptrs + s * plane, mask=mask, other=0.0,
+                                     cache_modifier=".cg")
+                gl.store(out_ptrs, (total * scale).to(gl.bfloat16), mask=mask)
+                gl.store(cnt_ptr + tile, 0)  # ready for the next launch (graph replay)
+
+    @gluon.jit
     def swap_ab_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                        M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
                        BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
@@ -335,10 +375,7 @@ if gluon is not None:
         js = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SL))
         rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XL))
         jk = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XL))
-        steps = K // BLOCK_K
-        per_split = (steps + SPLIT_K - 1) // SPLIT_K
-        first = pid_k * per_split
-        last = gl.minimum(first + per_split, steps)
+        steps, first, last = split_range(K, BLOCK_K, SPLIT_K, pid_k)
         w_ptrs = w_ptr + rw.to(gl.int64)[:, None] * stride_wn + jw[None, :]
         s_ptrs = s_ptr + rs.to(gl.int64)[:, None] * stride_sn + js[None, :]
         x_ptrs = x_ptr + rb[:, None] * stride_xm + jk[None, :]
@@ -379,26 +416,5 @@ if gluon is not None:
                 acc = mma_v2(a, b, acc)
         if GDC:
             _gdc_launch_dependents()
-        on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))
-        ob = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(0, MMA))
-        mask = (ob[None, :] < M) & (on[:, None] < N)
-        out_ptrs = out_ptr + ob[None, :] * stride_om + on[:, None]
-        scale = gl.load(scale_ptr)
-        if SPLIT_K == 1:
-            gl.store(out_ptrs, (acc * scale).to(gl.bfloat16), mask=mask)
-        else:
-            # Deterministic split-K in one launch: every program stores its partial, the last
-            # to arrive at the tile's counter sums them in split order.
-            plane = M * N
-            ws_ptrs = ws_ptr + ob[None, :] * N + on[:, None]
-            gl.store(ws_ptrs + pid_k * plane, acc, mask=mask)
-            gl.thread_barrier()
-            tile = pid_n * gl.num_programs(0) + pid_b
-            arrived = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-            if arrived == SPLIT_K - 1:
-                total = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
-                for s in range(SPLIT_K):
-                    total += gl.load(ws_ptrs + s * plane, mask=mask, other=0.0,
-                                     cache_modifier=".cg")
-                gl.store(out_ptrs, (total * scale).to(gl.bfloat16), mask=mask)
-                gl.store(cnt_ptr + tile, 0)  # ready for the next launch (graph replay)
+        store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n, pid_b, pid_k,
+                   BLOCK_N, BLOCK_B, SPLIT_K, MMA)

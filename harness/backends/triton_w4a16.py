@@ -13,7 +13,10 @@ of the activations. Under the Triton interpreter the same values come from plain
 
 Paths:
 * ``swap_ab`` (M <= 64 on a GPU, K a multiple of 128; ``triton_swap_ab``): the weight is
-  the ``mma.sync`` A operand, decoded in registers straight into its fragment (Gluon);
+  the ``mma.sync`` A operand, decoded in registers straight into its fragment (Gluon); on
+  SM90 with autotune on and M > 8 its warpgroup-MMA variant (``triton_wgmma``: the same
+  A fragment, the batch tile staged once per CTA in shared memory) is tuned beside it and
+  the faster of the two kept per (N, K, M bucket);
 * ``gemm`` (larger M): bf16 ``tl.dot`` on tensor cores;
 * ``gemv`` (M == 1 where ``swap_ab`` cannot run, e.g. under the interpreter): CUDA-core dot
   products over [BLOCK_N, BLOCK_K/8] tiles of int32 words, reduced over K once at the end.
@@ -35,7 +38,7 @@ import weakref
 import torch
 
 from harness import pdl
-from harness.backends import triton_launch, triton_swap_ab
+from harness.backends import triton_launch, triton_swap_ab, triton_wgmma
 from harness.backends.base import Availability, GemmBackend, LayerWeights
 from harness.hardware import compute_capability
 
@@ -62,6 +65,11 @@ M_BUCKET_CAP = 256
 def _block_b(m: int) -> int:
     """Batch columns of one swapped-operand tile: the MMA's n (8) up to 32 (registers)."""
     return 8 if m <= 8 else (16 if m <= 16 else 32)
+
+
+def _wgmma_block_b(m: int) -> int:
+    """Batch rows of one warpgroup-MMA tile (its N): 16, 32 or 64."""
+    return 16 if m <= 16 else (32 if m <= 32 else 64)
 
 
 def _m_bucket(m: int) -> int:
@@ -331,6 +339,50 @@ if triton is not None:
                                prune_configs_by={"early_config_prune": _pruner(_prune_swap_ab)},
                                **_tuning_bench())(triton_swap_ab.swap_ab_kernel)
 
+    # Warpgroup-MMA variant of the swapped-operand path (SM90a; ``triton_wgmma``), tuned
+    # beside it: (BLOCK_N, warps) puts 16-row slices of the weight tile on each warp.
+    WGMMA_DEFAULT = triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 2,
+                                   "STAGES": 4}, num_warps=8, num_stages=1)
+
+    def _wgmma_space() -> list:
+        # STAGES 0: words in registers one step ahead; 4: a cp.async ring three steps ahead.
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st},
+                              num_warps=w, num_stages=1)
+                for bn, w, bk, st in ((128, 4, 128, 0), (128, 4, 128, 4), (128, 4, 256, 4),
+                                      (128, 8, 128, 0), (128, 8, 128, 4), (128, 8, 256, 4),
+                                      (256, 8, 128, 0), (256, 8, 128, 4))
+                for sk in (1, 2, 4, 8)]
+
+    def _wgmma_fits(kw: dict, num_warps: int, m: int, k: int) -> bool:
+        """Layout constraints, and the 32-bit registers per thread that the accumulator,
+        the decoded A tile and the activation and (STAGES = 0) word tiles with their
+        prefetch take: at 192 ptxas still fits them without spills (sm_90a, Triton 3.6:
+        229-231 registers), at 224 it spills (``test_swap_ab_layout`` compiles both)."""
+        bn, bk, sk = kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"]
+        bb = _wgmma_block_b(m)
+        threads = 32 * num_warps
+        in_registers = bn * bk // 4 if not kw.get("STAGES") else 0  # words and their prefetch
+        words = (bn * bb + bn * bk // 2 + bb * bk + in_registers) // threads
+        return (16 * num_warps <= bn <= 64 * num_warps and k % bk == 0 and k // bk >= sk
+                and words <= 192)
+
+    def _prune_wgmma(configs, named_args):
+        m, n, k = named_args["M"], named_args["N"], named_args["K"]
+        sms = _sms()
+        keep = []
+        for c in configs:
+            progs = (triton.cdiv(m, _wgmma_block_b(m)) * triton.cdiv(n, c.kwargs["BLOCK_N"])
+                     * c.kwargs["SPLIT_K"])
+            if _wgmma_fits(c.kwargs, c.num_warps, m, k) and sms // 2 <= progs <= 16 * sms:
+                keep.append(c)
+        return keep or [WGMMA_DEFAULT]
+
+    @functools.lru_cache(maxsize=None)
+    def _wgmma_tuned():
+        return triton.autotune(_wgmma_space(), key=_KEY,
+                               prune_configs_by={"early_config_prune": _pruner(_prune_wgmma)},
+                               **_tuning_bench())(triton_wgmma.wgmma_kernel)
+
     def _sms() -> int:
         if torch.cuda.is_available():
             return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
@@ -549,7 +601,7 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
         return gemm, args, dict(USE_ASM=use_asm, **launch), gemm_grid
 
     if config is None and _swap_ab_ok(x, m, k):
-        ran = run_swap_ab(x, words, args, autotune, launch)
+        ran = run_small_m(x, words, args, autotune, launch)
     elif m > 1 or gemv is None:
         ran = run_gemm()
     elif gemm is None or not autotune or config is not None:
@@ -559,14 +611,9 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
         if path is None:  # tune both kernels, then keep the faster path for this shape
             run_gemv()
             run_gemm()
-            # Alternate the two and keep each one's best: one noisy timing must not flip the
-            # choice (seen on H200: o_proj M=1 went to the 1.6x slower path in one run). The
-            # tensor-core path must win clearly to replace the natural M=1 path.
-            t_gemv, t_gemm = [], []
-            for _ in range(3):
-                t_gemv.append(_bench(run_gemv))
-                t_gemm.append(_bench(run_gemm))
-            path = "gemm" if min(t_gemm) < 0.97 * min(t_gemv) else "gemv"
+            # The tensor-core path must win clearly to replace the natural M=1 path.
+            t_gemv, t_gemm = _best_alternating(run_gemv, run_gemm)
+            path = "gemm" if t_gemm < 0.97 * t_gemv else "gemv"
             _M1_PATH[(n, k)] = path
         ran = run_gemv() if path == "gemv" else run_gemm()
     if fast_key is not None and not torch.cuda.is_current_stream_capturing():
@@ -583,6 +630,26 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
     return out
 
 
+def tuned_choice(n: int, k: int, m: int) -> str | None:
+    """What the tuned ``triton`` backend runs for this GEMM once tuned, in words (kernel and
+    config), or None before tuning: for the performance log next to the time."""
+    if triton is None:
+        return None
+    bucket = _m_bucket(m)
+    if m > 1 and m <= triton_swap_ab.MAX_M:
+        path = _SMALL_M_PATH.get((n, k, bucket), "mma")
+        tuner = _wgmma_tuned() if path == "wgmma" else _swap_ab_tuned()
+        name = "wgmma" if path == "wgmma" else "mma.sync swap-ab"
+    else:
+        path = _M1_PATH.get((n, k), "gemv") if m == 1 else "gemm"
+        tuner = _kernels(True)[0 if path == "gemv" else 1]
+        name = path
+    for key, config in tuner.cache.items():
+        if tuple(key[:3]) == (n, k, bucket):
+            return f"{name} {config}"
+    return None
+
+
 def _forget(owner: int) -> None:
     _FAST_OWNERS.discard(owner)
     for key in [k for k in _FAST if k[0] == owner]:
@@ -593,6 +660,8 @@ def _forget(owner: int) -> None:
 _FAST: dict[tuple, triton_launch.Launch] = {}
 _FAST_OWNERS: set[int] = set()
 _M1_PATH: dict[tuple[int, int], str] = {}
+# (N, K, M bucket) -> "mma" or "wgmma": the faster small-M kernel, after both were tuned
+_SMALL_M_PATH: dict[tuple[int, int, int], str] = {}
 
 
 def _swap_ab_ok(x: torch.Tensor, m: int, k: int) -> bool:
@@ -600,6 +669,57 @@ def _swap_ab_ok(x: torch.Tensor, m: int, k: int) -> bool:
     return (triton_swap_ab.gluon is not None and x.is_cuda and not _interpreting()
             and m <= triton_swap_ab.MAX_M and k % triton_swap_ab.K_GROUP == 0
             and compute_capability(x.device) >= 80)
+
+
+def _wgmma_ok(x: torch.Tensor) -> bool:
+    """The warpgroup-MMA variant needs SM90 exactly (``wgmma`` is sm_90a-only)."""
+    return triton_wgmma.gluon is not None and compute_capability(x.device) == 90
+
+
+def run_small_m(x, words, args, autotune: bool, launch: dict | None = None):
+    """M <= 64: the ``mma.sync`` swapped-operand kernel, or on SM90 with tuning on and M > 8,
+    whichever of it and the warpgroup-MMA kernel is faster for the (N, K, M bucket), each
+    tuned first. Without tuning the fixed ``mma.sync`` config runs (the autotune-off
+    baseline)."""
+    m, n, k = args[7], args[8], args[9]
+    # Up to 8 rows the mma.sync kernel's 8-column tile is the whole batch, where a wgmma
+    # tile would be 16 columns: it is not a candidate there.
+    if not (autotune and m > 8 and _wgmma_ok(x)):
+        return run_swap_ab(x, words, args, autotune, launch)
+    key = (n, k, _m_bucket(m))
+    path = _SMALL_M_PATH.get(key)
+    if path is None:
+        def mma():
+            return run_swap_ab(x, words, args, True, launch)
+
+        def wgmma():
+            return run_wgmma(x, words, args, launch)
+
+        mma()
+        wgmma()
+        t_mma, t_wgmma = _best_alternating(mma, wgmma)
+        path = "wgmma" if t_wgmma < t_mma else "mma"
+        _SMALL_M_PATH[key] = path
+    if path == "wgmma":
+        return run_wgmma(x, words, args, launch)
+    return run_swap_ab(x, words, args, True, launch)
+
+
+def run_wgmma(x, words, args, launch: dict | None = None):
+    """Launch the tuned warpgroup-MMA kernel on ``args``; returns what ran, as
+    ``run_swap_ab`` does."""
+    m, n = args[7], args[8]
+    scales = args[2]
+    kernel_args = (x, words, scales, *args[3:12], words.stride(0), scales.stride(0), args[12])
+    bb = _wgmma_block_b(m)
+
+    def grid(meta):
+        return (triton.cdiv(m, bb), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
+
+    extra = {"BLOCK_B": bb, "FP8_CVT": True, **(launch or {})}
+    kernel = _wgmma_tuned()
+    kernel[grid](*kernel_args, **extra)
+    return kernel, kernel_args, extra, grid
 
 
 def run_swap_ab(x, words, args, autotune: bool, launch: dict | None = None):
@@ -628,6 +748,17 @@ def _has_fp8_cvt(device: torch.device) -> bool:
 
 def _bench(fn) -> float:
     return _tuning_bench()["do_bench"](fn)
+
+
+def _best_alternating(first, second, rounds: int = 3) -> tuple[float, float]:
+    """Each launch's best time over ``rounds`` alternating timings: one noisy timing must
+    not decide between two paths (seen on H200: o_proj M=1 once went to the 1.6x slower
+    path on single timings)."""
+    t_first, t_second = [], []
+    for _ in range(rounds):
+        t_first.append(_bench(first))
+        t_second.append(_bench(second))
+    return min(t_first), min(t_second)
 
 
 class TritonW4A16(GemmBackend):

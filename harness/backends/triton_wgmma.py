@@ -1,0 +1,172 @@
+"""Hopper path of the ``triton`` backend's small-M GEMM: the swapped-operand kernel on
+warpgroup MMA (``wgmma``, SM90a), written in Gluon.
+
+The weight is still the MMA's A operand, decoded in registers straight into the fragment
+(``triton_swap_ab``'s word layout, decode and K permutation: a warp's A fragment of
+``wgmma`` m64nNk16 is the ``mma.sync`` m16n8k16 one). What changes is B: ``wgmma`` reads it
+from shared memory, so the batch tile is staged once per CTA and shared by every warp (the
+``mma.sync`` kernel loads it into each warp's registers, per 32-row batch tile), the whole
+batch of up to 64 rows is one tile (each weight word decoded once per call, not once per
+32 rows), and one ``wgmma`` m64n64k16 does the work of eight ``mma.sync`` m16n8k16. The
+wgmma is synchronous: an asynchronous one (A registers kept live to the next step's wait)
+gave non-finite results on the H200, so the decode of step i + 1 does not overlap the MMA
+of step i within a CTA (docs/PERF.md has the measurements).
+
+The activations arrive in the physical K order of the weight words and ``wgmma`` wants them
+in the MMA's K order (``triton_swap_ab.logical_column``): per 128-wide group, the physical
+element ``32t + 2u + p`` goes to row ``8u + 2t + p`` of the staged tile (u = 4c + 2s + h).
+The load takes 16-byte vectors in physical order and the store to shared memory writes them
+in MMA order; nothing else moves.
+"""
+
+from __future__ import annotations
+
+from harness.backends import triton_swap_ab as swap_ab
+
+gluon = swap_ab.gluon  # None without Gluon: the backend keeps its other paths
+K_GROUP = swap_ab.K_GROUP
+
+
+def act_staging_order(block_k: int) -> list[int]:
+    """Physical K offset (within a step of ``block_k``) of each row of the staged B tile,
+    in MMA order: the permutation the kernel's register permute and store carry out."""
+    order = []
+    for row in range(block_k):
+        group, col = divmod(row, K_GROUP)
+        u, rest = divmod(col, 8)
+        t, p = divmod(rest, 2)
+        order.append(group * K_GROUP + 32 * t + 2 * u + p)
+    return order
+
+
+if gluon is not None:
+    try:
+        from triton.experimental.gluon.language.nvidia.hopper import (
+            fence_async_shared, warpgroup_mma)
+    except ImportError:  # a Gluon without its Hopper module: the mma.sync kernel only
+        gluon = None
+
+if gluon is not None:
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
+
+    @gluon.jit
+    def _stage_acts(x_smem, xv, BLOCK_B: gl.constexpr, BLOCK_K: gl.constexpr):
+        """Activations [BB, BK] in physical K order -> the shared B tile in MMA order:
+        (t, u, p) -> (u, t, p) inside each 128-wide group, a register renaming and the
+        store; then the fence that makes the store visible to wgmma."""
+        G: gl.constexpr = BLOCK_K // 128
+        xt = gl.reshape(xv, [BLOCK_B, G, 4, 16, 2])
+        xt = gl.reshape(gl.permute(xt, [0, 1, 3, 2, 4]), [BLOCK_B, BLOCK_K])
+        gl.thread_barrier()  # the previous step's wgmma (synchronous) has read x_smem
+        x_smem.store(xt)
+        fence_async_shared()
+        gl.thread_barrier()
+
+    @gluon.jit
+    def wgmma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
+                     M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
+                     BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+                     SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr = 0,
+                     GDC: gl.constexpr = False):
+        # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
+        # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
+        # ahead (more bytes in flight per SM, the limit of the register path on H200).
+        # Each warp owns 16-row slices of the weight tile (4 warps: one warpgroup per 64 rows
+        # of each wgmma); the batch tile of BLOCK_B rows is the wgmma's N.
+        nw: gl.constexpr = gl.num_warps()
+        WL: gl.constexpr = swap_ab._word_layout(BLOCK_N, BLOCK_K, nw)
+        SL: gl.constexpr = swap_ab._scale_layout(BLOCK_N, BLOCK_K, nw)
+        MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1],
+                                                      instr_shape=[16, BLOCK_B, 16])
+        A_LAYOUT: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
+        # Activations: 16-byte vectors along K, lanes along K then batch rows.
+        LANES_K: gl.constexpr = BLOCK_K // 8 if BLOCK_K // 8 < 32 else 32
+        XL: gl.constexpr = gl.BlockedLayout([1, 8], [32 // LANES_K, LANES_K], [nw, 1], [1, 0])
+        XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
+        x_smem = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_B, BLOCK_K], XS)
+
+        pid_b = gl.program_id(0)
+        pid_n = gl.program_id(1)
+        pid_k = gl.program_id(2)
+        rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XL))
+        jk = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XL))
+        steps, first, last = swap_ab.split_range(K, BLOCK_K, SPLIT_K, pid_k)
+        x_ptrs = x_ptr + rb[:, None] * stride_xm + jk[None, :]
+        x_ok = rb[:, None] < M
+        acc = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
+        # A split past the end of K has no steps; its first loads stay in bounds.
+        head = gl.minimum(first, steps - 1)
+        if STAGES > 0:
+            G: gl.constexpr = BLOCK_K // 128
+            WL3: gl.constexpr = swap_ab._staged_word_layout(BLOCK_N, BLOCK_K, nw)
+            SC: gl.constexpr = gl.BlockedLayout([1, BLOCK_K // 16], [32, 1], [nw, 1], [1, 0])
+            w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, G, BLOCK_N, 16],
+                                               gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+            s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, BLOCK_K // 16],
+                                               gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+            GR: gl.constexpr = gl.SliceLayout(2, WL3)
+            gw = gl.arange(0, G, layout=gl.SliceLayout(1, GR))
+            rw = gl.minimum(pid_n * BLOCK_N
+                            + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, GR)), N - 1)
+            jw = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL3)))
+            w_src = (w_ptr + rw.to(gl.int64)[None, :, None] * stride_wn
+                     + (gw[:, None, None] * 16 + jw[None, None, :]))
+            rsc = gl.minimum(pid_n * BLOCK_N
+                             + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, SC)), N - 1)
+            jsc = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SC))
+            s_src = s_ptr + rsc.to(gl.int64)[:, None] * stride_sn + jsc[None, :]
+            for j in gl.static_range(STAGES - 1):
+                swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, j, first + j,
+                                       first + j < last, BLOCK_K)
+                async_copy.commit_group()
+            if GDC:
+                swap_ab._gdc_wait()
+            xv = gl.load(x_ptrs + head * BLOCK_K, mask=x_ok, other=0.0)
+            for step in range(first, last):
+                i = step - first
+                nxt = gl.minimum(step + 1, last - 1)
+                xv_next = gl.load(x_ptrs + nxt * BLOCK_K, mask=x_ok, other=0.0)
+                async_copy.wait_group(STAGES - 2)  # this thread's copies of `step` landed
+                # The barrier in _stage_acts: everyone's, and slot (i - 1) % STAGES is free.
+                _stage_acts(x_smem, xv, BLOCK_B, BLOCK_K)
+                ahead = step + STAGES - 1
+                swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, (i + STAGES - 1) % STAGES,
+                                       ahead, ahead < last, BLOCK_K)
+                async_copy.commit_group()
+                w3 = w_smem.index(i % STAGES).load(WL3)
+                wv = gl.convert_layout(gl.reshape(gl.permute(w3, [1, 0, 2]),
+                                                  [BLOCK_N, BLOCK_K // 8]), WL,
+                                       assert_trivial=True)
+                sb = s_smem.index(i % STAGES).load(SL)
+                a = swap_ab._a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
+                acc = warpgroup_mma(a, x_smem.permute([1, 0]), acc)
+                xv = xv_next
+            async_copy.wait_group(0)
+        else:
+            rw = gl.minimum(pid_n * BLOCK_N
+                            + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WL)), N - 1)
+            rs = gl.minimum(pid_n * BLOCK_N
+                            + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, SL)), N - 1)
+            jw = gl.arange(0, BLOCK_K // 8, layout=gl.SliceLayout(0, WL))
+            js = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SL))
+            w_ptrs = w_ptr + rw.to(gl.int64)[:, None] * stride_wn + jw[None, :]
+            s_ptrs = s_ptr + rs.to(gl.int64)[:, None] * stride_sn + js[None, :]
+            wv = gl.load(w_ptrs + head * (BLOCK_K // 8))
+            sb = gl.load(s_ptrs + head * (BLOCK_K // 16))
+            if GDC:
+                swap_ab._gdc_wait()
+            xv = gl.load(x_ptrs + head * BLOCK_K, mask=x_ok, other=0.0)
+            for step in range(first, last):
+                nxt = gl.minimum(step + 1, last - 1)
+                wv_next = gl.load(w_ptrs + nxt * (BLOCK_K // 8))
+                sb_next = gl.load(s_ptrs + nxt * (BLOCK_K // 16))
+                xv_next = gl.load(x_ptrs + nxt * BLOCK_K, mask=x_ok, other=0.0)
+                _stage_acts(x_smem, xv, BLOCK_B, BLOCK_K)
+                a = swap_ab._a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
+                acc = warpgroup_mma(a, x_smem.permute([1, 0]), acc)
+                wv, sb, xv = wv_next, sb_next, xv_next
+        if GDC:
+            swap_ab._gdc_launch_dependents()
+        swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
+                           pid_b, pid_k, BLOCK_N, BLOCK_B, SPLIT_K, MMA)
