@@ -71,7 +71,8 @@ if gluon is not None:
                      GDC: gl.constexpr = False):
         # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
         # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
-        # ahead (more bytes in flight per SM, the limit of the register path on H200).
+        # ahead (more bytes in flight per SM; on the H200 the tuner keeps it on some shapes
+        # at M = 16-32, the register path at M = 64).
         # Each warp owns 16-row slices of the weight tile (4 warps: one warpgroup per 64 rows
         # of each wgmma); the batch tile of BLOCK_B rows is the wgmma's N.
         nw: gl.constexpr = gl.num_warps()
