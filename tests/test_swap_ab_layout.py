@@ -186,41 +186,58 @@ def test_staged_activation_rows_follow_the_a_operand_k_order(block_k):
                 assert order[row] == 128 * group + 8 * w + e
 
 
+# Run in a fresh interpreter: the CPU test session sets TRITON_INTERPRET=1, under which the
+# kernels are decorated for the interpreter and cannot be compiled for a GPU target.
+_COMPILE = r"""
+import json, subprocess, sys, tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
+from triton.experimental.gluon._runtime import GluonASTSource
+
+from harness.backends import triton_wgmma
+
+block_n, block_k, block_b, split_k, num_warps = json.loads(sys.argv[1])
+fn = triton_wgmma.wgmma_kernel
+sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
+       "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
+sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
+                               "stride_sn", "M_BUCKET")})
+const = {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_B": block_b, "SPLIT_K": split_k,
+         "FP8_CVT": True, "STAGES": 0, "GDC": False}
+sig.update({name: "constexpr" for name in const})
+aligned = [a for a in sig if a.endswith("_ptr")] + ["N", "K", "stride_xm", "stride_om",
+                                                     "stride_wn", "stride_sn"]
+src = GluonASTSource(fn=fn, signature=sig,
+                     constexprs={(fn.arg_names.index(n),): v for n, v in const.items()},
+                     attrs={(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned})
+kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+with tempfile.TemporaryDirectory() as tmp:
+    with open(f"{tmp}/k.ptx", "w") as f:
+        f.write(kernel.asm["ptx"])
+    report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", f"{tmp}/k.ptx", "-o",
+                             f"{tmp}/k.o"], capture_output=True, text=True, check=True)
+print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr}))
+"""
+
+
 def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps):
     """Compile the kernel for sm_90a here (no GPU needed) -> (PTX, ptxas -v report)."""
+    import json
+    import os
     import subprocess
-    import tempfile
+    import sys
 
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    from harness.backends import triton_wgmma
-
-    fn = triton_wgmma.wgmma_kernel
-    sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
-           "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
-    sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
-                                   "stride_sn", "M_BUCKET")})
-    const = {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_B": block_b, "SPLIT_K": split_k,
-             "FP8_CVT": True, "STAGES": 0, "GDC": False}
-    sig.update({name: "constexpr" for name in const})
-    aligned = [a for a in sig if a.endswith("_ptr")] + ["N", "K", "stride_xm", "stride_om",
-                                                         "stride_wn", "stride_sn"]
-    src = GluonASTSource(fn=fn, signature=sig,
-                         constexprs={(fn.arg_names.index(n),): v for n, v in const.items()},
-                         attrs={(fn.arg_names.index(a),): [["tt.divisibility", 16]]
-                                for a in aligned})
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": num_warps})
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = f"{tmp}/k.ptx"
-        with open(ptx, "w") as f:
-            f.write(kernel.asm["ptx"])
-        report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", ptx, "-o",
-                                 f"{tmp}/k.o"], capture_output=True, text=True, check=True)
-    return kernel.asm["ptx"], report.stderr
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", _COMPILE,
+                           json.dumps([block_n, block_k, block_b, split_k, num_warps])],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return out["ptx"], out["report"]
 
 
 @pytest.mark.parametrize("block_n,block_k,block_b,num_warps", [
