@@ -317,7 +317,7 @@ if triton is not None:
             if not _swap_ab_fits(kw, c.num_warps, m, k):
                 continue
             progs = triton.cdiv(m, _block_b(m)) * triton.cdiv(n, kw["BLOCK_N"]) * kw["SPLIT_K"]
-            if sms // 2 <= progs <= 16 * sms:
+            if _fills_gpu(progs, sms):
                 keep.append(c)
         # The fixed config of autotune=off is always a candidate: tuning never loses to it
         # except by timing noise.
@@ -373,7 +373,7 @@ if triton is not None:
         for c in configs:
             progs = (triton.cdiv(m, _wgmma_block_b(m)) * triton.cdiv(n, c.kwargs["BLOCK_N"])
                      * c.kwargs["SPLIT_K"])
-            if _wgmma_fits(c.kwargs, c.num_warps, m, k) and sms // 2 <= progs <= 16 * sms:
+            if _wgmma_fits(c.kwargs, c.num_warps, m, k) and _fills_gpu(progs, sms):
                 keep.append(c)
         return keep or [WGMMA_DEFAULT]
 
@@ -388,6 +388,10 @@ if triton is not None:
             return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
         return 132
 
+    def _fills_gpu(programs: int, sms: int) -> bool:
+        """The tuners' bound on grids: 1/2 to 16 waves of programs over the SMs."""
+        return sms // 2 <= programs <= 16 * sms
+
     def _prune_gemv(configs, named_args):
         """Keep configs whose grid is between 1/2 and 16 waves of programs over the SMs."""
         n, k = named_args["N"], named_args["K"]
@@ -398,7 +402,7 @@ if triton is not None:
             if kw["BLOCK_K"] * kw["SPLIT_K"] > k:
                 continue
             progs = triton.cdiv(n, kw["BLOCK_N"]) * kw["SPLIT_K"]
-            if sms // 2 <= progs <= 16 * sms:
+            if _fills_gpu(progs, sms):
                 keep.append(c)
         return keep or [GEMV_DEFAULT]
 
@@ -708,35 +712,29 @@ def run_small_m(x, words, args, autotune: bool, launch: dict | None = None):
 def run_wgmma(x, words, args, launch: dict | None = None):
     """Launch the tuned warpgroup-MMA kernel on ``args``; returns what ran, as
     ``run_swap_ab`` does."""
-    m, n = args[7], args[8]
-    scales = args[2]
-    kernel_args = (x, words, scales, *args[3:12], words.stride(0), scales.stride(0), args[12])
-    bb = _wgmma_block_b(m)
-
-    def grid(meta):
-        return (triton.cdiv(m, bb), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
-
-    extra = {"BLOCK_B": bb, "FP8_CVT": True, **(launch or {})}
-    kernel = _wgmma_tuned()
-    kernel[grid](*kernel_args, **extra)
-    return kernel, kernel_args, extra, grid
+    return _launch_swapped(_wgmma_tuned(), _wgmma_block_b(args[7]), x, words, args, launch)
 
 
 def run_swap_ab(x, words, args, autotune: bool, launch: dict | None = None):
     """Launch the swapped-operand kernel on ``args`` (the shared argument tuple);
     ``launch``: extra launch options (``harness.pdl``). Returns what ran (kernel, arguments,
     keywords, grid function), for the cached launch."""
-    m, n, k = args[7], args[8], args[9]
+    kernel = (_swap_ab_tuned() if autotune
+              else _fixed(triton_swap_ab.swap_ab_kernel, _swap_ab_default(args[9])))
+    return _launch_swapped(kernel, _block_b(args[7]), x, words, args, launch)
+
+
+def _launch_swapped(kernel, block_b: int, x, words, args, launch: dict | None):
+    """One launch of a swapped-operand kernel (``mma.sync`` or ``wgmma``: same arguments)
+    over batch tiles of ``block_b`` rows -> (kernel, arguments, keywords, grid function)."""
+    m, n = args[7], args[8]
     scales = args[2]
     kernel_args = (x, words, scales, *args[3:12], words.stride(0), scales.stride(0), args[12])
-    bb = _block_b(m)
 
     def grid(meta):
-        return (triton.cdiv(m, bb), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
+        return (triton.cdiv(m, block_b), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
-    extra = {"BLOCK_B": bb, "FP8_CVT": _has_fp8_cvt(x.device), **(launch or {})}
-    kernel = (_swap_ab_tuned() if autotune
-              else _fixed(triton_swap_ab.swap_ab_kernel, _swap_ab_default(k)))
+    extra = {"BLOCK_B": block_b, "FP8_CVT": _has_fp8_cvt(x.device), **(launch or {})}
     kernel[grid](*kernel_args, **extra)
     return kernel, kernel_args, extra, grid
 
