@@ -99,9 +99,11 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(_key)" ] && _has "$ENV_PY" harnes
 fi
 reqs=("-e" "$ROOT[$EXTRA]")
 if [ "$EXTRA" = test ] && ! "$ENV_PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
-    # No GPU: the tests run Triton kernels under its interpreter, which needs numpy < 2.3.
-    sed -i '/^numpy==/d' "$pins"
-    reqs+=("numpy<2.3")
+    # No GPU: the tests run Triton kernels under the Triton 3.6 interpreter, which needs
+    # numpy < 2.3 (a main set-up before this one may have installed a newer triton: the
+    # [gpu] extra takes the newest, which is no use without a GPU).
+    sed -i '/^numpy==/d; /^triton==/d' "$pins"
+    reqs+=("numpy<2.3" "triton>=3.1,<3.7")
 fi
 _say "installing nvfp4-bench[$EXTRA] into $("$ENV_PY" -c 'import sys; print(sys.prefix)')"
 "$ENV_PY" -m pip install -q --disable-pip-version-check -c "$pins" "${reqs[@]}"

@@ -198,14 +198,14 @@ from triton.experimental.gluon._runtime import GluonASTSource
 
 from harness.backends import triton_wgmma
 
-block_n, block_k, block_b, split_k, num_warps = json.loads(sys.argv[1])
+block_n, block_k, block_b, split_k, num_warps, stages, async_mma = json.loads(sys.argv[1])
 fn = triton_wgmma.wgmma_kernel
 sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
 sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
                                "stride_sn", "M_BUCKET")})
 const = {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_B": block_b, "SPLIT_K": split_k,
-         "FP8_CVT": True, "STAGES": 0, "GDC": False}
+         "FP8_CVT": True, "STAGES": stages, "ASYNC": async_mma, "GDC": False}
 sig.update({name: "constexpr" for name in const})
 aligned = [a for a in sig if a.endswith("_ptr")] + ["N", "K", "stride_xm", "stride_om",
                                                      "stride_wn", "stride_sn"]
@@ -218,12 +218,14 @@ with tempfile.TemporaryDirectory() as tmp:
         f.write(kernel.asm["ptx"])
     report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", f"{tmp}/k.ptx", "-o",
                              f"{tmp}/k.o"], capture_output=True, text=True, check=True)
-print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr}))
+print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr,
+                  "shared": kernel.metadata.shared}))
 """
 
 
-def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps):
-    """Compile the kernel for sm_90a here (no GPU needed) -> (PTX, ptxas -v report)."""
+def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, async_mma=False):
+    """Compile the kernel for sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes
+    of shared memory)."""
     import json
     import os
     import subprocess
@@ -233,11 +235,12 @@ def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", _COMPILE,
-                           json.dumps([block_n, block_k, block_b, split_k, num_warps])],
+                           json.dumps([block_n, block_k, block_b, split_k, num_warps,
+                                      stages, async_mma])],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    return out["ptx"], out["report"]
+    return out["ptx"], out["report"], out["shared"]
 
 
 @pytest.mark.parametrize("block_n,block_k,block_b,num_warps", [
@@ -251,9 +254,32 @@ def test_wgmma_register_rule_matches_ptxas(block_n, block_k, block_b, num_warps)
     pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
     from harness.backends import triton_w4a16
 
-    ptx, report = _compile_wgmma(block_n, block_k, block_b, 1, num_warps)
+    ptx, report, _ = _compile_wgmma(block_n, block_k, block_b, 1, num_warps)
     assert f"m64n{block_b}k16.f32.bf16.bf16" in ptx
     spills = "0 bytes spill stores" not in report
     kept = triton_w4a16._wgmma_fits({"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": 1},
                                     num_warps, block_b, 5120)
     assert kept != spills, report
+
+
+@pytest.mark.parametrize("block_n,block_b,num_warps,stages", [
+    (128, 64, 8, 0), (128, 64, 8, 4), (256, 64, 8, 0), (128, 16, 8, 4)])
+def test_async_wgmma_pipeline_and_shared_memory(block_n, block_b, num_warps, stages):
+    """ASYNC = True compiles to the pipeline it is meant to be: the decoded tile stored to
+    shared memory (``stmatrix``), one ``wgmma`` group left in flight in the loop
+    (``wait_group 1``) and drained after it (``wait_group 0``), without spills; and the
+    shared-memory count of the tuner's fit rule is what the compile allocates."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from harness.backends import triton_w4a16
+
+    ptx, report, shared = _compile_wgmma(block_n, 128, block_b, 1, num_warps, stages, True)
+    assert "stmatrix" in ptx and f"m64n{block_b}k16.f32.bf16.bf16" in ptx
+    waits = [line.split()[-1].rstrip(";") for line in ptx.splitlines()
+             if "wgmma.wait_group" in line]
+    assert waits == ["1", "0"], waits
+    assert "0 bytes spill stores" in report, report
+    kw = {"BLOCK_N": block_n, "BLOCK_K": 128, "SPLIT_K": 1, "STAGES": stages, "ASYNC": True}
+    assert triton_w4a16._wgmma_smem(kw, block_b) == shared
+    sync = dict(kw, ASYNC=False)
+    assert triton_w4a16._wgmma_smem(sync, block_b) == _compile_wgmma(
+        block_n, 128, block_b, 1, num_warps, stages, False)[2]

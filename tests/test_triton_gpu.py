@@ -159,6 +159,9 @@ def test_cached_launches_match_tritons_own(autotune, monkeypatch):
     tensor-core GEMM); a layer's entries go with its weights."""
     import gc
 
+    import triton
+    from triton import knobs
+
     from harness.backends import triton_launch, triton_w4a16
     dev = torch.device("cuda")
     tri = get_backend("triton")
@@ -173,6 +176,15 @@ def test_cached_launches_match_tritons_own(autotune, monkeypatch):
         first = tri.run(p, x, None)   # Triton's path, then resolved
         assert any(key[0] == id(p["words"]) and key[1] == m for key in triton_w4a16._FAST)
         cached = tri.run(p, x.clone(), None)
+        fast = next(v for key, v in triton_w4a16._FAST.items()
+                    if key[0] == id(p["words"]) and key[1] == m)
+        if triton.__version__.startswith("3.6."):
+            assert fast.direct is not None  # the generated C launch, called directly
+        seen = []
+        monkeypatch.setattr(knobs.runtime, "launch_enter_hook", seen.append)
+        hooked = tri.run(p, x, None)  # with a profiler's hook: Triton's own run, tensors
+        monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
+        assert len(seen) == 1 and torch.equal(hooked, plain), m
         g = torch.cuda.CUDAGraph()
         static = x.clone()
         with torch.cuda.graph(g):
@@ -190,11 +202,13 @@ def test_cached_launches_match_tritons_own(autotune, monkeypatch):
     assert not any(key[0] == owner for key in triton_w4a16._FAST)
 
 
-# Warpgroup-MMA configs (BLOCK_N, BLOCK_K, SPLIT_K, warps, STAGES): one and two warpgroups,
-# 64 to 256 weight rows, both K steps, register and ring paths, split-K ranges past the end
-# of K on (1000, 1280).
-WGMMA = [(128, 128, 2, 8, 4), (64, 256, 4, 4, 0), (256, 128, 1, 8, 4), (128, 256, 8, 8, 0),
-         (128, 128, 1, 4, 3), (256, 256, 4, 8, 2)]
+# Warpgroup-MMA configs (BLOCK_N, BLOCK_K, SPLIT_K, warps, STAGES, ASYNC): one and two
+# warpgroups, 64 to 256 weight rows, both K steps, register and ring paths, synchronous and
+# asynchronous MMA, split-K ranges past the end of K on (1000, 1280).
+WGMMA = [(128, 128, 2, 8, 4, False), (64, 256, 4, 4, 0, False), (256, 128, 1, 8, 4, False),
+         (128, 256, 8, 8, 0, False), (128, 128, 1, 4, 3, False), (256, 256, 4, 8, 2, False),
+         (128, 128, 2, 8, 0, True), (128, 128, 8, 8, 4, True), (256, 128, 1, 8, 0, True),
+         (64, 256, 4, 4, 2, True)]
 
 
 class _Always(dict):
@@ -212,14 +226,15 @@ class _Always(dict):
                     or torch.cuda.get_device_capability() != (9, 0),
                     reason="the warpgroup-MMA kernel needs an SM90 GPU")
 @pytest.mark.parametrize("n,k", [SHAPES[0], SHAPES[-1], (1000, 1280)])
-@pytest.mark.parametrize("bn,bk,sk,warps,stages", WGMMA)
-def test_wgmma_path_matches_torch_dequant(n, k, bn, bk, sk, warps, stages, monkeypatch):
+@pytest.mark.parametrize("bn,bk,sk,warps,stages,async_mma", WGMMA)
+def test_wgmma_path_matches_torch_dequant(n, k, bn, bk, sk, warps, stages, async_mma,
+                                          monkeypatch):
     import triton
 
     from harness.backends import triton_launch, triton_w4a16, triton_wgmma
 
-    config = triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": stages},
-                           num_warps=warps, num_stages=1)
+    config = triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": stages,
+                            "ASYNC": async_mma}, num_warps=warps, num_stages=1)
     monkeypatch.setattr(triton_w4a16, "_SMALL_M_PATH", _Always("wgmma"))
     monkeypatch.setattr(triton_w4a16, "_wgmma_tuned",
                         lambda: triton_w4a16._fixed(triton_wgmma.wgmma_kernel, config))

@@ -41,6 +41,11 @@ try:
     from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 except ImportError:  # older Triton: the backend keeps its other paths
     gluon = None
+else:
+    # Names that changed after Triton 3.6: the CTA-wide barrier (``gl.barrier`` later) and
+    # the cp.async copy (``async_copy.async_load`` later; the old name raises there).
+    cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+    async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 
 K_GROUP = 128  # elements of K per lane-quad layout unit (16 words per row)
 MAX_M = 64  # above this the M x N tiles of the plain tensor-core path fill the GPU
@@ -220,18 +225,15 @@ if gluon is not None:
     @gluon.jit
     def _issue_weights(w_smem, s_smem, w_src, s_src, slot, step, live, BLOCK_K: gl.constexpr):
         """Start the copies of K step ``step``'s words and scales into ring slot ``slot``."""
-        async_copy.async_copy_global_to_shared(w_smem.index(slot), w_src + step * (BLOCK_K // 8),
-                                               mask=live)
-        async_copy.async_copy_global_to_shared(s_smem.index(slot), s_src + step * (BLOCK_K // 16),
-                                               mask=live)
+        async_load(w_smem.index(slot), w_src + step * (BLOCK_K // 8), mask=live)
+        async_load(s_smem.index(slot), s_src + step * (BLOCK_K // 16), mask=live)
 
     @gluon.jit
     def _issue_acts(x_smem, x_src, x_ok, slot, step, live, BLOCK_K: gl.constexpr):
         """Start the copy of K step ``step``'s activations and close the step's commit group
         (an empty group when ``live`` is false: the wait counts stay uniform). Batch rows
         past M are zero-filled without reading memory."""
-        async_copy.async_copy_global_to_shared(x_smem.index(slot), x_src + step * BLOCK_K,
-                                               mask=x_ok & live)
+        async_load(x_smem.index(slot), x_src + step * BLOCK_K, mask=x_ok & live)
         async_copy.commit_group()
 
     @gluon.jit
@@ -289,7 +291,7 @@ if gluon is not None:
         for step in range(first, last):
             i = step - first
             async_copy.wait_group(STAGES - 2)  # this thread's copies of `step` have landed
-            gl.thread_barrier()  # ...everyone's, and slot (i - 1) % STAGES is read by all
+            cta_barrier()  # ...everyone's, and slot (i - 1) % STAGES is read by all
             ahead = step + STAGES - 1
             slot_ahead = (i + STAGES - 1) % STAGES
             _issue_weights(w_smem, s_smem, w_src, s_src, slot_ahead, ahead, ahead < last, BLOCK_K)
@@ -335,7 +337,7 @@ if gluon is not None:
             plane = M * N
             ws_ptrs = ws_ptr + ob[None, :] * N + on[:, None]
             gl.store(ws_ptrs + pid_k * plane, acc, mask=mask)
-            gl.thread_barrier()
+            cta_barrier()
             tile = pid_n * gl.num_programs(0) + pid_b
             arrived = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
             if arrived == SPLIT_K - 1:

@@ -346,12 +346,25 @@ if triton is not None:
 
     def _wgmma_space() -> list:
         # STAGES 0: words in registers one step ahead; 4: a cp.async ring three steps ahead.
+        # The kernel's ASYNC variant is no candidate: tuned beside these on the H200 it was
+        # kept on no row (docs/PERF.md).
         return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st},
                               num_warps=w, num_stages=1)
                 for bn, w, bk, st in ((128, 4, 128, 0), (128, 4, 128, 4), (128, 4, 256, 4),
                                       (128, 8, 128, 0), (128, 8, 128, 4), (128, 8, 256, 4),
                                       (256, 8, 128, 0), (256, 8, 128, 4))
                 for sk in (1, 2, 4, 8)]
+
+    # Shared memory one CTA may take on SM90 (227 KB).
+    SM90_SMEM_BYTES = 232448
+
+    def _wgmma_smem(kw: dict, m: int) -> int:
+        """Bytes of shared memory the kernel allocates: the batch tile (two slots with
+        ASYNC, beside two slots of the decoded tile) and the word and scale ring."""
+        bn, bk, st = kw["BLOCK_N"], kw["BLOCK_K"], kw.get("STAGES", 0)
+        bb = _wgmma_block_b(m)
+        tiles = 2 * (bb * bk + bn * bk) * 2 if kw.get("ASYNC") else bb * bk * 2
+        return tiles + st * (bn * bk // 2 + bn * bk // 16)
 
     def _wgmma_fits(kw: dict, num_warps: int, m: int, k: int) -> bool:
         """Layout constraints, and the 32-bit registers per thread that the accumulator,
@@ -364,7 +377,7 @@ if triton is not None:
         in_registers = bn * bk // 4 if not kw.get("STAGES") else 0  # words and their prefetch
         words = (bn * bb + bn * bk // 2 + bb * bk + in_registers) // threads
         return (16 * num_warps <= bn <= 64 * num_warps and k % bk == 0 and k // bk >= sk
-                and words <= 192)
+                and words <= 192 and _wgmma_smem(kw, m) <= SM90_SMEM_BYTES)
 
     def _prune_wgmma(configs, named_args):
         m, n, k = named_args["M"], named_args["N"], named_args["K"]

@@ -7,10 +7,16 @@ The weight is still the MMA's A operand, decoded in registers straight into the 
 from shared memory, so the batch tile is staged once per CTA and shared by every warp (the
 ``mma.sync`` kernel loads it into each warp's registers, per 32-row batch tile), the whole
 batch of up to 64 rows is one tile (each weight word decoded once per call, not once per
-32 rows), and one ``wgmma`` m64n64k16 does the work of eight ``mma.sync`` m16n8k16. The
-wgmma is synchronous: an asynchronous one (A registers kept live to the next step's wait)
-gave non-finite results on the H200, so the decode of step i + 1 does not overlap the MMA
-of step i within a CTA (docs/PERF.md has the measurements).
+32 rows), and one ``wgmma`` m64n64k16 does the work of eight ``mma.sync`` m16n8k16.
+
+``ASYNC = False``: the decoded A tile stays in registers and the ``wgmma`` is synchronous,
+so within a CTA the decode of step i + 1 waits for the MMA of step i (an asynchronous
+``wgmma`` reading A from registers gave non-finite results on the H200: docs/PERF.md).
+``ASYNC = True``: the decoded tile is stored to shared memory beside the batch tile, two
+slots of each, and the ``wgmma`` reads both from there asynchronously with one group left in
+flight, so the tensor cores run step i while the same warps load and decode step i + 1.
+It is correct on the H200 but no faster there (more shared-memory traffic: docs/PERF.md),
+so the backend's tuner does not try it.
 
 The activations arrive in the physical K order of the weight words and ``wgmma`` wants them
 in the MMA's K order (``triton_swap_ab.logical_column``): per 128-wide group, the physical
@@ -42,7 +48,7 @@ def act_staging_order(block_k: int) -> list[int]:
 if gluon is not None:
     try:
         from triton.experimental.gluon.language.nvidia.hopper import (
-            fence_async_shared, warpgroup_mma)
+            fence_async_shared, warpgroup_mma, warpgroup_mma_wait)
     except ImportError:  # a Gluon without its Hopper module: the mma.sync kernel only
         gluon = None
 
@@ -58,17 +64,32 @@ if gluon is not None:
         G: gl.constexpr = BLOCK_K // 128
         xt = gl.reshape(xv, [BLOCK_B, G, 4, 16, 2])
         xt = gl.reshape(gl.permute(xt, [0, 1, 3, 2, 4]), [BLOCK_B, BLOCK_K])
-        gl.thread_barrier()  # the previous step's wgmma (synchronous) has read x_smem
+        swap_ab.cta_barrier()  # the previous step's wgmma (synchronous) has read x_smem
         x_smem.store(xt)
         fence_async_shared()
-        gl.thread_barrier()
+        swap_ab.cta_barrier()
+
+    @gluon.jit
+    def _async_mma(acc, a, xv, x_slot, a_slot, BLOCK_B: gl.constexpr, BLOCK_K: gl.constexpr):
+        """ASYNC = True: the batch tile (MMA K order, as ``_stage_acts``) and the decoded A
+        tile into this step's slots, then the ``wgmma`` on both, leaving it in flight; the
+        wait retires the previous step's. The caller's barrier before the decode made the
+        slots free: every warpgroup had retired the ``wgmma`` of two steps back."""
+        G: gl.constexpr = BLOCK_K // 128
+        xt = gl.reshape(xv, [BLOCK_B, G, 4, 16, 2])
+        x_slot.store(gl.reshape(gl.permute(xt, [0, 1, 3, 2, 4]), [BLOCK_B, BLOCK_K]))
+        a_slot.store(a)
+        fence_async_shared()
+        swap_ab.cta_barrier()  # B is read by every warpgroup: all its rows are stored
+        acc = warpgroup_mma(a_slot, x_slot.permute([1, 0]), acc, is_async=True)
+        return warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
 
     @gluon.jit
     def wgmma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                      M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
                      BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                      SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr = 0,
-                     GDC: gl.constexpr = False):
+                     ASYNC: gl.constexpr = False, GDC: gl.constexpr = False):
         # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
         # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
         # ahead (more bytes in flight per SM; on the H200 the tuner keeps it on some shapes
@@ -85,7 +106,14 @@ if gluon is not None:
         LANES_K: gl.constexpr = BLOCK_K // 8 if BLOCK_K // 8 < 32 else 32
         XL: gl.constexpr = gl.BlockedLayout([1, 8], [32 // LANES_K, LANES_K], [nw, 1], [1, 0])
         XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
-        x_smem = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_B, BLOCK_K], XS)
+        if ASYNC:
+            AS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K],
+                                                                    gl.bfloat16)
+            x_smem = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_B, BLOCK_K], XS)
+            a_smem = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_N, BLOCK_K], AS)
+        else:
+            x_smem = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_B, BLOCK_K], XS)
+            a_smem = x_smem  # unused
 
         pid_b = gl.program_id(0)
         pid_n = gl.program_id(1)
@@ -129,8 +157,12 @@ if gluon is not None:
                 nxt = gl.minimum(step + 1, last - 1)
                 xv_next = gl.load(x_ptrs + nxt * BLOCK_K, mask=x_ok, other=0.0)
                 async_copy.wait_group(STAGES - 2)  # this thread's copies of `step` landed
-                # The barrier in _stage_acts: everyone's, and slot (i - 1) % STAGES is free.
-                _stage_acts(x_smem, xv, BLOCK_B, BLOCK_K)
+                # The barrier (in _stage_acts when synchronous): everyone's copies landed,
+                # and slot (i - 1) % STAGES is free.
+                if ASYNC:
+                    swap_ab.cta_barrier()
+                else:
+                    _stage_acts(x_smem, xv, BLOCK_B, BLOCK_K)
                 ahead = step + STAGES - 1
                 swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, (i + STAGES - 1) % STAGES,
                                        ahead, ahead < last, BLOCK_K)
@@ -141,7 +173,11 @@ if gluon is not None:
                                        assert_trivial=True)
                 sb = s_smem.index(i % STAGES).load(SL)
                 a = swap_ab._a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
-                acc = warpgroup_mma(a, x_smem.permute([1, 0]), acc)
+                if ASYNC:
+                    acc = _async_mma(acc, a, xv, x_smem.index(i % 2), a_smem.index(i % 2),
+                                     BLOCK_B, BLOCK_K)
+                else:
+                    acc = warpgroup_mma(a, x_smem.permute([1, 0]), acc)
                 xv = xv_next
             async_copy.wait_group(0)
         else:
@@ -163,10 +199,19 @@ if gluon is not None:
                 wv_next = gl.load(w_ptrs + nxt * (BLOCK_K // 8))
                 sb_next = gl.load(s_ptrs + nxt * (BLOCK_K // 16))
                 xv_next = gl.load(x_ptrs + nxt * BLOCK_K, mask=x_ok, other=0.0)
-                _stage_acts(x_smem, xv, BLOCK_B, BLOCK_K)
-                a = swap_ab._a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
-                acc = warpgroup_mma(a, x_smem.permute([1, 0]), acc)
+                if ASYNC:
+                    swap_ab.cta_barrier()  # the slots of step - 2 are free (see _async_mma)
+                    a = swap_ab._a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
+                    i = step - first
+                    acc = _async_mma(acc, a, xv, x_smem.index(i % 2), a_smem.index(i % 2),
+                                     BLOCK_B, BLOCK_K)
+                else:
+                    _stage_acts(x_smem, xv, BLOCK_B, BLOCK_K)
+                    a = swap_ab._a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
+                    acc = warpgroup_mma(a, x_smem.permute([1, 0]), acc)
                 wv, sb, xv = wv_next, sb_next, xv_next
+        if ASYNC:
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         if GDC:
             swap_ab._gdc_launch_dependents()
         swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
