@@ -159,9 +159,6 @@ def test_cached_launches_match_tritons_own(autotune, monkeypatch):
     tensor-core GEMM); a layer's entries go with its weights."""
     import gc
 
-    import triton
-    from triton import knobs
-
     from harness.backends import triton_launch, triton_w4a16
     dev = torch.device("cuda")
     tri = get_backend("triton")
@@ -176,15 +173,6 @@ def test_cached_launches_match_tritons_own(autotune, monkeypatch):
         first = tri.run(p, x, None)   # Triton's path, then resolved
         assert any(key[0] == id(p["words"]) and key[1] == m for key in triton_w4a16._FAST)
         cached = tri.run(p, x.clone(), None)
-        fast = next(v for key, v in triton_w4a16._FAST.items()
-                    if key[0] == id(p["words"]) and key[1] == m)
-        if triton.__version__.startswith("3.6."):
-            assert fast.direct is not None  # the generated C launch, called directly
-        seen = []
-        monkeypatch.setattr(knobs.runtime, "launch_enter_hook", seen.append)
-        hooked = tri.run(p, x, None)  # with a profiler's hook: Triton's own run, tensors
-        monkeypatch.setattr(knobs.runtime, "launch_enter_hook", None)
-        assert len(seen) == 1 and torch.equal(hooked, plain), m
         g = torch.cuda.CUDAGraph()
         static = x.clone()
         with torch.cuda.graph(g):

@@ -10,14 +10,6 @@ normally: the compiled kernel (from Triton's own cache, by ``warmup``), its grid
 bound argument list, in which only the activation, output and weight tensors change from
 call to call. Later calls go straight to the compiled kernel's launcher (``CompiledKernel.run``, the
 call ``JITFunction.run`` itself ends in). Triton's launch hooks are honoured.
-
-Two more per-call costs go where Triton allows it: pointer arguments are passed as integers
-(``data_ptr()``), so the generated launcher skips its per-pointer ``cuPointerGetAttribute``
-check (the backend checks that its tensors are on the GPU before it gets here), and with
-Triton 3.6's CUDA launcher, for kernels without global or profile scratch memory, its
-generated C ``launch`` is called directly, without the Python wrapper that allocates that
-scratch. With a launch-enter hook set (a profiler) the tensors go through
-``CompiledKernel.run`` as Triton would pass them.
 """
 
 from __future__ import annotations
@@ -27,11 +19,10 @@ import os
 import torch
 
 try:
-    import triton
     from triton import knobs
     from triton.runtime import driver
 except ImportError:  # pragma: no cover - the backend reports itself unavailable
-    triton = knobs = driver = None
+    knobs = driver = None
 
 # "0" turns the cached launches off (every call through Triton's own launch path).
 FAST_LAUNCH_ENV = "NVFP4_BENCH_TRITON_FAST_LAUNCH"
@@ -59,51 +50,21 @@ class Launch:
         self.at = [next(i for i, v in enumerate(values) if v is t) for t in tensors]
         for i in self.at:
             values[i] = None
-        # The kept tensors (workspaces) as integers too; ``keep`` holds them alive.
-        self.keep = [v for v in values if isinstance(v, torch.Tensor)]
-        self.tensor_values = values
-        self.values = [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in values]
+        self.values = values
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.kernel = kernel
         self.device = device
-        self.direct = _direct_launch(kernel)
-        run = kernel.run
-        self.flags = (run.launch_cooperative_grid, run.launch_pdl) if self.direct else ()
 
     def __call__(self, *tensors: torch.Tensor) -> None:
+        values = self.values.copy()
+        for i, t in zip(self.at, tensors):
+            values[i] = t
         k = self.kernel
         stream = driver.active.get_current_stream(self.device)
         enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
-        if enter is not None:  # a profiler's hook sees the tensors, as Triton passes them
-            values = self.tensor_values.copy()
-            for i, t in zip(self.at, tensors):
-                values[i] = t
-            meta = k.launch_metadata(self.grid, stream, *values)
-            k.run(*self.grid, stream, k.function, k.packed_metadata, meta, enter, leave,
-                  *values)
-            return
-        values = self.values.copy()
-        for i, t in zip(self.at, tensors):
-            values[i] = t.data_ptr()
-        if self.direct is not None:
-            # (grid, stream, function, cooperative, pdl, global and profile scratch, kernel
-            # metadata, launch metadata, enter and exit hooks, arguments): Triton 3.6's order
-            self.direct(*self.grid, stream, k.function, *self.flags, None, None,
-                        k.packed_metadata, None, None, leave, *values)
-        else:
-            k.run(*self.grid, stream, k.function, k.packed_metadata, None, None, leave, *values)
-
-
-def _direct_launch(kernel):
-    """The generated C ``launch`` of Triton 3.6's CUDA launcher, when the kernel needs none
-    of the scratch memory its Python wrapper allocates per call; else None (Triton's
-    ``run``). Other Triton versions: None, since the C signature is Triton's internal."""
-    run = kernel.run
-    if (triton is None or not triton.__version__.startswith("3.6.")
-            or type(run).__name__ != "CudaLauncher"
-            or run.global_scratch_size or run.profile_scratch_size):
-        return None
-    return run.launch
+        meta = k.launch_metadata(self.grid, stream, *values) if enter is not None else None
+        k.run(self.grid[0], self.grid[1], self.grid[2], stream, k.function, k.packed_metadata,
+              meta, enter, leave, *values)
 
 
 def resolved_kwargs(kernel_or_tuner, kwargs: dict, config=None) -> tuple[object, dict]:
