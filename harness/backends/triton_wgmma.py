@@ -15,8 +15,8 @@ so within a CTA the decode of step i + 1 waits for the MMA of step i (an asynchr
 ``ASYNC = True``: the decoded tile is stored to shared memory beside the batch tile, two
 slots of each, and the ``wgmma`` reads both from there asynchronously with one group left in
 flight, so the tensor cores run step i while the same warps load and decode step i + 1.
-It is correct on the H200 but no faster there (more shared-memory traffic: docs/PERF.md),
-so the backend's tuner does not try it.
+It is correct on the H200 but 1.2-1.4x slower on Hopper (docs/PERF.md), so the backend's
+tuner does not try it.
 
 The activations arrive in the physical K order of the weight words and ``wgmma`` wants them
 in the MMA's K order (``triton_swap_ab.logical_column``): per 128-wide group, the physical
