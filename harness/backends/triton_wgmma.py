@@ -57,13 +57,18 @@ if gluon is not None:
     from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
     @gluon.jit
-    def _stage_acts(x_smem, xv, BLOCK_B: gl.constexpr, BLOCK_K: gl.constexpr):
-        """Activations [BB, BK] in physical K order -> the shared B tile in MMA order:
-        (t, u, p) -> (u, t, p) inside each 128-wide group, a register renaming and the
-        store; then the fence that makes the store visible to wgmma."""
+    def _in_mma_order(xv, BLOCK_B: gl.constexpr, BLOCK_K: gl.constexpr):
+        """Activations [BB, BK] in physical K order -> MMA order: (t, u, p) -> (u, t, p)
+        inside each 128-wide group, a register renaming (``act_staging_order``)."""
         G: gl.constexpr = BLOCK_K // 128
         xt = gl.reshape(xv, [BLOCK_B, G, 4, 16, 2])
-        xt = gl.reshape(gl.permute(xt, [0, 1, 3, 2, 4]), [BLOCK_B, BLOCK_K])
+        return gl.reshape(gl.permute(xt, [0, 1, 3, 2, 4]), [BLOCK_B, BLOCK_K])
+
+    @gluon.jit
+    def _stage_acts(x_smem, xv, BLOCK_B: gl.constexpr, BLOCK_K: gl.constexpr):
+        """Activations [BB, BK] in physical K order -> the shared B tile in MMA order, then
+        the fence that makes the store visible to wgmma."""
+        xt = _in_mma_order(xv, BLOCK_B, BLOCK_K)
         swap_ab.cta_barrier()  # the previous step's wgmma (synchronous) has read x_smem
         x_smem.store(xt)
         fence_async_shared()
@@ -75,9 +80,7 @@ if gluon is not None:
         tile into this step's slots, then the ``wgmma`` on both, leaving it in flight; the
         wait retires the previous step's. The caller's barrier before the decode made the
         slots free: every warpgroup had retired the ``wgmma`` of two steps back."""
-        G: gl.constexpr = BLOCK_K // 128
-        xt = gl.reshape(xv, [BLOCK_B, G, 4, 16, 2])
-        x_slot.store(gl.reshape(gl.permute(xt, [0, 1, 3, 2, 4]), [BLOCK_B, BLOCK_K]))
+        x_slot.store(_in_mma_order(xv, BLOCK_B, BLOCK_K))
         a_slot.store(a)
         fence_async_shared()
         swap_ab.cta_barrier()  # B is read by every warpgroup: all its rows are stored
