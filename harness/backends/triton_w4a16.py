@@ -347,10 +347,12 @@ if triton is not None:
     def _wgmma_space() -> list:
         # STAGES 0: words in registers one step ahead; 4: a cp.async ring three steps ahead.
         # The kernel's ASYNC variant is no candidate: tuned beside these on the H200 it was
-        # kept on no row (docs/PERF.md).
+        # kept on no row (docs/PERF.md). The one-warpgroup 64-row tiles fit two CTAs per SM,
+        # whose steps overlap where one 8-warp CTA per SM waits on its own barriers.
         return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st},
                               num_warps=w, num_stages=1)
-                for bn, w, bk, st in ((128, 4, 128, 0), (128, 4, 128, 4), (128, 4, 256, 4),
+                for bn, w, bk, st in ((64, 4, 128, 0), (64, 4, 128, 4),
+                                      (128, 4, 128, 0), (128, 4, 128, 4), (128, 4, 256, 4),
                                       (128, 8, 128, 0), (128, 8, 128, 4), (128, 8, 256, 4),
                                       (256, 8, 128, 0), (256, 8, 128, 4))
                 for sk in (1, 2, 4, 8)]
