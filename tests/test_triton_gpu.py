@@ -196,7 +196,7 @@ def test_cached_launches_match_tritons_own(autotune, monkeypatch):
 WGMMA = [(128, 128, 2, 8, 4, False), (64, 256, 4, 4, 0, False), (256, 128, 1, 8, 4, False),
          (128, 256, 8, 8, 0, False), (128, 128, 1, 4, 3, False), (256, 256, 4, 8, 2, False),
          (128, 128, 2, 8, 0, True), (128, 128, 8, 8, 4, True), (256, 128, 1, 8, 0, True),
-         (64, 256, 4, 4, 2, True), (64, 128, 2, 4, 4, False)]
+         (64, 256, 4, 4, 2, True), (64, 128, 2, 4, 4, False), (64, 128, 1, 4, 0, False)]
 
 
 class _Always(dict):
