@@ -246,6 +246,7 @@ def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, asyn
 @pytest.mark.parametrize("block_n,block_k,block_b,num_warps", [
     (256, 128, 64, 8),  # at the register rule's limit: kept
     (128, 128, 64, 4),  # one step past it: rejected
+    (64, 128, 64, 4),  # one warpgroup, 64 rows: kept (two CTAs per SM)
 ])
 def test_wgmma_register_rule_matches_ptxas(block_n, block_k, block_b, num_warps):
     """The tuner's register rule keeps exactly the configs ptxas compiles without spills
