@@ -198,14 +198,15 @@ from triton.experimental.gluon._runtime import GluonASTSource
 
 from harness.backends import triton_wgmma
 
-block_n, block_k, block_b, split_k, num_warps, stages, async_mma = json.loads(sys.argv[1])
+block_n, block_k, block_b, split_k, num_warps, stages, async_mma, ring = json.loads(sys.argv[1])
 fn = triton_wgmma.wgmma_kernel
 sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
 sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
                                "stride_sn", "M_BUCKET")})
 const = {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_B": block_b, "SPLIT_K": split_k,
-         "FP8_CVT": True, "STAGES": stages, "ASYNC": async_mma, "GDC": False}
+         "FP8_CVT": True, "STAGES": stages, "ASYNC": async_mma, "GDC": False,
+         "ACT_RING": ring}
 sig.update({name: "constexpr" for name in const})
 aligned = [a for a in sig if a.endswith("_ptr")] + ["N", "K", "stride_xm", "stride_om",
                                                      "stride_wn", "stride_sn"]
@@ -223,7 +224,8 @@ print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr,
 """
 
 
-def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, async_mma=False):
+def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, async_mma=False,
+                   ring=False):
     """Compile the kernel for sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes
     of shared memory)."""
     import json
@@ -236,7 +238,7 @@ def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, asyn
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", _COMPILE,
                            json.dumps([block_n, block_k, block_b, split_k, num_warps,
-                                      stages, async_mma])],
+                                      stages, async_mma, ring])],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -284,3 +286,31 @@ def test_async_wgmma_pipeline_and_shared_memory(block_n, block_b, num_warps, sta
     sync = dict(kw, ASYNC=False)
     assert triton_w4a16._wgmma_smem(sync, block_b) == _compile_wgmma(
         block_n, 128, block_b, 1, num_warps, stages, False)[2]
+
+
+@pytest.mark.parametrize("block_n,block_k,block_b,num_warps,stages", [
+    (64, 128, 64, 4, 3), (128, 256, 16, 8, 4), (128, 128, 64, 4, 4)])
+def test_activation_ring_copies_straight_into_the_staged_tile(block_n, block_k, block_b,
+                                                               num_warps, stages):
+    """ACT_RING = True: every activation reaches shared memory by 4-byte cp.async (the
+    MMA-order pairs are the longest contiguous runs), the kernel stores nothing to shared
+    memory itself, the cp.async groups are waited for STAGES - 2 deep in the loop, ptxas
+    fits it without spills where the register rule keeps it, and the fit rule's shared
+    memory is what the compile allocates."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from harness.backends import triton_w4a16
+
+    ptx, report, shared = _compile_wgmma(block_n, block_k, block_b, 1, num_warps, stages,
+                                         False, True)
+    copies = [line.split(",")[-2].strip() for line in ptx.splitlines()
+              if "cp.async.ca.shared.global" in line]
+    threads = 32 * num_warps
+    per_step = block_b * block_k // 2 // threads  # 4-byte activation copies per thread
+    assert copies.count("0x4") == stages * per_step, copies  # prologue + loop
+    assert "st.shared" not in ptx
+    assert "cp.async.wait_group \t%d;" % (stages - 2) in ptx
+    kw = {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT_K": 1, "STAGES": stages,
+          "ACT_RING": True}
+    assert triton_w4a16._wgmma_fits(kw, num_warps, block_b, 5120)
+    assert "0 bytes spill stores" in report, report
+    assert triton_w4a16._wgmma_smem(kw, block_b) == shared

@@ -190,13 +190,17 @@ def test_cached_launches_match_tritons_own(autotune, monkeypatch):
     assert not any(key[0] == owner for key in triton_w4a16._FAST)
 
 
-# Warpgroup-MMA configs (BLOCK_N, BLOCK_K, SPLIT_K, warps, STAGES, ASYNC): one and two
+# Warpgroup-MMA configs (BLOCK_N, BLOCK_K, SPLIT_K, warps, STAGES, mode): one and two
 # warpgroups, 64 to 256 weight rows, both K steps, register and ring paths, synchronous and
-# asynchronous MMA, split-K ranges past the end of K on (1000, 1280).
-WGMMA = [(128, 128, 2, 8, 4, False), (64, 256, 4, 4, 0, False), (256, 128, 1, 8, 4, False),
-         (128, 256, 8, 8, 0, False), (128, 128, 1, 4, 3, False), (256, 256, 4, 8, 2, False),
-         (128, 128, 2, 8, 0, True), (128, 128, 8, 8, 4, True), (256, 128, 1, 8, 0, True),
-         (64, 256, 4, 4, 2, True), (64, 128, 2, 4, 4, False), (64, 128, 1, 4, 0, False)]
+# asynchronous MMA ("sync", "async") and the activations in the ring too ("ring"), split-K
+# ranges past the end of K on (1000, 1280).
+WGMMA = [(128, 128, 2, 8, 4, "sync"), (64, 256, 4, 4, 0, "sync"), (256, 128, 1, 8, 4, "sync"),
+         (128, 256, 8, 8, 0, "sync"), (128, 128, 1, 4, 3, "sync"), (256, 256, 4, 8, 2, "sync"),
+         (128, 128, 2, 8, 0, "async"), (128, 128, 8, 8, 4, "async"),
+         (256, 128, 1, 8, 0, "async"), (64, 256, 4, 4, 2, "async"), (64, 128, 2, 4, 4, "sync"),
+         (64, 128, 1, 4, 0, "sync"), (128, 128, 2, 8, 4, "ring"), (64, 128, 1, 4, 4, "ring"),
+         (128, 256, 8, 8, 2, "ring"), (256, 128, 4, 8, 3, "ring"), (64, 256, 2, 4, 3, "ring"),
+         (128, 128, 4, 4, 4, "ring")]
 
 
 class _Always(dict):
@@ -214,15 +218,15 @@ class _Always(dict):
                     or torch.cuda.get_device_capability() != (9, 0),
                     reason="the warpgroup-MMA kernel needs an SM90 GPU")
 @pytest.mark.parametrize("n,k", [SHAPES[0], SHAPES[-1], (1000, 1280)])
-@pytest.mark.parametrize("bn,bk,sk,warps,stages,async_mma", WGMMA)
-def test_wgmma_path_matches_torch_dequant(n, k, bn, bk, sk, warps, stages, async_mma,
-                                          monkeypatch):
+@pytest.mark.parametrize("bn,bk,sk,warps,stages,mode", WGMMA)
+def test_wgmma_path_matches_torch_dequant(n, k, bn, bk, sk, warps, stages, mode, monkeypatch):
     import triton
 
     from harness.backends import triton_launch, triton_w4a16, triton_wgmma
 
     config = triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": stages,
-                            "ASYNC": async_mma}, num_warps=warps, num_stages=1)
+                            "ASYNC": mode == "async", "ACT_RING": mode == "ring"},
+                           num_warps=warps, num_stages=1)
     monkeypatch.setattr(triton_w4a16, "_SMALL_M_PATH", _Always("wgmma"))
     monkeypatch.setattr(triton_w4a16, "_wgmma_tuned",
                         lambda: triton_w4a16._fixed(triton_wgmma.wgmma_kernel, config))

@@ -345,16 +345,20 @@ if triton is not None:
                                    "STAGES": 4}, num_warps=8, num_stages=1)
 
     def _wgmma_space() -> list:
-        # STAGES 0: words in registers one step ahead; 4: a cp.async ring three steps ahead.
+        # STAGES 0: words in registers one step ahead; 3-4: a cp.async ring two or three
+        # steps ahead, the activations beside it in registers or (ACT_RING) in the ring too.
         # The kernel's ASYNC variant is no candidate: tuned beside these on the H200 it was
-        # kept on no row (docs/PERF.md). The one-warpgroup 64-row tiles fit two CTAs per SM,
-        # whose steps overlap where one 8-warp CTA per SM waits on its own barriers.
-        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st},
-                              num_warps=w, num_stages=1)
-                for bn, w, bk, st in ((64, 4, 128, 0), (64, 4, 128, 4),
-                                      (128, 4, 128, 0), (128, 4, 128, 4), (128, 4, 256, 4),
-                                      (128, 8, 128, 0), (128, 8, 128, 4), (128, 8, 256, 4),
-                                      (256, 8, 128, 0), (256, 8, 128, 4))
+        # kept on no row (docs/PERF.md). The one-warpgroup 64-row tiles fit two or three CTAs
+        # per SM, whose steps overlap where one 8-warp CTA per SM waits on its own barriers.
+        # ACT_RING only where it won a forced-config sweep on the H200 (M = 16-32 on down,
+        # o_proj, qkv, gdn_in): its 4-byte copies lose at M = 64 (docs/PERF.md).
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st,
+                               "ACT_RING": ring}, num_warps=w, num_stages=1)
+                for bn, w, bk, st, ring in (
+                    (64, 4, 128, 0, False), (64, 4, 128, 4, False), (64, 4, 128, 3, True),
+                    (128, 4, 128, 0, False), (128, 4, 128, 4, False), (128, 4, 256, 4, False),
+                    (128, 8, 128, 0, False), (128, 8, 128, 4, False), (128, 8, 256, 4, False),
+                    (128, 8, 256, 4, True), (256, 8, 128, 0, False), (256, 8, 128, 4, False))
                 for sk in (1, 2, 4, 8)]
 
     # Shared memory one CTA may take on SM90 (227 KB).
@@ -362,22 +366,27 @@ if triton is not None:
 
     def _wgmma_smem(kw: dict, m: int) -> int:
         """Bytes of shared memory the kernel allocates: the batch tile (two slots with
-        ASYNC, beside two slots of the decoded tile) and the word and scale ring."""
+        ASYNC, beside two slots of the decoded tile; one per ring slot with ACT_RING) and
+        the word and scale ring."""
         bn, bk, st = kw["BLOCK_N"], kw["BLOCK_K"], kw.get("STAGES", 0)
         bb = _wgmma_block_b(m)
-        tiles = 2 * (bb * bk + bn * bk) * 2 if kw.get("ASYNC") else bb * bk * 2
+        if kw.get("ASYNC"):
+            tiles = 2 * (bb * bk + bn * bk) * 2
+        else:
+            tiles = (st if kw.get("ACT_RING") and st else 1) * bb * bk * 2
         return tiles + st * (bn * bk // 2 + bn * bk // 16)
 
     def _wgmma_fits(kw: dict, num_warps: int, m: int, k: int) -> bool:
         """Layout constraints, and the 32-bit registers per thread that the accumulator,
-        the decoded A tile and the activation and (STAGES = 0) word tiles with their
-        prefetch take: at 192 ptxas still fits them without spills (sm_90a, Triton 3.6:
+        the decoded A tile, the activation (not with ACT_RING) and (STAGES = 0) word tiles
+        with their prefetch take: at 192 ptxas still fits them without spills (sm_90a, Triton 3.6:
         229-231 registers), at 224 it spills (``test_swap_ab_layout`` compiles both)."""
         bn, bk, sk = kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"]
         bb = _wgmma_block_b(m)
         threads = 32 * num_warps
         in_registers = bn * bk // 4 if not kw.get("STAGES") else 0  # words and their prefetch
-        words = (bn * bb + bn * bk // 2 + bb * bk + in_registers) // threads
+        acts = 0 if kw.get("ACT_RING") and kw.get("STAGES") else bb * bk  # and their prefetch
+        words = (bn * bb + bn * bk // 2 + acts + in_registers) // threads
         return (16 * num_warps <= bn <= 64 * num_warps and k % bk == 0 and k // bk >= sk
                 and words <= 192 and _wgmma_smem(kw, m) <= SM90_SMEM_BYTES)
 

@@ -88,11 +88,72 @@ if gluon is not None:
         return warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
 
     @gluon.jit
+    def _act_ring_src(x_ptr, stride_xm, M, pid_b, BLOCK_B: gl.constexpr,
+                      BLOCK_K: gl.constexpr, nw: gl.constexpr):
+        """Source pointers [BB, BK] of the first step's batch tile in MMA K order: element
+        (b, r) is the activation at physical offset ``act_staging_order(BK)[r]``, so a
+        cp.async of these pointers into the staged tile is the permute and the store at
+        once. The order keeps element pairs (p) adjacent: 4-byte copies. Rows past M are
+        masked (zero-filled without reading)."""
+        XC: gl.constexpr = gl.BlockedLayout([1, 2], [1, 32], [nw, 1], [1, 0])
+        rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XC))
+        r = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XC))
+        c = r % 128
+        phys = r - c + 32 * ((c % 8) // 2) + 2 * (c // 8) + c % 2
+        phys = gl.max_contiguous(gl.multiple_of(phys, 2), 2)
+        return x_ptr + rb[:, None] * stride_xm + phys[None, :], rb[:, None] < M
+
+    @gluon.jit
+    def _act_ring_loop(acc, x_ptr, stride_xm, M, pid_b, w_smem, s_smem, w_src, s_src,
+                       first, last, WL3: gl.constexpr, WL: gl.constexpr, SL: gl.constexpr,
+                       A_LAYOUT: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+                       BLOCK_B: gl.constexpr, STAGES: gl.constexpr, FP8_CVT: gl.constexpr,
+                       GDC: gl.constexpr):
+        """The K loop with the batch tile in the ring too (ACT_RING = True): each step's
+        activations are copied by cp.async straight into its slot, in MMA K order, with the
+        step's words and scales, STAGES - 1 steps ahead. No activation passes through
+        registers: no loads carried across the loop, no shared stores, no permute."""
+        nw: gl.constexpr = gl.num_warps()
+        XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
+        x_ring = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_B, BLOCK_K], XS)
+        x_src, x_ok = _act_ring_src(x_ptr, stride_xm, M, pid_b, BLOCK_B, BLOCK_K, nw)
+        # Under PDL the weights of the first steps are requested before the wait, the
+        # activations (the previous kernel's output) after it.
+        for j in gl.static_range(STAGES - 1):
+            swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, j, first + j,
+                                   first + j < last, BLOCK_K)
+        if GDC:
+            swap_ab._gdc_wait()
+        for j in gl.static_range(STAGES - 1):
+            swap_ab._issue_acts(x_ring, x_src, x_ok, j, first + j, first + j < last, BLOCK_K)
+        for step in range(first, last):
+            i = step - first
+            async_copy.wait_group(STAGES - 2)  # this thread's copies of `step` landed
+            fence_async_shared()  # cp.async wrote through the generic proxy; wgmma reads async
+            # ...everyone's, and the synchronous wgmma of step - 1 is done in every
+            # warpgroup: slot (i - 1) % STAGES is free.
+            swap_ab.cta_barrier()
+            ahead = step + STAGES - 1
+            slot_ahead = (i + STAGES - 1) % STAGES
+            swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, slot_ahead, ahead,
+                                   ahead < last, BLOCK_K)
+            swap_ab._issue_acts(x_ring, x_src, x_ok, slot_ahead, ahead, ahead < last, BLOCK_K)
+            w3 = w_smem.index(i % STAGES).load(WL3)
+            wv = gl.convert_layout(gl.reshape(gl.permute(w3, [1, 0, 2]),
+                                              [BLOCK_N, BLOCK_K // 8]), WL, assert_trivial=True)
+            sb = s_smem.index(i % STAGES).load(SL)
+            a = swap_ab._a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
+            acc = warpgroup_mma(a, x_ring.index(i % STAGES).permute([1, 0]), acc)
+        async_copy.wait_group(0)
+        return acc
+
+    @gluon.jit
     def wgmma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                      M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
                      BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                      SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr = 0,
-                     ASYNC: gl.constexpr = False, GDC: gl.constexpr = False):
+                     ASYNC: gl.constexpr = False, GDC: gl.constexpr = False,
+                     ACT_RING: gl.constexpr = False):
         # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
         # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
         # ahead (more bytes in flight per SM; on the H200 the tuner keeps it on some shapes
@@ -148,6 +209,12 @@ if gluon is not None:
                              + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, SC)), N - 1)
             jsc = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SC))
             s_src = s_ptr + rsc.to(gl.int64)[:, None] * stride_sn + jsc[None, :]
+        if STAGES > 0 and ACT_RING:
+            gl.static_assert(not ASYNC, "ACT_RING is a synchronous-wgmma path")
+            acc = _act_ring_loop(acc, x_ptr, stride_xm, M, pid_b, w_smem, s_smem, w_src, s_src,
+                                 first, last, WL3, WL, SL, A_LAYOUT, BLOCK_N, BLOCK_K, BLOCK_B,
+                                 STAGES, FP8_CVT, GDC)
+        elif STAGES > 0:
             for j in gl.static_range(STAGES - 1):
                 swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, j, first + j,
                                        first + j < last, BLOCK_K)
