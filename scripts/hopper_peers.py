@@ -14,6 +14,11 @@ shapes, same method; on the H200 it stays well above the read ceilings of
 docs/PERF.md, so it is a lower bar, not a ceiling) and, at M=1, the eager call overhead of
 ``triton``: wall time per call of back-to-back eager calls minus the hot-L2 graph replay
 time, with the cached launches (``harness.backends.triton_launch``) on and off.
+Every path and the read-only kernel are also timed by the harness's own method (the
+backend's tuner's and the cells'; ``harness.measure.time_gpu``): a read of twice the L2
+before each replay instead of do_bench's write. do_bench's flush leaves the L2 full of dirty
+lines whose write-back to DRAM lands in the timed kernel; on the H200 that added up to 30% to
+memory-bound kernels and reordered configs (docs/PERF.md), so both columns are kept.
 Writes ``hopper-peers.json`` and ``hopper-peers.md`` under ``--out``, again after every row
 (``"complete": false`` until the last), so a run cut short keeps what it measured.
 """
@@ -24,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +45,7 @@ from harness.backends import LayerWeights, get_backend  # noqa: E402
 from harness.backends import flashinfer_lib, triton_launch, triton_w4a16  # noqa: E402
 from harness.gemm import why_skipped  # noqa: E402
 from harness.hardware import copy_bandwidth  # noqa: E402
+from harness.measure import time_gpu  # noqa: E402
 from harness.models import get_model  # noqa: E402
 from harness.models.weights import synthetic_linear  # noqa: E402
 from harness.records import atomic_write_text  # noqa: E402
@@ -63,6 +70,13 @@ def graph_of(fn):
 def cold_us(fn) -> float:
     g = graph_of(fn)
     return float(triton.testing.do_bench(g.replay, warmup=25, rep=200)) * 1e3
+
+
+def read_flush_us(fn) -> float:
+    """The harness's timer, as the triton backend's tuner calls it (CUDA graph, a read
+    flush of the L2 before each replay, CUDA events), median of 50 replays."""
+    return statistics.median(time_gpu(fn, samples=50, warmup=3, cold_l2=True,
+                                      kernel_clock=False).samples_s) * 1e6
 
 
 def hot_us(fn, calls: int = 200) -> float:
@@ -109,7 +123,7 @@ def _read(ptr, out, n, per_prog, BLOCK: tl.constexpr):
     tl.store(out + pid, tl.reduce(acc, 0, _xor))
 
 
-def read_ceiling_us(nbytes: int) -> tuple[float, str]:
+def read_ceiling_us(nbytes: int, timer=cold_us) -> tuple[float, str]:
     n = nbytes // 4
     buf = torch.randint(-2**31, 2**31 - 1, (n,), dtype=torch.int32, device="cuda")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -120,7 +134,7 @@ def read_ceiling_us(nbytes: int) -> tuple[float, str]:
             per = triton.cdiv(triton.cdiv(n, progs), block) * block
             progs = triton.cdiv(n, per)
             out = torch.empty(progs, dtype=torch.int32, device="cuda")
-            t = cold_us(lambda: _read[(progs,)](buf, out, n, per, BLOCK=block, num_warps=warps))
+            t = timer(lambda: _read[(progs,)](buf, out, n, per, BLOCK=block, num_warps=warps))
             if t < best:
                 best, how = t, f"{progs} programs x {block} words, {warps} warps"
     return best, how
@@ -153,11 +167,14 @@ def main() -> int:
     doc = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
            "triton": triton.__version__, "copy_bandwidth_Bps": bw, "peers_skipped": skipped,
            "rows": rows, "method": "CUDA graph of one call, replays timed by "
-                                   "triton.testing.do_bench (median, L2 flushed between replays)"}
+                                   "triton.testing.do_bench (median, L2 flushed between replays)",
+           "method_read_flush": "the same graph timed by harness.measure.time_gpu (median of "
+                                "50, a read of twice the L2 before each replay, CUDA events)"}
     for (n, k), names in shapes.items():
         lw = LayerWeights(fp4=synthetic_linear(n, k, gen, dev).fp4)
         nbytes = lw.fp4.nbytes()
         ceiling, how = read_ceiling_us(nbytes)
+        ceiling_rf, _ = read_ceiling_us(nbytes, read_flush_us)
         prepared = {}
         for b in ("triton", *peers):
             be = get_backend(b)
@@ -167,15 +184,19 @@ def main() -> int:
             x = torch.randn(m, k, generator=gen, device=dev).to(torch.bfloat16)
             gsf = torch.tensor(448 * 6 / float(x.abs().amax()), device=dev)
             row = {"layers": names, "n": n, "k": k, "m": m, "nvfp4_bytes": nbytes,
-                   "read_ceiling_us": ceiling, "read_ceiling_kernel": how, "us": {}}
+                   "read_ceiling_us": ceiling, "read_ceiling_kernel": how, "us": {},
+                   "read_ceiling_read_flush_us": ceiling_rf, "us_read_flush": {}}
             for b, (be, p, autotune) in prepared.items():
                 if autotune:
                     be.tune(p, x, gsf)
                 row["us"][b] = cold_us(lambda: be.run(p, x, gsf))
+                row["us_read_flush"][b] = read_flush_us(lambda: be.run(p, x, gsf))
                 if hasattr(be, "arguments"):  # FlashInfer's GEMM alone, x already in FP8
                     fi_args, fi_kw = be.arguments(p, x, gsf)
                     fi = flashinfer_lib.module()
                     row.setdefault("gemm_alone_us", {})[b] = cold_us(
+                        lambda: flashinfer_lib.call(fi, be.api, *fi_args, **fi_kw))
+                    row.setdefault("gemm_alone_read_flush_us", {})[b] = read_flush_us(
                         lambda: flashinfer_lib.call(fi, be.api, *fi_args, **fi_kw))
             if m == 1:
                 be, p, _ = prepared["triton"]
@@ -245,6 +266,34 @@ def markdown(doc: dict) -> str:
                 g = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
                 parts.append(f"{c} GEMM alone x{g:.2f} (min x{min(ratios):.2f})")
         lines.append(f"- M={m}: " + ", ".join(parts))
+    timed = [r for r in rows if r.get("us_read_flush")]
+    if timed:
+        lines += ["", f"The same paths, us, {doc['method_read_flush']}:", "",
+                  "| layers | M | " + " | ".join(cols + [f"{c} GEMM alone" for c in alone])
+                  + " | read-only kernel | it / triton |",
+                  "|---" * (len(cols) + len(alone) + 4) + "|"]
+        for r in timed:
+            ga = r.get("gemm_alone_read_flush_us", {})
+            us = " | ".join([f"{r['us_read_flush'][c]:.1f}" for c in cols]
+                            + [f"{ga[c]:.1f}" if c in ga else "-" for c in alone])
+            frac = r["read_ceiling_read_flush_us"] / r["us_read_flush"]["triton"]
+            lines.append(f"| {', '.join(r['layers'])} | {r['m']} | {us} | "
+                         f"{r['read_ceiling_read_flush_us']:.1f} | {frac:.0%} |")
+        lines += ["", "Geomean of peer / triton per M by this timer:", ""]
+        for m in sorted({r["m"] for r in timed}):
+            mine = [r for r in timed if r["m"] == m]
+            parts = []
+            for c in cols[1:]:
+                ratios = [r["us_read_flush"][c] / r["us_read_flush"]["triton"] for r in mine]
+                g = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+                parts.append(f"{c} x{g:.2f} (min x{min(ratios):.2f})")
+            for c in alone:
+                if all(c in r.get("gemm_alone_read_flush_us", {}) for r in mine):
+                    ratios = [r["gemm_alone_read_flush_us"][c] / r["us_read_flush"]["triton"]
+                              for r in mine]
+                    g = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+                    parts.append(f"{c} GEMM alone x{g:.2f} (min x{min(ratios):.2f})")
+            lines.append(f"- M={m}: " + ", ".join(parts))
     eager = [r for r in rows if "eager_overhead_us" in r]
     if eager:
         lines += ["", "Eager call overhead at M=1 (us over the hot kernel time):", "",
