@@ -379,8 +379,9 @@ if triton is not None:
     def _wgmma_fits(kw: dict, num_warps: int, m: int, k: int) -> bool:
         """Layout constraints, and the 32-bit registers per thread that the accumulator,
         the decoded A tile, the activation (not with ACT_RING) and (STAGES = 0) word tiles
-        with their prefetch take: at 192 ptxas still fits them without spills (sm_90a, Triton 3.6:
-        229-231 registers), at 224 it spills (``test_swap_ab_layout`` compiles both)."""
+        with their prefetch take: at 192 ptxas still fits them without spills (sm_90a,
+        Triton 3.6: 229-231 registers), at 224 it spills (``test_swap_ab_layout`` compiles
+        both)."""
         bn, bk, sk = kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"]
         bb = _wgmma_block_b(m)
         threads = 32 * num_warps

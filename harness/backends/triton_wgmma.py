@@ -22,7 +22,11 @@ The activations arrive in the physical K order of the weight words and ``wgmma``
 in the MMA's K order (``triton_swap_ab.logical_column``): per 128-wide group, the physical
 element ``32t + 2u + p`` goes to row ``8u + 2t + p`` of the staged tile (u = 4c + 2s + h).
 The load takes 16-byte vectors in physical order and the store to shared memory writes them
-in MMA order; nothing else moves.
+in MMA order; nothing else moves. ``ACT_RING = True`` (with a weight ring, synchronous MMA):
+the batch tile takes a slot of the ring too, filled by cp.async from source pointers already
+in MMA order, so no activation passes through registers; the permutation leaves pairs as the
+longest runs, so those copies are 4 bytes each, and at M = 64 they arrive late enough to
+make it the slower path (docs/PERF.md).
 """
 
 from __future__ import annotations
