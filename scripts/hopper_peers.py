@@ -230,6 +230,23 @@ def write(out: Path, doc: dict, complete: bool) -> None:
     atomic_write_text(out / "hopper-peers.md", markdown(doc))
 
 
+def geomeans(rows: list, peers: list, alone: list, key: str, alone_key: str) -> list[str]:
+    """One line per M: geomean and minimum of peer / triton over the rows, the times read
+    from ``row[key]`` (and FlashInfer's GEMM alone from ``row[alone_key]``)."""
+    lines = []
+    for m in sorted({r["m"] for r in rows}):
+        mine = [r for r in rows if r["m"] == m]
+        parts = []
+        series = [(c, [r[key][c] / r[key]["triton"] for r in mine]) for c in peers]
+        series += [(f"{c} GEMM alone", [r[alone_key][c] / r[key]["triton"] for r in mine])
+                   for c in alone if all(c in r.get(alone_key, {}) for r in mine)]
+        for label, ratios in series:
+            g = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+            parts.append(f"{label} x{g:.2f} (min x{min(ratios):.2f})")
+        lines.append(f"- M={m}: " + ", ".join(parts))
+    return lines
+
+
 def markdown(doc: dict) -> str:
     rows = doc["rows"]
     cols = ["triton", *[p for p in PEERS if rows and p in rows[0]["us"]]]
@@ -253,19 +270,7 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {', '.join(r['layers'])} | {r['m']} | {r['us']['triton']:.1f} | "
                          + " | ".join(f"{ga[b]:.1f}" if b in ga else "-" for b in alone) + " |")
     lines += ["", "Geomean of peer / triton per M (> 1: triton faster):", ""]
-    for m in sorted({r["m"] for r in rows}):
-        mine = [r for r in rows if r["m"] == m]
-        parts = []
-        for c in cols[1:]:
-            g = math.exp(sum(math.log(r["us"][c] / r["us"]["triton"]) for r in mine) / len(mine))
-            lo = min(r["us"][c] / r["us"]["triton"] for r in mine)
-            parts.append(f"{c} x{g:.2f} (min x{lo:.2f})")
-        for c in alone:
-            if all(c in r.get("gemm_alone_us", {}) for r in mine):
-                ratios = [r["gemm_alone_us"][c] / r["us"]["triton"] for r in mine]
-                g = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
-                parts.append(f"{c} GEMM alone x{g:.2f} (min x{min(ratios):.2f})")
-        lines.append(f"- M={m}: " + ", ".join(parts))
+    lines += geomeans(rows, cols[1:], alone, "us", "gemm_alone_us")
     timed = [r for r in rows if r.get("us_read_flush")]
     if timed:
         lines += ["", f"The same paths, us, {doc['method_read_flush']}:", "",
@@ -280,20 +285,7 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {', '.join(r['layers'])} | {r['m']} | {us} | "
                          f"{r['read_ceiling_read_flush_us']:.1f} | {frac:.0%} |")
         lines += ["", "Geomean of peer / triton per M by this timer:", ""]
-        for m in sorted({r["m"] for r in timed}):
-            mine = [r for r in timed if r["m"] == m]
-            parts = []
-            for c in cols[1:]:
-                ratios = [r["us_read_flush"][c] / r["us_read_flush"]["triton"] for r in mine]
-                g = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
-                parts.append(f"{c} x{g:.2f} (min x{min(ratios):.2f})")
-            for c in alone:
-                if all(c in r.get("gemm_alone_read_flush_us", {}) for r in mine):
-                    ratios = [r["gemm_alone_read_flush_us"][c] / r["us_read_flush"]["triton"]
-                              for r in mine]
-                    g = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
-                    parts.append(f"{c} GEMM alone x{g:.2f} (min x{min(ratios):.2f})")
-            lines.append(f"- M={m}: " + ", ".join(parts))
+        lines += geomeans(timed, cols[1:], alone, "us_read_flush", "gemm_alone_read_flush_us")
     eager = [r for r in rows if "eager_overhead_us" in r]
     if eager:
         lines += ["", "Eager call overhead at M=1 (us over the hot kernel time):", "",
