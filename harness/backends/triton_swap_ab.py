@@ -223,6 +223,17 @@ if gluon is not None:
                                   is_pure=False, pack=1)
 
     @gluon.jit
+    def _read_slot(w_smem, s_smem, slot, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr):
+        """Ring slot ``slot``'s words and scales, read back in the layouts they were copied
+        in -> (words [BN, BK/8] in ``_word_layout``, scale bytes in ``_scale_layout``), the
+        operands of ``_a_fragment``."""
+        nw: gl.constexpr = gl.num_warps()
+        w3 = w_smem.index(slot).load(_staged_word_layout(BLOCK_N, BLOCK_K, nw))
+        wv = gl.convert_layout(gl.reshape(gl.permute(w3, [1, 0, 2]), [BLOCK_N, BLOCK_K // 8]),
+                               _word_layout(BLOCK_N, BLOCK_K, nw), assert_trivial=True)
+        return wv, s_smem.index(slot).load(_scale_layout(BLOCK_N, BLOCK_K, nw))
+
+    @gluon.jit
     def _issue_weights(w_smem, s_smem, w_src, s_src, slot, step, live, BLOCK_K: gl.constexpr):
         """Start the copies of K step ``step``'s words and scales into ring slot ``slot``."""
         async_load(w_smem.index(slot), w_src + step * (BLOCK_K // 8), mask=live)
@@ -252,9 +263,7 @@ if gluon is not None:
         the wait for the previous kernel (nothing writes them); they join the first commit
         group, so step 0's wait covers them."""
         nw: gl.constexpr = gl.num_warps()
-        WL: gl.constexpr = _word_layout(BLOCK_N, BLOCK_K, nw)
         WL3: gl.constexpr = _staged_word_layout(BLOCK_N, BLOCK_K, nw)
-        SL: gl.constexpr = _scale_layout(BLOCK_N, BLOCK_K, nw)
         XL: gl.constexpr = _act_layout(BLOCK_B, BLOCK_K, nw)
         SC: gl.constexpr = gl.BlockedLayout([1, BLOCK_K // 16], [32, 1], [nw, 1], [1, 0])
         MMA: gl.constexpr = _mma_layout(nw)
@@ -297,10 +306,7 @@ if gluon is not None:
             _issue_weights(w_smem, s_smem, w_src, s_src, slot_ahead, ahead, ahead < last, BLOCK_K)
             _issue_acts(x_smem, x_ptrs, x_ok, slot_ahead, ahead, ahead < last, BLOCK_K)
             slot = i % STAGES
-            w3 = w_smem.index(slot).load(WL3)
-            wv = gl.convert_layout(gl.reshape(gl.permute(w3, [1, 0, 2]),
-                                              [BLOCK_N, BLOCK_K // 8]), WL, assert_trivial=True)
-            sb = s_smem.index(slot).load(SL)
+            wv, sb = _read_slot(w_smem, s_smem, slot, BLOCK_N, BLOCK_K)
             xv = x_smem.index(slot).load(XL)
             a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
             b = _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT)

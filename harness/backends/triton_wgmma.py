@@ -109,10 +109,9 @@ if gluon is not None:
 
     @gluon.jit
     def _act_ring_loop(acc, x_ptr, stride_xm, M, pid_b, w_smem, s_smem, w_src, s_src,
-                       first, last, WL3: gl.constexpr, WL: gl.constexpr, SL: gl.constexpr,
-                       A_LAYOUT: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
-                       BLOCK_B: gl.constexpr, STAGES: gl.constexpr, FP8_CVT: gl.constexpr,
-                       GDC: gl.constexpr):
+                       first, last, A_LAYOUT: gl.constexpr, BLOCK_N: gl.constexpr,
+                       BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr, STAGES: gl.constexpr,
+                       FP8_CVT: gl.constexpr, GDC: gl.constexpr):
         """The K loop with the batch tile in the ring too (ACT_RING = True): each step's
         activations are copied by cp.async straight into its slot, in MMA K order, with the
         step's words and scales, STAGES - 1 steps ahead. No activation passes through
@@ -142,10 +141,7 @@ if gluon is not None:
             swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, slot_ahead, ahead,
                                    ahead < last, BLOCK_K)
             swap_ab._issue_acts(x_ring, x_src, x_ok, slot_ahead, ahead, ahead < last, BLOCK_K)
-            w3 = w_smem.index(i % STAGES).load(WL3)
-            wv = gl.convert_layout(gl.reshape(gl.permute(w3, [1, 0, 2]),
-                                              [BLOCK_N, BLOCK_K // 8]), WL, assert_trivial=True)
-            sb = s_smem.index(i % STAGES).load(SL)
+            wv, sb = swap_ab._read_slot(w_smem, s_smem, i % STAGES, BLOCK_N, BLOCK_K)
             a = swap_ab._a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
             acc = warpgroup_mma(a, x_ring.index(i % STAGES).permute([1, 0]), acc)
         async_copy.wait_group(0)
@@ -216,8 +212,8 @@ if gluon is not None:
         if STAGES > 0 and ACT_RING:
             gl.static_assert(not ASYNC, "ACT_RING is a synchronous-wgmma path")
             acc = _act_ring_loop(acc, x_ptr, stride_xm, M, pid_b, w_smem, s_smem, w_src, s_src,
-                                 first, last, WL3, WL, SL, A_LAYOUT, BLOCK_N, BLOCK_K, BLOCK_B,
-                                 STAGES, FP8_CVT, GDC)
+                                 first, last, A_LAYOUT, BLOCK_N, BLOCK_K, BLOCK_B, STAGES,
+                                 FP8_CVT, GDC)
         elif STAGES > 0:
             for j in gl.static_range(STAGES - 1):
                 swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, j, first + j,
@@ -241,11 +237,7 @@ if gluon is not None:
                 swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, (i + STAGES - 1) % STAGES,
                                        ahead, ahead < last, BLOCK_K)
                 async_copy.commit_group()
-                w3 = w_smem.index(i % STAGES).load(WL3)
-                wv = gl.convert_layout(gl.reshape(gl.permute(w3, [1, 0, 2]),
-                                                  [BLOCK_N, BLOCK_K // 8]), WL,
-                                       assert_trivial=True)
-                sb = s_smem.index(i % STAGES).load(SL)
+                wv, sb = swap_ab._read_slot(w_smem, s_smem, i % STAGES, BLOCK_N, BLOCK_K)
                 a = swap_ab._a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
                 if ASYNC:
                     acc = _async_mma(acc, a, xv, x_smem.index(i % 2), a_smem.index(i % 2),
