@@ -103,6 +103,22 @@ def test_activations_land_in_the_mma_b_operand_lanes_in_the_same_k_order(
         assert b[(logical, row)] == who, (row, k)
 
 
+@pytest.mark.parametrize("block_n,block_k,block_b,num_warps", CONFIGS)
+def test_staged_activations_are_copied_once_per_cta_by_the_lanes_that_read_them(
+        block_n, block_k, block_b, num_warps):
+    # The ring's copy layout splits the tile over the warps: each element is copied by one
+    # thread, in the lane that reads it back in the broadcast read layout, 16 bytes at a time.
+    read = _owners(sab.act_layout_bases(block_b, block_k, num_warps))
+    copy_bases = sab.act_copy_layout_bases(block_b, block_k, num_warps)
+    copy = _owners(copy_bases)
+    assert set(copy) == set(read)
+    for coord, who in copy.items():
+        assert len(who) == 1, coord
+        (lane, _), = who
+        assert {ln for ln, _ in read[coord]} == {lane}, coord
+    assert copy_bases["reg"][:3] == [[0, 1], [0, 2], [0, 4]]
+
+
 def _coords(bases, reg, lane, warp):
     coord = [0] * len(bases["shape"])
     for key, index in (("reg", reg), ("lane", lane), ("warp", warp)):
@@ -196,17 +212,22 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.experimental.gluon._runtime import GluonASTSource
 
-from harness.backends import triton_wgmma
+from harness.backends import triton_swap_ab, triton_wgmma
 
-block_n, block_k, block_b, split_k, num_warps, stages, async_mma, ring = json.loads(sys.argv[1])
-fn = triton_wgmma.wgmma_kernel
+name, block_n, block_k, block_b, split_k, num_warps, stages, async_mma, ring = json.loads(
+    sys.argv[1])
 sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
 sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
                                "stride_sn", "M_BUCKET")})
 const = {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_B": block_b, "SPLIT_K": split_k,
-         "FP8_CVT": True, "STAGES": stages, "ASYNC": async_mma, "GDC": False,
-         "ACT_RING": ring}
+         "FP8_CVT": True, "STAGES": stages, "GDC": False}
+if name == "wgmma":
+    fn = triton_wgmma.wgmma_kernel
+    const.update(ASYNC=async_mma, ACT_RING=ring)
+else:
+    fn = triton_swap_ab.swap_ab_kernel
+    const.update(PREFETCH=False)
 sig.update({name: "constexpr" for name in const})
 aligned = [a for a in sig if a.endswith("_ptr")] + ["N", "K", "stride_xm", "stride_om",
                                                      "stride_wn", "stride_sn"]
@@ -225,9 +246,9 @@ print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr,
 
 
 def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, async_mma=False,
-                   ring=False):
-    """Compile the kernel for sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes
-    of shared memory)."""
+                   ring=False, kernel="wgmma"):
+    """Compile the kernel (``wgmma_kernel``, or ``swap_ab_kernel`` for ``kernel="mma"``) for
+    sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes of shared memory)."""
     import json
     import os
     import subprocess
@@ -237,8 +258,8 @@ def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, asyn
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", _COMPILE,
-                           json.dumps([block_n, block_k, block_b, split_k, num_warps,
-                                      stages, async_mma, ring])],
+                           json.dumps([kernel, block_n, block_k, block_b, split_k,
+                                      num_warps, stages, async_mma, ring])],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -286,6 +307,25 @@ def test_async_wgmma_pipeline_and_shared_memory(block_n, block_b, num_warps, sta
     sync = dict(kw, ASYNC=False)
     assert triton_w4a16._wgmma_smem(sync, block_b) == _compile_wgmma(
         block_n, 128, block_b, 1, num_warps, stages, False)[2]
+
+
+@pytest.mark.parametrize("block_n,block_k,block_b,num_warps,stages", [
+    (128, 256, 16, 4, 2), (64, 256, 8, 2, 2), (128, 128, 32, 4, 3)])
+def test_mma_sync_ring_copies_the_activations_once_per_cta(block_n, block_k, block_b,
+                                                            num_warps, stages):
+    """The ``mma.sync`` kernel's ring: per step each thread issues 16-byte cp.async for its
+    share of the words, of the scales (16-byte rows at BLOCK_K 256) and of the activation
+    tile, which the warps split between them instead of each copying all of it; no spills."""
+    ptx, report, _ = _compile_wgmma(block_n, block_k, block_b, 2, num_warps, stages,
+                                    kernel="mma")
+    copies = [line.split(",")[-2].strip() for line in ptx.splitlines()
+              if "cp.async.ca.shared.global" in line or "cp.async.cg.shared.global" in line]
+    threads = 32 * num_warps
+    words = block_n * block_k // 32 // threads
+    scales = block_n // threads if block_k == 256 else 0
+    acts = block_b * block_k // 8 // threads
+    assert copies.count("0x10") == stages * (words + scales + acts), copies
+    assert "0 bytes spill stores" in report, report
 
 
 @pytest.mark.parametrize("block_n,block_k,block_b,num_warps,stages", [

@@ -136,6 +136,19 @@ def act_layout_bases(block_b: int, block_k: int, num_warps: int) -> dict:
 
 
 @constexpr_function
+def act_copy_layout_bases(block_b: int, block_k: int, num_warps: int) -> dict:
+    """The tile of ``act_layout_bases`` split over the warps, for the copy into the ring:
+    its highest register bases become the warp bases, so each warp copies 1 / num_warps of
+    the tile and the CTA copies it once (each warp then reads all of it back). Within a warp
+    every copy instruction writes the same lanes' bytes as before; the first three register
+    bases (8 contiguous bf16) stay, so every copy is 16 bytes."""
+    bases = act_layout_bases(block_b, block_k, num_warps)
+    reg, moved = bases["reg"], _log2(num_warps)
+    assert len(reg) - 3 >= moved, (block_b, block_k, num_warps)
+    return dict(bases, reg=reg[:len(reg) - moved], warp=reg[len(reg) - moved:])
+
+
+@constexpr_function
 def logical_column(word: int, element: int) -> int:
     """Column of the MMA's K order (within one 128-wide group) that holds ``element`` of
     ``word`` (0..15) of the group: the permutation that A and B share."""
@@ -167,6 +180,10 @@ if gluon is not None:
     @gluon.constexpr_function
     def _act_layout(block_b, block_k, num_warps):
         return _linear(act_layout_bases(block_b, block_k, num_warps))
+
+    @gluon.constexpr_function
+    def _act_copy_layout(block_b, block_k, num_warps):
+        return _linear(act_copy_layout_bases(block_b, block_k, num_warps))
 
     @gluon.constexpr_function
     def _mma_layout(num_warps):
@@ -248,8 +265,8 @@ if gluon is not None:
         async_copy.commit_group()
 
     @gluon.jit
-    def _staged_loop(w_ptr, stride_wn, x_ptrs, x_ok, s_ptr, stride_sn, pid_n, N, first, last,
-                     acc,
+    def _staged_loop(w_ptr, stride_wn, x_ptr, stride_xm, M, pid_b, s_ptr, stride_sn, pid_n, N,
+                     first, last, acc,
                      BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                      STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr):
         """The K loop with the weight streamed through a ring of ``STAGES`` shared-memory
@@ -257,7 +274,10 @@ if gluon is not None:
         one decodes, without the registers a register pipeline of that depth would need.
         Each lane copies the 16-byte word chunks it later reads back (the copy and the read
         use one layout); scales are copied a row per thread. Activations ride in the same
-        ring: loaded from L2 inside the loop, their latency stalled every step.
+        ring (loaded from L2 inside the loop, their latency stalled every step), each warp
+        copying its share of the tile and reading all of it back after the step's barrier:
+        copied by every warp, the tile cost num_warps times its bytes in L2 reads, twice the
+        weight bytes at M = 16.
 
         Under PDL the words and scales of the first ``STAGES - 1`` steps are requested before
         the wait for the previous kernel (nothing writes them); they join the first commit
@@ -274,10 +294,15 @@ if gluon is not None:
                                            gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
         s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, BLOCK_K // 16],
                                            gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
-        # Activations: each warp copies the whole tile it reads (every warp needs all of
-        # it). The swizzle spreads the rows of a shared-memory phase over the banks.
+        # Activations: the warps copy a share each, and every warp reads the whole tile. The
+        # swizzle spreads the rows of a shared-memory phase over the banks.
         x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_B, BLOCK_K],
                                            gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
+        XC: gl.constexpr = _act_copy_layout(BLOCK_B, BLOCK_K, nw)
+        rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XC))
+        jk = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XC))
+        x_src = x_ptr + rb[:, None] * stride_xm + jk[None, :]
+        x_ok = rb[:, None] < M
         # Built in the staged layout itself (not by reshaping ``w_ptrs``) so the compiler
         # sees 16 contiguous aligned words per row and group: 16-byte copies.
         GR: gl.constexpr = gl.SliceLayout(2, WL3)
@@ -296,15 +321,17 @@ if gluon is not None:
         if GDC:
             _gdc_wait()
         for j in gl.static_range(STAGES - 1):
-            _issue_acts(x_smem, x_ptrs, x_ok, j, first + j, first + j < last, BLOCK_K)
+            _issue_acts(x_smem, x_src, x_ok, j, first + j, first + j < last, BLOCK_K)
         for step in range(first, last):
             i = step - first
             async_copy.wait_group(STAGES - 2)  # this thread's copies of `step` have landed
-            cta_barrier()  # ...everyone's, and slot (i - 1) % STAGES is read by all
+            # ...everyone's (a warp reads activations the others copied), and slot
+            # (i - 1) % STAGES is read by all.
+            cta_barrier()
             ahead = step + STAGES - 1
             slot_ahead = (i + STAGES - 1) % STAGES
             _issue_weights(w_smem, s_smem, w_src, s_src, slot_ahead, ahead, ahead < last, BLOCK_K)
-            _issue_acts(x_smem, x_ptrs, x_ok, slot_ahead, ahead, ahead < last, BLOCK_K)
+            _issue_acts(x_smem, x_src, x_ok, slot_ahead, ahead, ahead < last, BLOCK_K)
             slot = i % STAGES
             wv, sb = _read_slot(w_smem, s_smem, slot, BLOCK_N, BLOCK_K)
             xv = x_smem.index(slot).load(XL)
@@ -390,8 +417,9 @@ if gluon is not None:
         x_ok = rb[:, None] < M
         acc = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
         if STAGES > 0:
-            acc = _staged_loop(w_ptr, stride_wn, x_ptrs, x_ok, s_ptr, stride_sn, pid_n, N, first,
-                               last, acc, BLOCK_N, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC)
+            acc = _staged_loop(w_ptr, stride_wn, x_ptr, stride_xm, M, pid_b, s_ptr, stride_sn,
+                               pid_n, N, first, last, acc, BLOCK_N, BLOCK_K, BLOCK_B, STAGES,
+                               FP8_CVT, GDC)
         elif PREFETCH:
             # Software pipeline in registers: the loads of step i + 1 are in flight while step
             # i decodes (Triton pipelines loads only through shared memory, for dot operands).
