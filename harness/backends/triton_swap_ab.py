@@ -251,6 +251,35 @@ if gluon is not None:
         return wv, s_smem.index(slot).load(_scale_layout(BLOCK_N, BLOCK_K, nw))
 
     @gluon.jit
+    def _weight_ring(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, BLOCK_N: gl.constexpr,
+                     BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
+        """The ring's word and scale slots, and the source pointers of K step 0 that
+        ``_issue_weights`` copies from -> (w_smem, s_smem, w_src, s_src). Words are copied
+        in the staged layout itself (not by reshaping a flat pointer tile) so the compiler
+        sees 16 contiguous aligned words per row and group: 16-byte copies, each by the lane
+        that reads it back. Scales: a row per thread. Rows past N re-read the last row."""
+        nw: gl.constexpr = gl.num_warps()
+        WL3: gl.constexpr = _staged_word_layout(BLOCK_N, BLOCK_K, nw)
+        SC: gl.constexpr = gl.BlockedLayout([1, BLOCK_K // 16], [32, 1], [nw, 1], [1, 0])
+        G: gl.constexpr = BLOCK_K // 128  # K groups per step
+        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, G, BLOCK_N, 16],
+                                           gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+        s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, BLOCK_K // 16],
+                                           gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        GR: gl.constexpr = gl.SliceLayout(2, WL3)
+        gw = gl.arange(0, G, layout=gl.SliceLayout(1, GR))
+        rw = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, GR)),
+                        N - 1)
+        jw = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL3)))
+        w_src = (w_ptr + rw.to(gl.int64)[None, :, None] * stride_wn
+                 + (gw[:, None, None] * 16 + jw[None, None, :]))
+        rsc = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, SC)),
+                         N - 1)
+        jsc = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SC))
+        s_src = s_ptr + rsc.to(gl.int64)[:, None] * stride_sn + jsc[None, :]
+        return w_smem, s_smem, w_src, s_src
+
+    @gluon.jit
     def _issue_weights(w_smem, s_smem, w_src, s_src, slot, step, live, BLOCK_K: gl.constexpr):
         """Start the copies of K step ``step``'s words and scales into ring slot ``slot``."""
         async_load(w_smem.index(slot), w_src + step * (BLOCK_K // 8), mask=live)
@@ -283,39 +312,21 @@ if gluon is not None:
         the wait for the previous kernel (nothing writes them); they join the first commit
         group, so step 0's wait covers them."""
         nw: gl.constexpr = gl.num_warps()
-        WL3: gl.constexpr = _staged_word_layout(BLOCK_N, BLOCK_K, nw)
         XL: gl.constexpr = _act_layout(BLOCK_B, BLOCK_K, nw)
-        SC: gl.constexpr = gl.BlockedLayout([1, BLOCK_K // 16], [32, 1], [nw, 1], [1, 0])
         MMA: gl.constexpr = _mma_layout(nw)
         A_LAYOUT: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
         B_LAYOUT: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
-        G: gl.constexpr = BLOCK_K // 128  # K groups per step
-        w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, G, BLOCK_N, 16],
-                                           gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
-        s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, BLOCK_K // 16],
-                                           gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
-        # Activations: the warps copy a share each, and every warp reads the whole tile. The
-        # swizzle spreads the rows of a shared-memory phase over the banks.
-        x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_B, BLOCK_K],
-                                           gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
+        # Activations: the warps copy a share each, and every warp reads the whole tile.
         XC: gl.constexpr = _act_copy_layout(BLOCK_B, BLOCK_K, nw)
         rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XC))
         jk = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XC))
         x_src = x_ptr + rb[:, None] * stride_xm + jk[None, :]
         x_ok = rb[:, None] < M
-        # Built in the staged layout itself (not by reshaping ``w_ptrs``) so the compiler
-        # sees 16 contiguous aligned words per row and group: 16-byte copies.
-        GR: gl.constexpr = gl.SliceLayout(2, WL3)
-        gw = gl.arange(0, G, layout=gl.SliceLayout(1, GR))
-        rw = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, GR)),
-                        N - 1)
-        jw = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL3)))
-        w_src = (w_ptr + rw.to(gl.int64)[None, :, None] * stride_wn
-                 + (gw[:, None, None] * 16 + jw[None, None, :]))
-        rsc = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, SC)),
-                         N - 1)
-        jsc = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SC))
-        s_src = s_ptr + rsc.to(gl.int64)[:, None] * stride_sn + jsc[None, :]
+        w_smem, s_smem, w_src, s_src = _weight_ring(w_ptr, stride_wn, s_ptr, stride_sn, pid_n,
+                                                    N, BLOCK_N, BLOCK_K, STAGES)
+        # The swizzle spreads the rows of a shared-memory phase over the banks.
+        x_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_B, BLOCK_K],
+                                           gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
         for j in gl.static_range(STAGES - 1):
             _issue_weights(w_smem, s_smem, w_src, s_src, j, first + j, first + j < last, BLOCK_K)
         if GDC:

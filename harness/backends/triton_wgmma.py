@@ -191,24 +191,8 @@ if gluon is not None:
         # A split past the end of K has no steps; its first loads stay in bounds.
         head = gl.minimum(first, steps - 1)
         if STAGES > 0:
-            G: gl.constexpr = BLOCK_K // 128
-            WL3: gl.constexpr = swap_ab._staged_word_layout(BLOCK_N, BLOCK_K, nw)
-            SC: gl.constexpr = gl.BlockedLayout([1, BLOCK_K // 16], [32, 1], [nw, 1], [1, 0])
-            w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, G, BLOCK_N, 16],
-                                               gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
-            s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, BLOCK_K // 16],
-                                               gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
-            GR: gl.constexpr = gl.SliceLayout(2, WL3)
-            gw = gl.arange(0, G, layout=gl.SliceLayout(1, GR))
-            rw = gl.minimum(pid_n * BLOCK_N
-                            + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, GR)), N - 1)
-            jw = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(1, WL3)))
-            w_src = (w_ptr + rw.to(gl.int64)[None, :, None] * stride_wn
-                     + (gw[:, None, None] * 16 + jw[None, None, :]))
-            rsc = gl.minimum(pid_n * BLOCK_N
-                             + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, SC)), N - 1)
-            jsc = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SC))
-            s_src = s_ptr + rsc.to(gl.int64)[:, None] * stride_sn + jsc[None, :]
+            w_smem, s_smem, w_src, s_src = swap_ab._weight_ring(
+                w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, BLOCK_N, BLOCK_K, STAGES)
         if STAGES > 0 and ACT_RING:
             gl.static_assert(not ASYNC, "ACT_RING is a synchronous-wgmma path")
             acc = _act_ring_loop(acc, x_ptr, stride_xm, M, pid_b, w_smem, s_smem, w_src, s_src,
