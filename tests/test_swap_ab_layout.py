@@ -119,6 +119,22 @@ def test_staged_activations_are_copied_once_per_cta_by_the_lanes_that_read_them(
     assert copy_bases["reg"][:3] == [[0, 1], [0, 2], [0, 4]]
 
 
+@pytest.mark.parametrize("num_warps", [1, 2, 4, 8, 16])
+def test_the_fit_rule_keeps_a_ring_config_only_where_its_copy_layout_exists(num_warps):
+    from harness.backends import triton_w4a16
+
+    for m, block_k in itertools.product((8, 16, 32), (128, 256)):
+        ring = {"BLOCK_N": 64 * num_warps, "BLOCK_K": block_k, "SPLIT_K": 1, "STAGES": 2}
+        try:
+            sab.act_copy_layout_bases(m, block_k, num_warps)
+            splits = True
+        except AssertionError:
+            splits = False
+        kept = triton_w4a16._swap_ab_fits(ring, num_warps, m, 5120)
+        registers = triton_w4a16._swap_ab_fits(dict(ring, STAGES=0), num_warps, m, 5120)
+        assert kept == (splits and registers), (m, block_k)
+
+
 def _coords(bases, reg, lane, warp):
     coord = [0] * len(bases["shape"])
     for key, index in (("reg", reg), ("lane", lane), ("warp", warp)):

@@ -306,7 +306,9 @@ if triton is not None:
         bb = _block_b(m)
         return (16 * num_warps <= bn <= 64 * num_warps and k % bk == 0 and k // bk >= sk
                 # each thread holds its batch rows' activations for the whole BLOCK_K
-                and bb * bk <= 32 * 256 and (bb < 32 or bn * bk <= 128 * 256))
+                and bb * bk <= 32 * 256 and (bb < 32 or bn * bk <= 128 * 256)
+                # the ring's activation copy splits the tile over the warps in 16-byte pieces
+                and (not kw.get("STAGES") or num_warps * 8 * 128 <= 4 * bb * bk))
 
     def _prune_swap_ab(configs, named_args):
         m, n, k = named_args["M"], named_args["N"], named_args["K"]
