@@ -13,7 +13,9 @@ shape, the time of a plain read-only kernel of the layer's NVFP4 bytes (best of 
 shapes, same method; on the H200 it stays well above the read ceilings of
 docs/PERF.md, so it is a lower bar, not a ceiling) and, at M=1, the eager call overhead of
 ``triton``: wall time per call of back-to-back eager calls minus the hot-L2 graph replay
-time, with the cached launches (``harness.backends.triton_launch``) on and off.
+time, with the cached launches (``harness.backends.triton_launch``) on and off, and the host
+time per call up to the last enqueue (beside that of allocating the output alone), which
+decides the overhead wherever it exceeds the kernel time.
 Every path and the read-only kernel are also timed by the harness's own method (the
 backend's tuner's and the cells'; ``harness.measure.time_gpu``): a read of twice the L2
 before each replay instead of do_bench's write. do_bench's flush leaves the L2 full of dirty
@@ -90,6 +92,23 @@ def hot_us(fn, calls: int = 200) -> float:
     b.record()
     b.synchronize()
     return a.elapsed_time(b) * 1e3 / calls
+
+
+def host_us(fn, calls: int = 300) -> float:
+    """Host time per call: back-to-back eager calls timed up to the last enqueue, before the
+    GPU catches up (best of five loops). Where it exceeds the kernel time the GPU waits on
+    the host, and the eager overhead is this minus the kernel time."""
+    for _ in range(20):
+        fn()
+    best = math.inf
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) * 1e6 / calls)
+    torch.cuda.synchronize()
+    return best
 
 
 def eager_us(fn, calls: int = 300) -> float:
@@ -204,13 +223,19 @@ def main() -> int:
                 def call():
                     return be.run(p, x, gsf)
                 hot = hot_us(call)
-                over = {}
+                over, host = {}, {}
                 for mode in ("1", "0"):
                     os.environ[triton_launch.FAST_LAUNCH_ENV] = mode
-                    over["cached" if mode == "1" else "triton"] = eager_us(call) - hot
+                    key = "cached" if mode == "1" else "triton"
+                    over[key] = eager_us(call) - hot
+                    host[key] = host_us(call)
                 os.environ.pop(triton_launch.FAST_LAUNCH_ENV, None)
+                # The floor of any call that returns a new tensor: allocating it.
+                host["torch.empty"] = host_us(
+                    lambda: torch.empty((m, n), dtype=torch.bfloat16, device=dev))
                 row["triton_hot_us"] = hot
                 row["eager_overhead_us"] = over
+                row["host_us"] = host
             row["triton_kernel"] = triton_w4a16.tuned_choice(n, k, m)
             t = row["us"]["triton"]
             row["triton_read_ceiling_frac"] = ceiling / t
@@ -288,12 +313,17 @@ def markdown(doc: dict) -> str:
         lines += geomeans(timed, cols[1:], alone, "us_read_flush", "gemm_alone_read_flush_us")
     eager = [r for r in rows if "eager_overhead_us" in r]
     if eager:
-        lines += ["", "Eager call overhead at M=1 (us over the hot kernel time):", "",
-                  "| layers | hot kernel | cached launch | Triton launch |", "|---|---|---|---|"]
+        lines += ["", "Eager call overhead at M=1 (us over the hot kernel time), and the host "
+                  "time per call (us, up to the last enqueue; torch.empty: allocating the "
+                  "output alone):", "",
+                  "| layers | hot kernel | cached launch | Triton launch | host, cached | "
+                  "host, Triton | host, torch.empty |", "|---" * 7 + "|"]
         for r in eager:
-            o = r["eager_overhead_us"]
+            o, h = r["eager_overhead_us"], r.get("host_us", {})
+            host = " | ".join(f"{h[c]:.1f}" if c in h else "-"
+                              for c in ("cached", "triton", "torch.empty"))
             lines.append(f"| {', '.join(r['layers'])} | {r['triton_hot_us']:.1f} | "
-                         f"{o['cached']:.1f} | {o['triton']:.1f} |")
+                         f"{o['cached']:.1f} | {o['triton']:.1f} | {host} |")
     chosen = [r for r in rows if r.get("triton_kernel")]
     if chosen:
         lines += ["", "What the tuned triton backend runs:", "",
