@@ -94,35 +94,24 @@ def hot_us(fn, calls: int = 200) -> float:
     return a.elapsed_time(b) * 1e3 / calls
 
 
-def host_us(fn, calls: int = 300) -> float:
-    """Host time per call: back-to-back eager calls timed up to the last enqueue, before the
-    GPU catches up (best of five loops). Where it exceeds the kernel time the GPU waits on
-    the host, and the eager overhead is this minus the kernel time."""
+def eager_us(fn, calls: int = 300) -> tuple[float, float]:
+    """Back-to-back eager calls -> (wall time per call until the GPU is done, host time per
+    call up to the last enqueue), each the best of five loops (the host is noisy). Where the
+    host time exceeds the kernel time the GPU waits on the host."""
     for _ in range(20):
         fn()
-    best = math.inf
+    torch.cuda.synchronize()
+    wall = host = math.inf
     for _ in range(5):
-        torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
-        best = min(best, (time.perf_counter() - t0) * 1e6 / calls)
-    torch.cuda.synchronize()
-    return best
-
-
-def eager_us(fn, calls: int = 300) -> float:
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    best = math.inf
-    for _ in range(5):  # the host is noisy: the best of five loops
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
+        t1 = time.perf_counter()
         torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - t0) * 1e6 / calls)
-    return best
+        t2 = time.perf_counter()
+        host = min(host, (t1 - t0) * 1e6 / calls)
+        wall = min(wall, (t2 - t0) * 1e6 / calls)
+    return wall, host
 
 
 @triton.jit
@@ -227,11 +216,11 @@ def main() -> int:
                 for mode in ("1", "0"):
                     os.environ[triton_launch.FAST_LAUNCH_ENV] = mode
                     key = "cached" if mode == "1" else "triton"
-                    over[key] = eager_us(call) - hot
-                    host[key] = host_us(call)
+                    wall, host[key] = eager_us(call)
+                    over[key] = wall - hot
                 os.environ.pop(triton_launch.FAST_LAUNCH_ENV, None)
                 # The floor of any call that returns a new tensor: allocating it.
-                host["torch.empty"] = host_us(
+                _, host["torch.empty"] = eager_us(
                     lambda: torch.empty((m, n), dtype=torch.bfloat16, device=dev))
                 row["triton_hot_us"] = hot
                 row["eager_overhead_us"] = over
