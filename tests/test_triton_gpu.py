@@ -190,6 +190,44 @@ def test_cached_launches_match_tritons_own(autotune, monkeypatch):
     assert not any(key[0] == owner for key in triton_w4a16._FAST)
 
 
+def test_cached_launches_call_a_registered_launch_hook():
+    """A launch hook (a profiler's, e.g. proton's) sees every cached launch, with Triton's
+    launch metadata, while it is registered; without one the cached launch passes the
+    pointers as addresses and skips the hooks. Same bits both ways."""
+    from triton import knobs
+
+    from harness.backends import triton_w4a16
+    dev = torch.device("cuda")
+    tri = get_backend("triton")
+    n, k = 5120, 6144
+    w = make_weights(n, k, seed=4, device=dev, std=0.02)
+    p = tri.prepare(w, autotune=False)
+    x = make_activations(1, k, seed=4, device=dev)
+    plain = tri.run(p, x, None)  # Triton's path, then resolved
+    assert any(key[0] == id(p["words"]) and key[1] == 1 for key in triton_w4a16._FAST)
+    seen = []
+
+    def hook(metadata):
+        seen.append(metadata.get()["name"])
+
+    chain = knobs.runtime.launch_enter_hook
+    if hasattr(chain, "add"):  # Triton 3.6: a HookChain
+        chain.add(hook)
+    else:
+        knobs.runtime.launch_enter_hook = hook
+    try:
+        hooked = tri.run(p, x, None)
+    finally:
+        if hasattr(chain, "add"):
+            chain.remove(hook)
+        else:
+            knobs.runtime.launch_enter_hook = chain
+    unhooked = tri.run(p, x, None)
+    torch.cuda.synchronize()
+    assert len(seen) == 1 and "kernel" in seen[0], seen
+    assert torch.equal(hooked, plain) and torch.equal(unhooked, plain)
+
+
 # Warpgroup-MMA configs (BLOCK_N, BLOCK_K, SPLIT_K, warps, STAGES, mode): one and two
 # warpgroups, 64 to 256 weight rows, both K steps, register and ring paths, synchronous and
 # asynchronous MMA ("sync", "async") and the activations in the ring too ("ring"), split-K

@@ -37,7 +37,14 @@ class Launch:
     new ``tensors`` (the ones named at construction, in that order: activations, output,
     the layer's weights) of the same shapes, strides and 16-byte alignment. Other arguments
     (workspaces, sizes) are kept; the named tensors are not, so a layer's weights can be
-    freed while its launches are cached."""
+    freed while its launches are cached.
+
+    While no launch hook is registered the named tensors go to the launcher as their
+    addresses: given a tensor, Triton's launcher calls its ``data_ptr`` and then
+    ``cuPointerGetAttribute`` on every pointer argument (a few microseconds a call, more
+    than the call's own work), and given an empty hook chain (Triton 3.6 registers one,
+    never None) it still builds the launch metadata and calls both chains. With a hook
+    registered the call goes as Triton's own does, tensors, metadata and hooks."""
 
     def __init__(self, jit, args: tuple, kwargs: dict, grid: tuple, tensors: tuple):
         kernel = jit.warmup(*args, grid=grid, **kwargs)  # Triton's cached kernel: no compile
@@ -54,17 +61,27 @@ class Launch:
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.kernel = kernel
         self.device = device
+        self.stream = driver.active.get_current_stream  # torch's current-stream query
 
     def __call__(self, *tensors: torch.Tensor) -> None:
         values = self.values.copy()
-        for i, t in zip(self.at, tensors):
-            values[i] = t
-        k = self.kernel
-        stream = driver.active.get_current_stream(self.device)
         enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
-        meta = k.launch_metadata(self.grid, stream, *values) if enter is not None else None
+        hooked = _registered(enter) or _registered(leave)
+        for i, t in zip(self.at, tensors):
+            values[i] = t if hooked else t.data_ptr()
+        k = self.kernel
+        stream = self.stream(self.device)
+        if hooked:
+            meta = k.launch_metadata(self.grid, stream, *values)
+        else:
+            meta = enter = leave = None
         k.run(self.grid[0], self.grid[1], self.grid[2], stream, k.function, k.packed_metadata,
               meta, enter, leave, *values)
+
+
+def _registered(hook) -> bool:
+    """Whether a launch hook would call anything: a callable, or a non-empty HookChain."""
+    return hook is not None and bool(getattr(hook, "calls", True))
 
 
 def resolved_kwargs(kernel_or_tuner, kwargs: dict, config=None) -> tuple[object, dict]:
