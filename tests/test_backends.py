@@ -112,3 +112,9 @@ def test_tuned_choice_names_the_kernel_the_tuner_kept(monkeypatch):
     assert tw.tuned_choice(n, k, 32) is None  # the path table still says mma.sync
     tw._SMALL_M_PATH[(n, k, 32)] = "wgmma"
     assert tw.tuned_choice(n, k, 17) == f"wgmma {wg}"  # M 17 shares the bucket of 32
+    # M = 1 runs the swapped-operand kernel too, where it runs; the GEMV where it does not.
+    gemv = triton.Config({"BLOCK_N": 16, "BLOCK_K": 512, "SPLIT_K": 4}, num_warps=4)
+    monkeypatch.setitem(tw._kernels(True)[0].cache, (n, k, 1, "torch.bfloat16"), gemv)
+    assert tw.tuned_choice(n, k, 1) == f"gemv {gemv}"
+    monkeypatch.setitem(tw._swap_ab_tuned().cache, (n, k, 1, "torch.bfloat16"), mma)
+    assert tw.tuned_choice(n, k, 1) == f"mma.sync swap-ab {mma}"

@@ -667,17 +667,18 @@ def tuned_choice(n: int, k: int, m: int) -> str | None:
     if triton is None:
         return None
     bucket = _m_bucket(m)
-    if m > 1 and m <= triton_swap_ab.MAX_M:
-        path = _SMALL_M_PATH.get((n, k, bucket), "mma")
-        tuner = _wgmma_tuned() if path == "wgmma" else _swap_ab_tuned()
-        name = "wgmma" if path == "wgmma" else "mma.sync swap-ab"
-    else:
-        path = _M1_PATH.get((n, k), "gemv") if m == 1 else "gemm"
-        tuner = _kernels(True)[0 if path == "gemv" else 1]
-        name = path
-    for key, config in tuner.cache.items():
-        if tuple(key[:3]) == (n, k, bucket):
-            return f"{name} {config}"
+    candidates = []  # in the order w4a16_matmul routes: small-M kernels where they run
+    if m <= triton_swap_ab.MAX_M:
+        if _SMALL_M_PATH.get((n, k, bucket), "mma") == "wgmma":
+            candidates.append(("wgmma", _wgmma_tuned()))
+        else:
+            candidates.append(("mma.sync swap-ab", _swap_ab_tuned()))
+    path = _M1_PATH.get((n, k), "gemv") if m == 1 else "gemm"
+    candidates.append((path, _kernels(True)[0 if path == "gemv" else 1]))
+    for name, tuner in candidates:
+        for key, config in tuner.cache.items():
+            if tuple(key[:3]) == (n, k, bucket):
+                return f"{name} {config}"
     return None
 
 
