@@ -230,14 +230,14 @@ from triton.experimental.gluon._runtime import GluonASTSource
 
 from harness.backends import triton_swap_ab, triton_wgmma
 
-name, block_n, block_k, block_b, split_k, num_warps, stages, async_mma, ring = json.loads(
-    sys.argv[1])
+(name, block_n, block_k, block_b, split_k, num_warps, stages, async_mma, ring, stream_k,
+ maxnreg) = json.loads(sys.argv[1])
 sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
 sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
                                "stride_sn", "M_BUCKET")})
 const = {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_B": block_b, "SPLIT_K": split_k,
-         "FP8_CVT": True, "STAGES": stages, "GDC": False}
+         "FP8_CVT": True, "STAGES": stages, "GDC": False, "STREAM_K": stream_k}
 if name == "wgmma":
     fn = triton_wgmma.wgmma_kernel
     const.update(ASYNC=async_mma, ACT_RING=ring)
@@ -250,7 +250,8 @@ aligned = [a for a in sig if a.endswith("_ptr")] + ["N", "K", "stride_xm", "stri
 src = GluonASTSource(fn=fn, signature=sig,
                      constexprs={(fn.arg_names.index(n),): v for n, v in const.items()},
                      attrs={(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned})
-kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+options = {"num_warps": num_warps, **({"maxnreg": maxnreg} if maxnreg else {})}
+kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 with tempfile.TemporaryDirectory() as tmp:
     with open(f"{tmp}/k.ptx", "w") as f:
         f.write(kernel.asm["ptx"])
@@ -262,7 +263,7 @@ print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr,
 
 
 def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, async_mma=False,
-                   ring=False, kernel="wgmma"):
+                   ring=False, kernel="wgmma", stream_k=0, maxnreg=None):
     """Compile the kernel (``wgmma_kernel``, or ``swap_ab_kernel`` for ``kernel="mma"``) for
     sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes of shared memory)."""
     import json
@@ -275,7 +276,8 @@ def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, asyn
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", _COMPILE,
                            json.dumps([kernel, block_n, block_k, block_b, split_k,
-                                      num_warps, stages, async_mma, ring])],
+                                      num_warps, stages, async_mma, ring, stream_k,
+                                      maxnreg])],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -370,3 +372,89 @@ def test_activation_ring_copies_straight_into_the_staged_tile(block_n, block_k, 
     assert triton_w4a16._wgmma_fits(kw, num_warps, block_b, 5120)
     assert "0 bytes spill stores" in report, report
     assert triton_w4a16._wgmma_smem(kw, block_b) == shared
+
+
+@pytest.mark.parametrize("tiles,steps,programs", [
+    (40, 48, 264), (544, 40, 264), (80, 136, 132), (1, 10, 10), (3, 7, 5), (272, 20, 528),
+    (4, 10, 40), (7, 1, 3)])
+def test_stream_k_shares_cover_every_iteration_once(tiles, steps, programs):
+    """The stream-K partition (the kernels' ``stream_k_range`` / ``stream_k_unit``, here in
+    its host copy): every (tile, K step) once, by contiguous units; a tile's units are
+    numbered 0 .. nseg - 1 by program order, each unit knowing nseg; the tuner's bound is the
+    largest nseg."""
+    seen = {}
+    segments = {}
+    for p in range(programs):
+        for tile, first, last, seg, nseg in sab.stream_k_units(tiles, steps, programs, p):
+            assert 0 <= first < last <= steps
+            for step in range(first, last):
+                assert (tile, step) not in seen
+                seen[(tile, step)] = p
+            segments.setdefault(tile, []).append((p, seg, nseg))
+    assert len(seen) == tiles * steps
+    for tile, units in segments.items():
+        assert [seg for _, seg, _ in sorted(units)] == list(range(len(units)))
+        assert {nseg for _, _, nseg in units} == {len(units)}
+    assert sab.stream_k_segments(tiles, steps, programs) == max(map(len, segments.values()))
+
+
+@pytest.mark.parametrize("kernel,block_n,block_b,num_warps,stages", [
+    ("wgmma", 64, 64, 4, 4), ("mma", 128, 16, 4, 2), ("mma", 64, 8, 2, 0)])
+def test_stream_k_loop_keeps_the_registers_of_one_tile(kernel, block_n, block_b, num_warps,
+                                                       stages):
+    """A stream-K program's loop over its units compiles (sm_90a) to about the registers of
+    one classic program: with loop-invariant code motion on, the epilogue's index tensors
+    were hoisted above the loop and stayed live through every K loop (the 64-row wgmma tile:
+    206 registers against 164). No spills; the shared-tile partials go through one atomic
+    arrival per unit."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    import re
+
+    block_k = 128 if kernel == "wgmma" else 256
+
+    def registers(report):
+        assert "0 bytes spill stores" in report, report
+        return int(re.search(r"Used (\d+) registers", report).group(1))
+
+    _, classic, _ = _compile_wgmma(block_n, block_k, block_b, 1, num_warps, stages,
+                                   kernel=kernel)
+    ptx, streamed, _ = _compile_wgmma(block_n, block_k, block_b, 1, num_warps, stages,
+                                      kernel=kernel, stream_k=2)
+    assert registers(streamed) <= registers(classic) + 16, (streamed, classic)
+    assert len(re.findall(r"atom\.global\.gpu\.acq_rel\.add", ptx)) == 1
+
+
+def test_stream_k_ring_tile_fits_three_ctas_under_a_register_cap():
+    """The 64-row one-warpgroup ring tile as stream-K needs 173 registers uncapped, one CTA
+    per SM fewer than its classic launch (164); capped at 168 ptxas fits it without spills,
+    which is the cap its stream-K tuning candidates carry."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    _, report, _ = _compile_wgmma(64, 128, 64, 1, 4, 4, stream_k=2, maxnreg=168)
+    assert "0 bytes spill stores" in report, report
+
+
+def _stream_k_candidates():
+    """(kernel, BLOCK_N, BLOCK_K, largest batch tile, warps, STAGES, programs per SM, register
+    cap, ACT_RING) of each stream-K candidate in the tuning spaces."""
+    from harness.backends import triton_w4a16
+
+    if getattr(triton_w4a16, "triton", None) is None:
+        return []
+    return ([("mma", bn, bk, 32, w, st, per_sm, None, False)
+             for bn, w, bk, st, per_sm in triton_w4a16.SWAP_AB_STREAM_K]
+            + [("wgmma", bn, bk, 64, w, st, per_sm, cap, ring)
+               for bn, w, bk, st, ring, per_sm, cap in triton_w4a16.WGMMA_STREAM_K])
+
+
+@pytest.mark.parametrize("kernel,block_n,block_k,block_b,num_warps,stages,per_sm,cap,ring",
+                         _stream_k_candidates())
+def test_stream_k_tuning_candidates_compile_without_spills(kernel, block_n, block_k, block_b,
+                                                           num_warps, stages, per_sm, cap,
+                                                           ring):
+    """Every stream-K candidate of the tuning spaces, at its largest batch tile (the most
+    registers), compiles for sm_90a without spills, under its register cap where it has one."""
+    if kernel == "wgmma":
+        pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    _, report, _ = _compile_wgmma(block_n, block_k, block_b, 1, num_warps, stages, False, ring,
+                                  kernel=kernel, stream_k=per_sm, maxnreg=cap)
+    assert "0 bytes spill stores" in report, report

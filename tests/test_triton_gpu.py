@@ -283,3 +283,73 @@ def test_wgmma_path_matches_torch_dequant(n, k, bn, bk, sk, warps, stages, mode,
         assert err < 1e-2, (n, k, m, err)
         again = tri.run(pt, x, None)
         assert torch.equal(out, again), (n, k, m)  # split-K sums in a fixed order
+
+
+# Stream-K configs (kernel, BLOCK_N, BLOCK_K, warps, STAGES, mode, programs per SM): units
+# that cross tiles, tiles shared by 2-16 programs, partial row tiles on (1000, 1280), shares
+# with one step, the register, prefetch and ring paths of both kernels.
+STREAM_K = [("wgmma", 64, 128, 4, 4, "sync", 2), ("wgmma", 128, 128, 8, 0, "sync", 1),
+            ("wgmma", 64, 128, 4, 3, "ring", 3), ("wgmma", 128, 256, 8, 4, "sync", 1),
+            ("wgmma", 128, 128, 8, 4, "async", 2), ("mma", 128, 256, 4, 2, "sync", 4),
+            ("mma", 64, 128, 2, 0, "sync", 3), ("mma", 128, 128, 4, 0, "prefetch", 2)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the warpgroup-MMA kernel needs an SM90 GPU")
+@pytest.mark.parametrize("n,k", [SHAPES[0], SHAPES[-1], (1000, 1280), (256, 1280)])
+@pytest.mark.parametrize("kernel,bn,bk,warps,stages,mode,per_sm", STREAM_K)
+def test_stream_k_matches_torch_dequant(n, k, kernel, bn, bk, warps, stages, mode, per_sm,
+                                        monkeypatch):
+    """Stream-K launches of both small-M kernels: every output element the reference's,
+    the same bits on a second call (partials summed in segment order) and from a CUDA graph
+    replay (the arrival counters reset themselves)."""
+    import triton
+
+    from harness.backends import triton_launch, triton_swap_ab, triton_w4a16, triton_wgmma
+
+    kw = {"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "STAGES": stages, "STREAM_K": per_sm}
+    if kernel == "wgmma":
+        kw.update(ASYNC=mode == "async", ACT_RING=mode == "ring")
+        config = triton.Config(kw, num_warps=warps, num_stages=1)
+        monkeypatch.setattr(triton_w4a16, "_SMALL_M_PATH", _Always("wgmma"))
+        monkeypatch.setattr(triton_w4a16, "_wgmma_tuned",
+                            lambda: triton_w4a16._fixed(triton_wgmma.wgmma_kernel, config))
+        ms, autotune = (9, 16, 33, 64), True
+    else:
+        kw.update(PREFETCH=mode == "prefetch")
+        config = triton.Config(kw, num_warps=warps, num_stages=1)
+        monkeypatch.setattr(triton_w4a16, "SWAP_AB_DEFAULT", config)
+        ms, autotune = (1, 7, 16, 33, 64), False
+    monkeypatch.setenv(triton_launch.FAST_LAUNCH_ENV, "0")
+    if k % bk:
+        pytest.skip(f"K={k} is not a multiple of BLOCK_K={bk}")
+    dev = torch.device("cuda")
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    tri, deq = get_backend("triton"), get_backend("torch-dequant")
+    w = make_weights(n, k, seed=n * 11 + k, device=dev, std=0.02)
+    pt, pd = tri.prepare(w, autotune=autotune), deq.prepare(w)
+    shared = 0
+    for m in ms:
+        block_b = (triton_w4a16._wgmma_block_b(m) if kernel == "wgmma"
+                   else triton_w4a16._block_b(m))
+        tiles, steps = triton_w4a16._tiles_steps(kw, m, n, k, block_b)
+        progs = triton_swap_ab.stream_k_programs(per_sm, sms, tiles, steps)
+        segments = triton_swap_ab.stream_k_segments(tiles, steps, progs)
+        assert segments <= triton_w4a16.MAX_SPLIT_K, (m, segments)
+        shared = max(shared, segments)
+        x = make_activations(m, k, seed=m + 3, device=dev)
+        out, base = tri.run(pt, x, None), deq.run(pd, x, None)
+        assert torch.isfinite(out).all(), (n, k, m)
+        err = ((out.float() - base.float()).norm() / base.float().norm()).item()
+        assert err < 1e-2, (n, k, m, err)
+        assert torch.equal(out, tri.run(pt, x, None)), (n, k, m)
+        static = x.clone()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            graphed = tri.run(pt, static, None)
+        for _ in range(2):
+            g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(graphed, out), (n, k, m)
+    assert shared >= 2  # the cases above must exercise the shared-tile path

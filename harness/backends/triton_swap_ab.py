@@ -36,6 +36,7 @@ except ImportError:  # no triton: the layout arithmetic below stays plain Python
         return fn
 
 try:
+    import triton.language as tl
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
@@ -72,6 +73,35 @@ fma.rn.bf16x2 r3, t, s2, mz;
 mov.b32 {$0, $1}, r0; mov.b32 {$2, $3}, r1; mov.b32 {$4, $5}, r2; mov.b32 {$6, $7}, r3;
 }
 """
+
+
+def stream_k_units(tiles: int, steps: int, programs: int, program: int):
+    """The units of ``program``'s share of a stream-K launch, as the kernels walk them
+    (``stream_k_range``, ``stream_k_unit``): (tile, first K step, end K step, segment,
+    segments of the tile). The host's copy of the kernels' arithmetic, for the tuner's
+    bound on segments and for the tests."""
+    total = tiles * steps
+    per = -(-total // programs)
+    it, end = program * per, min(program * per + per, total)
+    while it < end:
+        tile = it // steps
+        first = it - tile * steps
+        last = min(steps, first + end - it)
+        seg0 = tile * steps // per
+        yield tile, first, last, program - seg0, ((tile + 1) * steps - 1) // per - seg0 + 1
+        it += last - first
+
+
+def stream_k_programs(per_sm: int, sms: int, tiles: int, steps: int) -> int:
+    """Programs of a stream-K launch: ``per_sm`` per SM, none without an iteration."""
+    return min(per_sm * sms, tiles * steps)
+
+
+def stream_k_segments(tiles: int, steps: int, programs: int) -> int:
+    """The most programs whose shares meet one tile: each takes a plane of the split
+    workspace, as a split-K program does."""
+    per = -(-tiles * steps // programs)
+    return max(((t + 1) * steps - 1) // per - t * steps // per + 1 for t in range(tiles))
 
 
 @constexpr_function
@@ -362,45 +392,77 @@ if gluon is not None:
         return steps, first, gl.minimum(first + per_split, steps)
 
     @gluon.jit
+    def stream_k_range(tiles, steps):
+        """This program's share of a stream-K launch: the (tile, K step) iterations
+        ``[begin, end)`` of ``tiles * steps`` in tile-major order, ``per`` to a program ->
+        (begin, end, per, units): ``units`` tiles meet the share."""
+        total = tiles * steps
+        per = (total + gl.num_programs(0) - 1) // gl.num_programs(0)
+        begin = gl.program_id(0) * per
+        end = gl.minimum(begin + per, total)
+        units = gl.where(begin < end, (end - 1) // steps - begin // steps + 1, 0)
+        return begin, end, per, units
+
+    @gluon.jit
+    def stream_k_unit(it, end, steps, per):
+        """The unit of a stream-K share that starts at iteration ``it``: one tile's K steps
+        ``[first, last)`` -> (tile, first, last, seg, nseg): this program is segment ``seg``
+        of the ``nseg`` programs whose shares meet the tile (``stream_k_segments``)."""
+        tile = it // steps
+        first = it - tile * steps
+        last = gl.minimum(steps, first + end - it)
+        seg0 = (tile * steps) // per
+        nseg = ((tile + 1) * steps - 1) // per - seg0 + 1
+        return tile, first, last, gl.program_id(0) - seg0, nseg
+
+    @gluon.jit
     def store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n, pid_b,
-                   pid_k, BLOCK_N: gl.constexpr, BLOCK_B: gl.constexpr, SPLIT_K: gl.constexpr,
-                   MMA: gl.constexpr):
+                   tile, tiles, seg, nseg, BLOCK_N: gl.constexpr, BLOCK_B: gl.constexpr,
+                   SPLIT: gl.constexpr, MMA: gl.constexpr):
         """The fp32 [BLOCK_N, BLOCK_B] tile of out^T (in layout ``MMA``) -> bf16 ``out``
-        times the epilogue scale; under split-K through the workspace and the tile's
-        arrival counter. Shared by the mma.sync and wgmma kernels."""
+        times the epilogue scale. ``SPLIT``: the tile's K range may be shared by ``nseg``
+        programs (split-K, stream-K), this one's partial being segment ``seg``; then the
+        partials go through the workspace and the tile's arrival counter (``tile`` of
+        ``tiles``), and the last to arrive sums them. Shared by the mma.sync and wgmma
+        kernels."""
         on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))
         ob = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(0, MMA))
         mask = (ob[None, :] < M) & (on[:, None] < N)
-        out_ptrs = out_ptr + ob[None, :] * stride_om + on[:, None]
         scale = gl.load(scale_ptr)
-        if SPLIT_K == 1:
+        if not SPLIT:
+            out_ptrs = out_ptr + ob[None, :] * stride_om + on[:, None]
+            gl.store(out_ptrs, (acc * scale).to(gl.bfloat16), mask=mask)
+        elif nseg == 1:  # a stream-K tile whole in one program's share
+            out_ptrs = out_ptr + ob[None, :] * stride_om + on[:, None]
             gl.store(out_ptrs, (acc * scale).to(gl.bfloat16), mask=mask)
         else:
-            # Deterministic split-K in one launch: every program stores its partial, the last
-            # to arrive at the tile's counter sums them in split order.
-            plane = M * N
-            ws_ptrs = ws_ptr + ob[None, :] * N + on[:, None]
-            gl.store(ws_ptrs + pid_k * plane, acc, mask=mask)
+            # Deterministic split in one launch: every program stores its partial, the last
+            # to arrive at the tile's counter sums them in segment order. A partial is the
+            # whole tile at its own place in the workspace (segment-major, then tile): every
+            # element's offset is a constant from the thread's first, where offsets of
+            # ``out``'s shape (a runtime N apart) took a register pair each.
+            plane = tiles * (BLOCK_N * BLOCK_B)
+            local = (gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))[:, None] * BLOCK_B
+                     + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(0, MMA))[None, :])
+            ws_tile = ws_ptr + tile * (BLOCK_N * BLOCK_B) + local
+            gl.store(ws_tile + seg * plane, acc)
             cta_barrier()
-            tile = pid_n * gl.num_programs(0) + pid_b
             arrived = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-            if arrived == SPLIT_K - 1:
+            if arrived == nseg - 1:
                 total = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
-                for s in range(SPLIT_K):
-                    total += gl.load(ws_ptrs + s * plane, mask=mask, other=0.0,
-                                     cache_modifier=".cg")
+                for s in range(nseg):
+                    total += gl.load(ws_tile + s * plane, cache_modifier=".cg")
+                out_ptrs = out_ptr + ob[None, :] * stride_om + on[:, None]
                 gl.store(out_ptrs, (total * scale).to(gl.bfloat16), mask=mask)
                 gl.store(cnt_ptr + tile, 0)  # ready for the next launch (graph replay)
 
     @gluon.jit
-    def swap_ab_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
-                       M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
-                       BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
-                       SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr, FP8_CVT: gl.constexpr,
-                       STAGES: gl.constexpr = 0, GDC: gl.constexpr = False):
-        # GDC: grid-dependency control for a PDL launch (``harness.pdl``): wait for the
-        # previous kernel before the first activation load; let the next one launch once
-        # the K loop is done.
+    def _swap_ab_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn, pid_b,
+                      pid_n, steps, first, last, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
+                      BLOCK_B: gl.constexpr, PREFETCH: gl.constexpr, FP8_CVT: gl.constexpr,
+                      STAGES: gl.constexpr, GDC: gl.constexpr):
+        """K steps ``[first, last)`` of the [BLOCK_N, BLOCK_B] tile (pid_n, pid_b) of out^T
+        -> its fp32 accumulator (layout ``_mma_layout``)."""
         nw: gl.constexpr = gl.num_warps()
         WL: gl.constexpr = _word_layout(BLOCK_N, BLOCK_K, nw)
         SL: gl.constexpr = _scale_layout(BLOCK_N, BLOCK_K, nw)
@@ -408,10 +470,6 @@ if gluon is not None:
         MMA: gl.constexpr = _mma_layout(nw)
         A_LAYOUT: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
         B_LAYOUT: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
-        # Batch tiles vary fastest: programs that share weight rows run together (L2 reuse).
-        pid_b = gl.program_id(0)
-        pid_n = gl.program_id(1)
-        pid_k = gl.program_id(2)
         # Rows past N re-read the last row (no masks in the loop); they are never stored.
         rw = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WL)),
                         N - 1)
@@ -421,7 +479,6 @@ if gluon is not None:
         js = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SL))
         rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XL))
         jk = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XL))
-        steps, first, last = split_range(K, BLOCK_K, SPLIT_K, pid_k)
         w_ptrs = w_ptr + rw.to(gl.int64)[:, None] * stride_wn + jw[None, :]
         s_ptrs = s_ptr + rs.to(gl.int64)[:, None] * stride_sn + js[None, :]
         x_ptrs = x_ptr + rb[:, None] * stride_xm + jk[None, :]
@@ -461,7 +518,54 @@ if gluon is not None:
                 a = _a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
                 b = _b_fragment(xv, BLOCK_B, BLOCK_K, B_LAYOUT)
                 acc = mma_v2(a, b, acc)
-        if GDC:
-            _gdc_launch_dependents()
-        store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n, pid_b, pid_k,
-                   BLOCK_N, BLOCK_B, SPLIT_K, MMA)
+        return acc
+
+    @gluon.jit
+    def swap_ab_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
+                       M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
+                       BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+                       SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr, FP8_CVT: gl.constexpr,
+                       STAGES: gl.constexpr = 0, GDC: gl.constexpr = False,
+                       STREAM_K: gl.constexpr = 0):
+        # GDC: grid-dependency control for a PDL launch (``harness.pdl``): wait for the
+        # previous kernel before the first activation load; let the next one launch once
+        # the K loop is done.
+        # STREAM_K (programs per SM; 0: off): a one-dimensional grid of programs that each
+        # take an equal share of the (tile, K step) iterations, crossing tiles where a share
+        # does (``stream_k_segments``), so no partly filled last wave of programs.
+        MMA: gl.constexpr = _mma_layout(gl.num_warps())
+        if STREAM_K:
+            b_tiles = (M + BLOCK_B - 1) // BLOCK_B
+            steps = K // BLOCK_K
+            tiles = b_tiles * ((N + BLOCK_N - 1) // BLOCK_N)
+            it, end, per, units = stream_k_range(tiles, steps)
+            # LICM off: hoisted out of this loop, the epilogue's index tensors stayed live
+            # through every K loop (up to 80 more registers per thread on sm_90a).
+            for _ in tl.range(0, units, disable_licm=True):
+                tile, first, last, seg, nseg = stream_k_unit(it, end, steps, per)
+                # Batch tiles vary fastest: units that share weight rows run together.
+                pid_b = tile % b_tiles
+                pid_n = tile // b_tiles
+                cta_barrier()  # every warp is done with the last unit's ring slots
+                acc = _swap_ab_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn,
+                                    pid_b, pid_n, steps, first, last, BLOCK_N, BLOCK_K,
+                                    BLOCK_B, PREFETCH, FP8_CVT, STAGES, GDC)
+                store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
+                           pid_b, tile, tiles, seg, nseg, BLOCK_N, BLOCK_B, True, MMA)
+                it += last - first
+            if GDC:
+                _gdc_launch_dependents()
+        else:
+            # Batch tiles vary fastest: programs that share weight rows run together (L2 reuse).
+            pid_b = gl.program_id(0)
+            pid_n = gl.program_id(1)
+            pid_k = gl.program_id(2)
+            steps, first, last = split_range(K, BLOCK_K, SPLIT_K, pid_k)
+            acc = _swap_ab_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn,
+                                pid_b, pid_n, steps, first, last, BLOCK_N, BLOCK_K, BLOCK_B,
+                                PREFETCH, FP8_CVT, STAGES, GDC)
+            if GDC:
+                _gdc_launch_dependents()
+            store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n, pid_b,
+                       pid_n * gl.num_programs(0) + pid_b, gl.num_programs(0) * gl.num_programs(1),
+                       pid_k, SPLIT_K, BLOCK_N, BLOCK_B, SPLIT_K > 1, MMA)

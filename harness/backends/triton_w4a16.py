@@ -290,15 +290,26 @@ if triton is not None:
     SWAP_AB_DEFAULT = triton.Config({"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 4,
                                      "PREFETCH": False, "STAGES": 0}, num_warps=2, num_stages=1)
 
+    # Stream-K candidates (BLOCK_N, warps, BLOCK_K, STAGES, programs per SM): one wave of
+    # programs, each an equal share of the (tile, K step) iterations, where a classic grid
+    # leaves its last wave partly empty. Only what won a row of the forced-config sweep of
+    # docs/PERF.md (M = 1 down, M = 16 gate_up); elsewhere the classic grid was faster.
+    SWAP_AB_STREAM_K = ((128, 4, 256, 2, 2), (128, 4, 256, 2, 3), (128, 2, 256, 2, 2),
+                        (128, 4, 128, 2, 3))
+
     def _swap_ab_space() -> list:
         # (BLOCK_N, warps): 2 or 4 row tiles of 16 per warp; more rows per warp share each
         # activation conversion, fewer give more programs in flight. STAGES 0 loads into
         # registers (PREFETCH: one step ahead); STAGES 2 streams through shared memory
         # (deeper rings never won on H200: the decode, not the memory latency, is the limit).
-        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "PREFETCH": pf,
-                               "STAGES": st}, num_warps=w, num_stages=1)
-                for bn, w in ((64, 2), (128, 2), (128, 4)) for bk in (128, 256)
-                for sk in (1, 2, 4, 8) for pf, st in ((False, 0), (True, 0), (False, 2))]
+        classic = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "PREFETCH": pf,
+                                  "STAGES": st}, num_warps=w, num_stages=1)
+                   for bn, w in ((64, 2), (128, 2), (128, 4)) for bk in (128, 256)
+                   for sk in (1, 2, 4, 8) for pf, st in ((False, 0), (True, 0), (False, 2))]
+        return classic + [
+            triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "PREFETCH": False,
+                           "STAGES": st, "STREAM_K": per_sm}, num_warps=w, num_stages=1)
+            for bn, w, bk, st, per_sm in SWAP_AB_STREAM_K]
 
     def _swap_ab_fits(kw: dict, num_warps: int, m: int, k: int) -> bool:
         """Config constraints of the kernel's layouts and of its register budget."""
@@ -315,11 +326,8 @@ if triton is not None:
         sms = _sms()
         keep = []
         for c in configs:
-            kw = c.kwargs
-            if not _swap_ab_fits(kw, c.num_warps, m, k):
-                continue
-            progs = triton.cdiv(m, _block_b(m)) * triton.cdiv(n, kw["BLOCK_N"]) * kw["SPLIT_K"]
-            if _fills_gpu(progs, sms):
+            if (_swap_ab_fits(c.kwargs, c.num_warps, m, k)
+                    and _small_m_grid_ok(c.kwargs, m, n, k, _block_b(m), sms)):
                 keep.append(c)
         # The fixed config of autotune=off is always a candidate: tuning never loses to it
         # except by timing noise.
@@ -346,6 +354,15 @@ if triton is not None:
     WGMMA_DEFAULT = triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 2,
                                    "STAGES": 4}, num_warps=8, num_stages=1)
 
+    # Stream-K candidates of the warpgroup-MMA kernel (BLOCK_N, warps, BLOCK_K, STAGES,
+    # ACT_RING, programs per SM, register cap), as SWAP_AB_STREAM_K: each won a row of the
+    # sweep (gate_up at M = 32/64, down and o_proj at M = 64, qkv at M = 16). The 64-row ring
+    # tile is capped at 168 registers: uncapped its stream-K loop takes 173, one CTA per SM
+    # fewer than three (test_swap_ab_layout).
+    WGMMA_STREAM_K = ((128, 4, 128, 4, False, 2, None), (64, 4, 128, 4, False, 3, 168),
+                      (128, 8, 128, 0, False, 1, None), (64, 4, 128, 0, False, 2, None),
+                      (64, 4, 128, 0, False, 3, None), (64, 4, 128, 3, True, 3, None))
+
     def _wgmma_space() -> list:
         # STAGES 0: words in registers one step ahead; 3-4: a cp.async ring two or three
         # steps ahead, the activations beside it in registers or (ACT_RING) in the ring too.
@@ -354,14 +371,19 @@ if triton is not None:
         # per SM, whose steps overlap where one 8-warp CTA per SM waits on its own barriers.
         # ACT_RING only where it won a forced-config sweep on the H200 (M = 16-32 on down,
         # o_proj, qkv, gdn_in): its 4-byte copies lose at M = 64 (docs/PERF.md).
-        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st,
-                               "ACT_RING": ring}, num_warps=w, num_stages=1)
-                for bn, w, bk, st, ring in (
-                    (64, 4, 128, 0, False), (64, 4, 128, 4, False), (64, 4, 128, 3, True),
-                    (128, 4, 128, 0, False), (128, 4, 128, 4, False), (128, 4, 256, 4, False),
-                    (128, 8, 128, 0, False), (128, 8, 128, 4, False), (128, 8, 256, 4, False),
-                    (128, 8, 256, 4, True), (256, 8, 128, 0, False), (256, 8, 128, 4, False))
-                for sk in (1, 2, 4, 8)]
+        classic = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st,
+                                  "ACT_RING": ring}, num_warps=w, num_stages=1)
+                   for bn, w, bk, st, ring in (
+                       (64, 4, 128, 0, False), (64, 4, 128, 4, False), (64, 4, 128, 3, True),
+                       (128, 4, 128, 0, False), (128, 4, 128, 4, False), (128, 4, 256, 4, False),
+                       (128, 8, 128, 0, False), (128, 8, 128, 4, False), (128, 8, 256, 4, False),
+                       (128, 8, 256, 4, True), (256, 8, 128, 0, False), (256, 8, 128, 4, False))
+                   for sk in (1, 2, 4, 8)]
+        return classic + [
+            triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "STAGES": st,
+                           "ACT_RING": ring, "STREAM_K": per_sm}, num_warps=w, num_stages=1,
+                          maxnreg=cap)
+            for bn, w, bk, st, ring, per_sm, cap in WGMMA_STREAM_K]
 
     # Shared memory one CTA may take on SM90 (227 KB).
     SM90_SMEM_BYTES = 232448
@@ -398,9 +420,8 @@ if triton is not None:
         sms = _sms()
         keep = []
         for c in configs:
-            progs = (triton.cdiv(m, _wgmma_block_b(m)) * triton.cdiv(n, c.kwargs["BLOCK_N"])
-                     * c.kwargs["SPLIT_K"])
-            if _wgmma_fits(c.kwargs, c.num_warps, m, k) and _fills_gpu(progs, sms):
+            if (_wgmma_fits(c.kwargs, c.num_warps, m, k)
+                    and _small_m_grid_ok(c.kwargs, m, n, k, _wgmma_block_b(m), sms)):
                 keep.append(c)
         return keep or [WGMMA_DEFAULT]
 
@@ -518,8 +539,9 @@ if triton is not None:
             def launch(*args, **kwargs):
                 meta = dict(self.config.kwargs)
                 g = grid(meta) if callable(grid) else grid
+                cap = {"maxnreg": self.config.maxnreg} if self.config.maxnreg else {}
                 return self.kernel[g](*args, **kwargs, **meta, num_warps=self.config.num_warps,
-                                      num_stages=self.config.num_stages)
+                                      num_stages=self.config.num_stages, **cap)
             return launch
 
 
@@ -534,7 +556,10 @@ class _Workspace:
         self.cnt: dict[torch.device, torch.Tensor] = {}
 
     def get(self, device: torch.device, m: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        need_ws = MAX_SPLIT_K * min(m, SPLIT_K_MAX_M) * n
+        # The small-M kernels store whole [BLOCK_N, BLOCK_B] partial tiles (up to 256 rows,
+        # the batch padded to its tile); the plain kernels M x N planes, never more.
+        rows = min(m, SPLIT_K_MAX_M)
+        need_ws = MAX_SPLIT_K * max(8, _wgmma_block_b(rows)) * triton.cdiv(n, 256) * 256
         need_cnt = triton.cdiv(max(m, 1), 16) * triton.cdiv(n, 16)
         ws, cnt = self.ws.get(device), self.cnt.get(device)
         if ws is None or ws.numel() < need_ws:
@@ -760,11 +785,36 @@ def _launch_swapped(kernel, block_b: int, x, words, args, launch: dict | None):
     kernel_args = (x, words, scales, *args[3:12], words.stride(0), scales.stride(0), args[12])
 
     def grid(meta):
+        if meta.get("STREAM_K"):
+            return (_stream_k_programs(meta, m, n, args[9], block_b), 1, 1)
         return (triton.cdiv(m, block_b), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
     extra = {"BLOCK_B": block_b, "FP8_CVT": _has_fp8_cvt(x.device), **(launch or {})}
     kernel[grid](*kernel_args, **extra)
     return kernel, kernel_args, extra, grid
+
+
+def _stream_k_programs(kw: dict, m: int, n: int, k: int, block_b: int) -> int:
+    """Grid of a stream-K config (``STREAM_K`` programs per SM) of a small-M kernel."""
+    return triton_swap_ab.stream_k_programs(kw["STREAM_K"], _sms(), *_tiles_steps(kw, m, n, k,
+                                                                                  block_b))
+
+
+def _tiles_steps(kw: dict, m: int, n: int, k: int, block_b: int) -> tuple[int, int]:
+    """(output tiles, K steps per tile) of a small-M kernel's config."""
+    return triton.cdiv(m, block_b) * triton.cdiv(n, kw["BLOCK_N"]), k // kw["BLOCK_K"]
+
+
+def _small_m_grid_ok(kw: dict, m: int, n: int, k: int, block_b: int, sms: int) -> bool:
+    """The tuners' bound on a small-M config's grid: 1/2 to 16 waves of programs; a
+    stream-K grid (one wave by construction) must share no tile among more programs than
+    the workspace has planes for."""
+    tiles, steps = _tiles_steps(kw, m, n, k, block_b)
+    if kw.get("STREAM_K"):
+        progs = triton_swap_ab.stream_k_programs(kw["STREAM_K"], sms, tiles, steps)
+        return (_fills_gpu(progs, sms)
+                and triton_swap_ab.stream_k_segments(tiles, steps, progs) <= MAX_SPLIT_K)
+    return _fills_gpu(tiles * kw["SPLIT_K"], sms)
 
 
 def _has_fp8_cvt(device: torch.device) -> bool:

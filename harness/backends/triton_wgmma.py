@@ -57,6 +57,7 @@ if gluon is not None:
         gluon = None
 
 if gluon is not None:
+    import triton.language as tl
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
@@ -148,43 +149,21 @@ if gluon is not None:
         return acc
 
     @gluon.jit
-    def wgmma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
-                     M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
-                     BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
-                     SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr = 0,
-                     ASYNC: gl.constexpr = False, GDC: gl.constexpr = False,
-                     ACT_RING: gl.constexpr = False):
-        # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
-        # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
-        # ahead (more bytes in flight per SM; on the H200 the tuner keeps it on some shapes
-        # at M = 16-32, the register path at M = 64).
-        # Each warp owns 16-row slices of the weight tile (4 warps: one warpgroup per 64 rows
-        # of each wgmma); the batch tile of BLOCK_B rows is the wgmma's N.
+    def _wgmma_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn, pid_b, pid_n,
+                    steps, first, last, x_smem, a_smem, BLOCK_N: gl.constexpr,
+                    BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr, FP8_CVT: gl.constexpr,
+                    STAGES: gl.constexpr, ASYNC: gl.constexpr, GDC: gl.constexpr,
+                    ACT_RING: gl.constexpr):
+        """K steps ``[first, last)`` of the [BLOCK_N, BLOCK_B] tile (pid_n, pid_b) of out^T
+        -> its fp32 accumulator (layout ``_wgmma_layout``), every ``wgmma`` retired."""
         nw: gl.constexpr = gl.num_warps()
         WL: gl.constexpr = swap_ab._word_layout(BLOCK_N, BLOCK_K, nw)
         SL: gl.constexpr = swap_ab._scale_layout(BLOCK_N, BLOCK_K, nw)
-        MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1],
-                                                      instr_shape=[16, BLOCK_B, 16])
+        MMA: gl.constexpr = _wgmma_layout(BLOCK_B, nw)
         A_LAYOUT: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
-        # Activations: 16-byte vectors along K, lanes along K then batch rows.
-        LANES_K: gl.constexpr = BLOCK_K // 8 if BLOCK_K // 8 < 32 else 32
-        XL: gl.constexpr = gl.BlockedLayout([1, 8], [32 // LANES_K, LANES_K], [nw, 1], [1, 0])
-        XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
-        if ASYNC:
-            AS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K],
-                                                                    gl.bfloat16)
-            x_smem = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_B, BLOCK_K], XS)
-            a_smem = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_N, BLOCK_K], AS)
-        else:
-            x_smem = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_B, BLOCK_K], XS)
-            a_smem = x_smem  # unused
-
-        pid_b = gl.program_id(0)
-        pid_n = gl.program_id(1)
-        pid_k = gl.program_id(2)
+        XL: gl.constexpr = _act_load_layout(BLOCK_K, nw)
         rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XL))
         jk = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XL))
-        steps, first, last = swap_ab.split_range(K, BLOCK_K, SPLIT_K, pid_k)
         x_ptrs = x_ptr + rb[:, None] * stride_xm + jk[None, :]
         x_ok = rb[:, None] < M
         acc = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
@@ -262,7 +241,74 @@ if gluon is not None:
                 wv, sb, xv = wv_next, sb_next, xv_next
         if ASYNC:
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        if GDC:
-            swap_ab._gdc_launch_dependents()
-        swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
-                           pid_b, pid_k, BLOCK_N, BLOCK_B, SPLIT_K, MMA)
+        return acc
+
+    @gluon.constexpr_function
+    def _wgmma_layout(block_b, num_warps):
+        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                         instr_shape=[16, block_b, 16])
+
+    @gluon.constexpr_function
+    def _act_load_layout(block_k, num_warps):
+        """Activations: 16-byte vectors along K, lanes along K then batch rows."""
+        lanes_k = block_k // 8 if block_k // 8 < 32 else 32
+        return gl.BlockedLayout([1, 8], [32 // lanes_k, lanes_k], [num_warps, 1], [1, 0])
+
+    @gluon.jit
+    def wgmma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
+                     M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
+                     BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+                     SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr = 0,
+                     ASYNC: gl.constexpr = False, GDC: gl.constexpr = False,
+                     ACT_RING: gl.constexpr = False, STREAM_K: gl.constexpr = 0):
+        # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
+        # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
+        # ahead (more bytes in flight per SM; on the H200 the tuner keeps it on some shapes
+        # at M = 16-32, the register path at M = 64).
+        # Each warp owns 16-row slices of the weight tile (4 warps: one warpgroup per 64 rows
+        # of each wgmma); the batch tile of BLOCK_B rows is the wgmma's N.
+        # STREAM_K (programs per SM; 0: off): as in ``triton_swap_ab.swap_ab_kernel``.
+        nw: gl.constexpr = gl.num_warps()
+        MMA: gl.constexpr = _wgmma_layout(BLOCK_B, nw)
+        XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
+        if ASYNC:
+            AS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K],
+                                                                    gl.bfloat16)
+            x_smem = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_B, BLOCK_K], XS)
+            a_smem = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_N, BLOCK_K], AS)
+        else:
+            x_smem = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_B, BLOCK_K], XS)
+            a_smem = x_smem  # unused
+        if STREAM_K:
+            b_tiles = (M + BLOCK_B - 1) // BLOCK_B
+            steps = K // BLOCK_K
+            tiles = b_tiles * ((N + BLOCK_N - 1) // BLOCK_N)
+            it, end, per, units = swap_ab.stream_k_range(tiles, steps)
+            for _ in tl.range(0, units, disable_licm=True):  # as in swap_ab_kernel
+                tile, first, last, seg, nseg = swap_ab.stream_k_unit(it, end, steps, per)
+                pid_b = tile % b_tiles
+                pid_n = tile // b_tiles
+                swap_ab.cta_barrier()  # every warp is done with the last unit's shared tiles
+                acc = _wgmma_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn,
+                                  pid_b, pid_n, steps, first, last, x_smem, a_smem, BLOCK_N,
+                                  BLOCK_K, BLOCK_B, FP8_CVT, STAGES, ASYNC, GDC, ACT_RING)
+                swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om,
+                                   pid_n, pid_b, tile, tiles, seg, nseg, BLOCK_N, BLOCK_B,
+                                   True, MMA)
+                it += last - first
+            if GDC:
+                swap_ab._gdc_launch_dependents()
+        else:
+            pid_b = gl.program_id(0)
+            pid_n = gl.program_id(1)
+            pid_k = gl.program_id(2)
+            steps, first, last = swap_ab.split_range(K, BLOCK_K, SPLIT_K, pid_k)
+            acc = _wgmma_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn, pid_b,
+                              pid_n, steps, first, last, x_smem, a_smem, BLOCK_N, BLOCK_K,
+                              BLOCK_B, FP8_CVT, STAGES, ASYNC, GDC, ACT_RING)
+            if GDC:
+                swap_ab._gdc_launch_dependents()
+            swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
+                               pid_b, pid_n * gl.num_programs(0) + pid_b,
+                               gl.num_programs(0) * gl.num_programs(1), pid_k, SPLIT_K,
+                               BLOCK_N, BLOCK_B, SPLIT_K > 1, MMA)
