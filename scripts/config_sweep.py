@@ -49,11 +49,10 @@ sys.path.insert(1, str(ROOT / "scripts"))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from hopper_peers import read_flush_us  # noqa: E402
+from hopper_peers import layer_shapes, read_flush_us  # noqa: E402
 
 from harness.backends import LayerWeights, get_backend  # noqa: E402
 from harness.backends import triton_swap_ab, triton_w4a16, triton_wgmma  # noqa: E402
-from harness.models import get_model  # noqa: E402
 from harness.models.weights import synthetic_linear  # noqa: E402
 from harness.records import atomic_write_text  # noqa: E402
 
@@ -134,10 +133,7 @@ def main() -> int:
     dev = torch.device("cuda")
     ms = [int(v) for v in args.m.split(",")]
     per_sm = [int(v) for v in args.stream_k.split(",") if v]
-    shapes: dict[tuple[int, int], list[str]] = {}
-    for name in args.models.split(","):
-        for s in get_model(name).linear_layers():
-            shapes.setdefault((s.n, s.k), []).append(f"{name}:{s.name}")
+    shapes = layer_shapes(args.models)
     tuned: dict[tuple[int, int, int], dict] = {}
     if args.record:
         for r in json.loads(Path(args.record).read_text())["rows"]:

@@ -148,6 +148,15 @@ def read_ceiling_us(nbytes: int, timer=cold_us) -> tuple[float, str]:
     return best, how
 
 
+def layer_shapes(models: str) -> dict[tuple[int, int], list[str]]:
+    """(N, K) -> the "model:layer" names of that GEMM shape, over comma-separated models."""
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for name in models.split(","):
+        for s in get_model(name).linear_layers():
+            shapes.setdefault((s.n, s.k), []).append(f"{name}:{s.name}")
+    return shapes
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="qwen3.6-27b,qwen3-32b")
@@ -159,10 +168,7 @@ def main() -> int:
         return 2
     dev = torch.device("cuda")
     ms = [int(v) for v in args.m.split(",")]
-    shapes: dict[tuple[int, int], list[str]] = {}
-    for name in args.models.split(","):
-        for s in get_model(name).linear_layers():
-            shapes.setdefault((s.n, s.k), []).append(f"{name}:{s.name}")
+    shapes = layer_shapes(args.models)
     gen = torch.Generator(device=dev).manual_seed(0)
     reasons = {p: why_skipped(get_backend(p), "on" if "flashinfer" in p else "off", dev)
                for p in PEERS}

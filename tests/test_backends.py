@@ -118,3 +118,42 @@ def test_tuned_choice_names_the_kernel_the_tuner_kept(monkeypatch):
     assert tw.tuned_choice(n, k, 1) == f"gemv {gemv}"
     monkeypatch.setitem(tw._swap_ab_tuned().cache, (n, k, 1, "torch.bfloat16"), mma)
     assert tw.tuned_choice(n, k, 1) == f"mma.sync swap-ab {mma}"
+
+
+def test_config_sweep_reads_what_the_tuner_kept():
+    """scripts/config_sweep.py re-times the tuned configs of a hopper-peers record: every
+    small-M entry of the committed records parses back to the config that was printed (the
+    plain kernels' entries to None), its stream-K variants keep the tile, and the committed
+    sweep lines are configs the backend's fit rules accept."""
+    pytest.importorskip("triton")
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from harness.backends import triton_w4a16 as tw
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("config_sweep", root / "scripts/config_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    seen = 0
+    for record in sorted(root.glob("baselines/peers/*/*-hopper-peers.json")):
+        for row in json.loads(record.read_text())["rows"]:
+            choice = row.get("triton_kernel") or ""
+            line = sweep.parse_kernel(choice)
+            if not choice.startswith(("wgmma", "mma.sync")):
+                assert line is None
+                continue
+            seen += 1
+            kw, cfg = line["kwargs"], choice.partition("BLOCK_N")[2]
+            assert all(f"{key}: {value}" in "BLOCK_N" + cfg for key, value in kw.items())
+            assert f"num_warps: {line['num_warps']}" in choice
+            variants = sweep.with_stream_k(line, [1, 3])
+            assert [v["kwargs"].get("STREAM_K") for v in variants] == [kw.get("STREAM_K"), 1, 3]
+            assert all(v["kwargs"]["BLOCK_N"] == kw["BLOCK_N"] for v in variants)
+    assert seen > 20
+    for text in (root / "scripts/sweeps/stream-k.jsonl").read_text().splitlines():
+        line = json.loads(text)
+        for m in line["m"]:
+            fits = tw._wgmma_fits if line["kernel"] == "wgmma" else tw._swap_ab_fits
+            assert fits(line["kwargs"], line["num_warps"], m, 5120), line

@@ -422,39 +422,3 @@ def test_stream_k_loop_keeps_the_registers_of_one_tile(kernel, block_n, block_b,
                                       kernel=kernel, stream_k=2)
     assert registers(streamed) <= registers(classic) + 16, (streamed, classic)
     assert len(re.findall(r"atom\.global\.gpu\.acq_rel\.add", ptx)) == 1
-
-
-def test_stream_k_ring_tile_fits_three_ctas_under_a_register_cap():
-    """The 64-row one-warpgroup ring tile as stream-K needs 173 registers uncapped, one CTA
-    per SM fewer than its classic launch (164); capped at 168 ptxas fits it without spills,
-    which is the cap its stream-K tuning candidates carry."""
-    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
-    _, report, _ = _compile_wgmma(64, 128, 64, 1, 4, 4, stream_k=2, maxnreg=168)
-    assert "0 bytes spill stores" in report, report
-
-
-def _stream_k_candidates():
-    """(kernel, BLOCK_N, BLOCK_K, largest batch tile, warps, STAGES, programs per SM, register
-    cap, ACT_RING) of each stream-K candidate in the tuning spaces."""
-    from harness.backends import triton_w4a16
-
-    if getattr(triton_w4a16, "triton", None) is None:
-        return []
-    return ([("mma", bn, bk, 32, w, st, per_sm, None, False)
-             for bn, w, bk, st, per_sm in triton_w4a16.SWAP_AB_STREAM_K]
-            + [("wgmma", bn, bk, 64, w, st, per_sm, cap, ring)
-               for bn, w, bk, st, ring, per_sm, cap in triton_w4a16.WGMMA_STREAM_K])
-
-
-@pytest.mark.parametrize("kernel,block_n,block_k,block_b,num_warps,stages,per_sm,cap,ring",
-                         _stream_k_candidates())
-def test_stream_k_tuning_candidates_compile_without_spills(kernel, block_n, block_k, block_b,
-                                                           num_warps, stages, per_sm, cap,
-                                                           ring):
-    """Every stream-K candidate of the tuning spaces, at its largest batch tile (the most
-    registers), compiles for sm_90a without spills, under its register cap where it has one."""
-    if kernel == "wgmma":
-        pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
-    _, report, _ = _compile_wgmma(block_n, block_k, block_b, 1, num_warps, stages, False, ring,
-                                  kernel=kernel, stream_k=per_sm, maxnreg=cap)
-    assert "0 bytes spill stores" in report, report

@@ -25,6 +25,12 @@ wants it; ``convert_layout(..., assert_trivial=True)`` makes the compiler prove 
 The K loop reads its operands either straight into registers (``STAGES = 0``, optionally one
 step ahead) or through a ring of ``STAGES`` shared-memory slots filled by ``cp.async``
 (``_staged_loop``); which one is faster depends on the shape, so both are tuning candidates.
+
+Grids: classic (batch tiles x weight tiles x ``SPLIT_K`` ranges of K) or, with ``STREAM_K``,
+one program per SM slot, each an equal share of the (tile, K step) iterations
+(``stream_k_units`` is the host's copy of that partition). Either way the programs that share
+a tile sum their partials in a fixed order (``store_tile``). Stream-K is no tuning candidate:
+faster alone on some shapes, it made the decode step slower (docs/PERF.md).
 """
 
 from __future__ import annotations
@@ -78,8 +84,8 @@ mov.b32 {$0, $1}, r0; mov.b32 {$2, $3}, r1; mov.b32 {$4, $5}, r2; mov.b32 {$6, $
 def stream_k_units(tiles: int, steps: int, programs: int, program: int):
     """The units of ``program``'s share of a stream-K launch, as the kernels walk them
     (``stream_k_range``, ``stream_k_unit``): (tile, first K step, end K step, segment,
-    segments of the tile). The host's copy of the kernels' arithmetic, for the tuner's
-    bound on segments and for the tests."""
+    segments of the tile). The host's copy of the kernels' arithmetic, for the bound on
+    segments (``stream_k_segments``) and for the tests."""
     total = tiles * steps
     per = -(-total // programs)
     it, end = program * per, min(program * per + per, total)
@@ -100,8 +106,8 @@ def stream_k_programs(per_sm: int, sms: int, tiles: int, steps: int) -> int:
 def stream_k_segments(tiles: int, steps: int, programs: int) -> int:
     """The most programs whose shares meet one tile: each takes a plane of the split
     workspace, as a split-K program does."""
-    per = -(-tiles * steps // programs)
-    return max(((t + 1) * steps - 1) // per - t * steps // per + 1 for t in range(tiles))
+    return max(nseg for p in range(programs)
+               for *_, nseg in stream_k_units(tiles, steps, programs, p))
 
 
 @constexpr_function

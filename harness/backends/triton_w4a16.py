@@ -290,26 +290,17 @@ if triton is not None:
     SWAP_AB_DEFAULT = triton.Config({"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 4,
                                      "PREFETCH": False, "STAGES": 0}, num_warps=2, num_stages=1)
 
-    # Stream-K candidates (BLOCK_N, warps, BLOCK_K, STAGES, programs per SM): one wave of
-    # programs, each an equal share of the (tile, K step) iterations, where a classic grid
-    # leaves its last wave partly empty. Only what won a row of the forced-config sweep of
-    # docs/PERF.md (M = 1 down, M = 16 gate_up); elsewhere the classic grid was faster.
-    SWAP_AB_STREAM_K = ((128, 4, 256, 2, 2), (128, 4, 256, 2, 3), (128, 2, 256, 2, 2),
-                        (128, 4, 128, 2, 3))
-
     def _swap_ab_space() -> list:
         # (BLOCK_N, warps): 2 or 4 row tiles of 16 per warp; more rows per warp share each
         # activation conversion, fewer give more programs in flight. STAGES 0 loads into
         # registers (PREFETCH: one step ahead); STAGES 2 streams through shared memory
         # (deeper rings never won on H200: the decode, not the memory latency, is the limit).
-        classic = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "PREFETCH": pf,
-                                  "STAGES": st}, num_warps=w, num_stages=1)
-                   for bn, w in ((64, 2), (128, 2), (128, 4)) for bk in (128, 256)
-                   for sk in (1, 2, 4, 8) for pf, st in ((False, 0), (True, 0), (False, 2))]
-        return classic + [
-            triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "PREFETCH": False,
-                           "STAGES": st, "STREAM_K": per_sm}, num_warps=w, num_stages=1)
-            for bn, w, bk, st, per_sm in SWAP_AB_STREAM_K]
+        # Stream-K grids (the kernel's STREAM_K) are no candidates: faster alone on some
+        # shapes, they made the decode step slower (docs/PERF.md).
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "PREFETCH": pf,
+                               "STAGES": st}, num_warps=w, num_stages=1)
+                for bn, w in ((64, 2), (128, 2), (128, 4)) for bk in (128, 256)
+                for sk in (1, 2, 4, 8) for pf, st in ((False, 0), (True, 0), (False, 2))]
 
     def _swap_ab_fits(kw: dict, num_warps: int, m: int, k: int) -> bool:
         """Config constraints of the kernel's layouts and of its register budget."""
@@ -354,15 +345,6 @@ if triton is not None:
     WGMMA_DEFAULT = triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 2,
                                    "STAGES": 4}, num_warps=8, num_stages=1)
 
-    # Stream-K candidates of the warpgroup-MMA kernel (BLOCK_N, warps, BLOCK_K, STAGES,
-    # ACT_RING, programs per SM, register cap), as SWAP_AB_STREAM_K: each won a row of the
-    # sweep (gate_up at M = 32/64, down and o_proj at M = 64, qkv at M = 16). The 64-row ring
-    # tile is capped at 168 registers: uncapped its stream-K loop takes 173, one CTA per SM
-    # fewer than three (test_swap_ab_layout).
-    WGMMA_STREAM_K = ((128, 4, 128, 4, False, 2, None), (64, 4, 128, 4, False, 3, 168),
-                      (128, 8, 128, 0, False, 1, None), (64, 4, 128, 0, False, 2, None),
-                      (64, 4, 128, 0, False, 3, None), (64, 4, 128, 3, True, 3, None))
-
     def _wgmma_space() -> list:
         # STAGES 0: words in registers one step ahead; 3-4: a cp.async ring two or three
         # steps ahead, the activations beside it in registers or (ACT_RING) in the ring too.
@@ -371,19 +353,15 @@ if triton is not None:
         # per SM, whose steps overlap where one 8-warp CTA per SM waits on its own barriers.
         # ACT_RING only where it won a forced-config sweep on the H200 (M = 16-32 on down,
         # o_proj, qkv, gdn_in): its 4-byte copies lose at M = 64 (docs/PERF.md).
-        classic = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st,
-                                  "ACT_RING": ring}, num_warps=w, num_stages=1)
-                   for bn, w, bk, st, ring in (
-                       (64, 4, 128, 0, False), (64, 4, 128, 4, False), (64, 4, 128, 3, True),
-                       (128, 4, 128, 0, False), (128, 4, 128, 4, False), (128, 4, 256, 4, False),
-                       (128, 8, 128, 0, False), (128, 8, 128, 4, False), (128, 8, 256, 4, False),
-                       (128, 8, 256, 4, True), (256, 8, 128, 0, False), (256, 8, 128, 4, False))
-                   for sk in (1, 2, 4, 8)]
-        return classic + [
-            triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1, "STAGES": st,
-                           "ACT_RING": ring, "STREAM_K": per_sm}, num_warps=w, num_stages=1,
-                          maxnreg=cap)
-            for bn, w, bk, st, ring, per_sm, cap in WGMMA_STREAM_K]
+        # No stream-K grids, as in _swap_ab_space.
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st,
+                               "ACT_RING": ring}, num_warps=w, num_stages=1)
+                for bn, w, bk, st, ring in (
+                    (64, 4, 128, 0, False), (64, 4, 128, 4, False), (64, 4, 128, 3, True),
+                    (128, 4, 128, 0, False), (128, 4, 128, 4, False), (128, 4, 256, 4, False),
+                    (128, 8, 128, 0, False), (128, 8, 128, 4, False), (128, 8, 256, 4, False),
+                    (128, 8, 256, 4, True), (256, 8, 128, 0, False), (256, 8, 128, 4, False))
+                for sk in (1, 2, 4, 8)]
 
     # Shared memory one CTA may take on SM90 (227 KB).
     SM90_SMEM_BYTES = 232448
@@ -806,9 +784,9 @@ def _tiles_steps(kw: dict, m: int, n: int, k: int, block_b: int) -> tuple[int, i
 
 
 def _small_m_grid_ok(kw: dict, m: int, n: int, k: int, block_b: int, sms: int) -> bool:
-    """The tuners' bound on a small-M config's grid: 1/2 to 16 waves of programs; a
-    stream-K grid (one wave by construction) must share no tile among more programs than
-    the workspace has planes for."""
+    """The bound on a small-M config's grid (the tuners', and forced configs' in sweeps):
+    1/2 to 16 waves of programs; a stream-K grid (one wave by construction) must share no
+    tile among more programs than the workspace has planes for."""
     tiles, steps = _tiles_steps(kw, m, n, k, block_b)
     if kw.get("STREAM_K"):
         progs = triton_swap_ab.stream_k_programs(kw["STREAM_K"], sms, tiles, steps)
