@@ -398,16 +398,21 @@ if gluon is not None:
         return steps, first, gl.minimum(first + per_split, steps)
 
     @gluon.jit
-    def stream_k_range(tiles, steps):
-        """This program's share of a stream-K launch: the (tile, K step) iterations
-        ``[begin, end)`` of ``tiles * steps`` in tile-major order, ``per`` to a program ->
-        (begin, end, per, units): ``units`` tiles meet the share."""
+    def stream_k_range(M, N, K, BLOCK_B: gl.constexpr, BLOCK_N: gl.constexpr,
+                       BLOCK_K: gl.constexpr):
+        """This program's share of a stream-K launch over the batch x weight tiles of out^T
+        and their K steps: the iterations ``[begin, end)`` in tile-major order, ``per`` to a
+        program -> (batch tiles, tiles, steps, begin, end, per, units): ``units`` tiles meet
+        the share."""
+        b_tiles = (M + BLOCK_B - 1) // BLOCK_B
+        steps = K // BLOCK_K
+        tiles = b_tiles * ((N + BLOCK_N - 1) // BLOCK_N)
         total = tiles * steps
         per = (total + gl.num_programs(0) - 1) // gl.num_programs(0)
         begin = gl.program_id(0) * per
         end = gl.minimum(begin + per, total)
         units = gl.where(begin < end, (end - 1) // steps - begin // steps + 1, 0)
-        return begin, end, per, units
+        return b_tiles, tiles, steps, begin, end, per, units
 
     @gluon.jit
     def stream_k_unit(it, end, steps, per):
@@ -424,21 +429,18 @@ if gluon is not None:
     @gluon.jit
     def store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n, pid_b,
                    tile, tiles, seg, nseg, BLOCK_N: gl.constexpr, BLOCK_B: gl.constexpr,
-                   SPLIT: gl.constexpr, MMA: gl.constexpr):
+                   MMA: gl.constexpr):
         """The fp32 [BLOCK_N, BLOCK_B] tile of out^T (in layout ``MMA``) -> bf16 ``out``
-        times the epilogue scale. ``SPLIT``: the tile's K range may be shared by ``nseg``
-        programs (split-K, stream-K), this one's partial being segment ``seg``; then the
-        partials go through the workspace and the tile's arrival counter (``tile`` of
-        ``tiles``), and the last to arrive sums them. Shared by the mma.sync and wgmma
-        kernels."""
+        times the epilogue scale. The tile's K range is shared by ``nseg`` programs (split-K:
+        the constexpr SPLIT_K, so the branch is resolved at compile time; stream-K: per
+        tile), this one's partial being segment ``seg``; above one the partials go through
+        the workspace and the tile's arrival counter (``tile`` of ``tiles``), and the last to
+        arrive sums them. Shared by the mma.sync and wgmma kernels."""
         on = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, MMA))
         ob = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(0, MMA))
         mask = (ob[None, :] < M) & (on[:, None] < N)
         scale = gl.load(scale_ptr)
-        if not SPLIT:
-            out_ptrs = out_ptr + ob[None, :] * stride_om + on[:, None]
-            gl.store(out_ptrs, (acc * scale).to(gl.bfloat16), mask=mask)
-        elif nseg == 1:  # a stream-K tile whole in one program's share
+        if nseg == 1:
             out_ptrs = out_ptr + ob[None, :] * stride_om + on[:, None]
             gl.store(out_ptrs, (acc * scale).to(gl.bfloat16), mask=mask)
         else:
@@ -541,10 +543,8 @@ if gluon is not None:
         # does (``stream_k_segments``), so no partly filled last wave of programs.
         MMA: gl.constexpr = _mma_layout(gl.num_warps())
         if STREAM_K:
-            b_tiles = (M + BLOCK_B - 1) // BLOCK_B
-            steps = K // BLOCK_K
-            tiles = b_tiles * ((N + BLOCK_N - 1) // BLOCK_N)
-            it, end, per, units = stream_k_range(tiles, steps)
+            b_tiles, tiles, steps, it, end, per, units = stream_k_range(M, N, K, BLOCK_B,
+                                                                        BLOCK_N, BLOCK_K)
             # LICM off: hoisted out of this loop, the epilogue's index tensors stayed live
             # through every K loop (up to 80 more registers per thread on sm_90a).
             for _ in tl.range(0, units, disable_licm=True):
@@ -557,7 +557,7 @@ if gluon is not None:
                                     pid_b, pid_n, steps, first, last, BLOCK_N, BLOCK_K,
                                     BLOCK_B, PREFETCH, FP8_CVT, STAGES, GDC)
                 store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
-                           pid_b, tile, tiles, seg, nseg, BLOCK_N, BLOCK_B, True, MMA)
+                           pid_b, tile, tiles, seg, nseg, BLOCK_N, BLOCK_B, MMA)
                 it += last - first
             if GDC:
                 _gdc_launch_dependents()
@@ -574,4 +574,4 @@ if gluon is not None:
                 _gdc_launch_dependents()
             store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n, pid_b,
                        pid_n * gl.num_programs(0) + pid_b, gl.num_programs(0) * gl.num_programs(1),
-                       pid_k, SPLIT_K, BLOCK_N, BLOCK_B, SPLIT_K > 1, MMA)
+                       pid_k, SPLIT_K, BLOCK_N, BLOCK_B, MMA)

@@ -764,7 +764,7 @@ def _launch_swapped(kernel, block_b: int, x, words, args, launch: dict | None):
 
     def grid(meta):
         if meta.get("STREAM_K"):
-            return (_stream_k_programs(meta, m, n, args[9], block_b), 1, 1)
+            return (_stream_k_programs(meta, m, n, args[9], block_b, _sms()), 1, 1)
         return (triton.cdiv(m, block_b), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
     extra = {"BLOCK_B": block_b, "FP8_CVT": _has_fp8_cvt(x.device), **(launch or {})}
@@ -772,10 +772,10 @@ def _launch_swapped(kernel, block_b: int, x, words, args, launch: dict | None):
     return kernel, kernel_args, extra, grid
 
 
-def _stream_k_programs(kw: dict, m: int, n: int, k: int, block_b: int) -> int:
+def _stream_k_programs(kw: dict, m: int, n: int, k: int, block_b: int, sms: int) -> int:
     """Grid of a stream-K config (``STREAM_K`` programs per SM) of a small-M kernel."""
-    return triton_swap_ab.stream_k_programs(kw["STREAM_K"], _sms(), *_tiles_steps(kw, m, n, k,
-                                                                                  block_b))
+    return triton_swap_ab.stream_k_programs(kw["STREAM_K"], sms,
+                                            *_tiles_steps(kw, m, n, k, block_b))
 
 
 def _tiles_steps(kw: dict, m: int, n: int, k: int, block_b: int) -> tuple[int, int]:
@@ -789,7 +789,7 @@ def _small_m_grid_ok(kw: dict, m: int, n: int, k: int, block_b: int, sms: int) -
     tile among more programs than the workspace has planes for."""
     tiles, steps = _tiles_steps(kw, m, n, k, block_b)
     if kw.get("STREAM_K"):
-        progs = triton_swap_ab.stream_k_programs(kw["STREAM_K"], sms, tiles, steps)
+        progs = _stream_k_programs(kw, m, n, k, block_b, sms)
         return (_fills_gpu(progs, sms)
                 and triton_swap_ab.stream_k_segments(tiles, steps, progs) <= MAX_SPLIT_K)
     return _fills_gpu(tiles * kw["SPLIT_K"], sms)

@@ -280,10 +280,8 @@ if gluon is not None:
             x_smem = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_B, BLOCK_K], XS)
             a_smem = x_smem  # unused
         if STREAM_K:
-            b_tiles = (M + BLOCK_B - 1) // BLOCK_B
-            steps = K // BLOCK_K
-            tiles = b_tiles * ((N + BLOCK_N - 1) // BLOCK_N)
-            it, end, per, units = swap_ab.stream_k_range(tiles, steps)
+            b_tiles, tiles, steps, it, end, per, units = swap_ab.stream_k_range(
+                M, N, K, BLOCK_B, BLOCK_N, BLOCK_K)
             for _ in tl.range(0, units, disable_licm=True):  # as in swap_ab_kernel
                 tile, first, last, seg, nseg = swap_ab.stream_k_unit(it, end, steps, per)
                 pid_b = tile % b_tiles
@@ -294,7 +292,7 @@ if gluon is not None:
                                   BLOCK_K, BLOCK_B, FP8_CVT, STAGES, ASYNC, GDC, ACT_RING)
                 swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om,
                                    pid_n, pid_b, tile, tiles, seg, nseg, BLOCK_N, BLOCK_B,
-                                   True, MMA)
+                                   MMA)
                 it += last - first
             if GDC:
                 swap_ab._gdc_launch_dependents()
@@ -311,4 +309,4 @@ if gluon is not None:
             swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
                                pid_b, pid_n * gl.num_programs(0) + pid_b,
                                gl.num_programs(0) * gl.num_programs(1), pid_k, SPLIT_K,
-                               BLOCK_N, BLOCK_B, SPLIT_K > 1, MMA)
+                               BLOCK_N, BLOCK_B, MMA)
