@@ -353,3 +353,56 @@ def test_stream_k_matches_torch_dequant(n, k, kernel, bn, bk, warps, stages, mod
         torch.cuda.synchronize()
         assert torch.equal(graphed, out), (n, k, m)
     assert shared >= 2  # the cases above must exercise the shared-tile path
+
+
+# Resident configs (BLOCK_N, warps, RESIDENT steps, programs per SM): K chunks of one to 40
+# steps, a short last chunk (K = 1280 in chunks of 4: 4 + 4 + 2), programs with unequal
+# tile counts, one and two warpgroups.
+RESIDENT = [(128, 8, 8, 1), (64, 4, 4, 2), (64, 4, 10, 1), (128, 8, 40, 1)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the warpgroup-MMA kernel needs an SM90 GPU")
+@pytest.mark.parametrize("n,k", [SHAPES[0], SHAPES[-1], (1024, 1280), (256, 5120)])
+@pytest.mark.parametrize("bn,warps,resident,per_sm", RESIDENT)
+def test_resident_batch_tile_matches_torch_dequant(n, k, bn, warps, resident, per_sm,
+                                                   monkeypatch):
+    """The wgmma kernel with the batch tile resident per K chunk: every output element the
+    reference's, the same bits on a second call (chunk partials summed in chunk order) and
+    from a CUDA graph replay."""
+    import triton
+
+    from harness.backends import triton_launch, triton_w4a16, triton_wgmma
+
+    kw = {"BLOCK_N": bn, "BLOCK_K": 128, "SPLIT_K": 1, "STAGES": 4, "RESIDENT": resident,
+          "PER_SM": per_sm}
+    config = triton.Config(kw, num_warps=warps, num_stages=1)
+    monkeypatch.setattr(triton_w4a16, "_SMALL_M_PATH", _Always("wgmma"))
+    monkeypatch.setattr(triton_w4a16, "_wgmma_tuned",
+                        lambda: triton_w4a16._fixed(triton_wgmma.wgmma_kernel, config))
+    monkeypatch.setenv(triton_launch.FAST_LAUNCH_ENV, "0")
+    chunks = triton.cdiv(k // 128, resident)
+    if n % bn or chunks > triton_w4a16.MAX_SPLIT_K:
+        pytest.skip(f"no resident grid for N={n}, K={k} (BLOCK_N {bn}, {chunks} chunks)")
+    dev = torch.device("cuda")
+    tri, deq = get_backend("triton"), get_backend("torch-dequant")
+    w = make_weights(n, k, seed=n * 13 + k, device=dev, std=0.02)
+    pt, pd = tri.prepare(w, autotune=True), deq.prepare(w)
+    for m in (9, 16, 33, 64):
+        if triton_w4a16._wgmma_smem(kw, m) > triton_w4a16.SM90_SMEM_BYTES:
+            continue
+        x = make_activations(m, k, seed=m + 5, device=dev)
+        out, base = tri.run(pt, x, None), deq.run(pd, x, None)
+        assert torch.isfinite(out).all(), (n, k, m)
+        err = ((out.float() - base.float()).norm() / base.float().norm()).item()
+        assert err < 1e-2, (n, k, m, err)
+        assert torch.equal(out, tri.run(pt, x, None)), (n, k, m)
+        static = x.clone()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            graphed = tri.run(pt, static, None)
+        for _ in range(2):
+            g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(graphed, out), (n, k, m)
