@@ -90,7 +90,7 @@ def with_stream_k(line: dict, per_sm: list[int]) -> list[dict]:
 def label(line: dict) -> str:
     kw = line["kwargs"]
     keys = ("BLOCK_N", "BLOCK_K", "SPLIT_K", "STAGES", "PREFETCH", "ACT_RING", "ASYNC",
-            "STREAM_K", "RESIDENT", "PER_SM")
+            "STREAM_K")
     parts = [f"{k}={kw[k]}" for k in keys if k in kw and kw[k] not in (False, None, 0)]
     cap = f" maxnreg={line['maxnreg']}" if line.get("maxnreg") else ""
     return f"{line['kernel']} {' '.join(parts)} w={line['num_warps']}{cap}"
@@ -174,9 +174,6 @@ def main() -> int:
                 if k % kw["BLOCK_K"] or (grid_ok and not grid_ok(kw, m, n, k, block_b,
                                                                  triton_w4a16._sms())):
                     continue  # what the tuner's pruner leaves out
-                if kw.get("RESIDENT") and not triton_w4a16._wgmma_fits(
-                        kw, line["num_warps"], m, k):
-                    continue  # a resident tile past shared memory: it would not launch
                 try:
                     got = launch(line, x, pt).float()
                     err = ((got - base).norm() / base.norm()).item()

@@ -231,7 +231,7 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from harness.backends import triton_swap_ab, triton_wgmma
 
 (name, block_n, block_k, block_b, split_k, num_warps, stages, async_mma, ring, stream_k,
- maxnreg, resident) = json.loads(sys.argv[1])
+ maxnreg) = json.loads(sys.argv[1])
 sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
 sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
@@ -240,7 +240,7 @@ const = {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_B": block_b, "SPLIT_K": 
          "FP8_CVT": True, "STAGES": stages, "GDC": False, "STREAM_K": stream_k}
 if name == "wgmma":
     fn = triton_wgmma.wgmma_kernel
-    const.update(ASYNC=async_mma, ACT_RING=ring, RESIDENT=resident)
+    const.update(ASYNC=async_mma, ACT_RING=ring)
 else:
     fn = triton_swap_ab.swap_ab_kernel
     const.update(PREFETCH=False)
@@ -263,7 +263,7 @@ print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr,
 
 
 def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, async_mma=False,
-                   ring=False, kernel="wgmma", stream_k=0, maxnreg=None, resident=0):
+                   ring=False, kernel="wgmma", stream_k=0, maxnreg=None):
     """Compile the kernel (``wgmma_kernel``, or ``swap_ab_kernel`` for ``kernel="mma"``) for
     sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes of shared memory)."""
     import json
@@ -277,7 +277,7 @@ def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, asyn
     done = subprocess.run([sys.executable, "-c", _COMPILE,
                            json.dumps([kernel, block_n, block_k, block_b, split_k,
                                       num_warps, stages, async_mma, ring, stream_k,
-                                      maxnreg, resident])],
+                                      maxnreg])],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])

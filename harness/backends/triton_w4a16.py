@@ -361,17 +361,7 @@ if triton is not None:
                     (128, 4, 128, 0, False), (128, 4, 128, 4, False), (128, 4, 256, 4, False),
                     (128, 8, 128, 0, False), (128, 8, 128, 4, False), (128, 8, 256, 4, False),
                     (128, 8, 256, 4, True), (256, 8, 128, 0, False), (256, 8, 128, 4, False))
-                for sk in (1, 2, 4, 8)] + _resident_space()
-
-    def _resident_space() -> list:
-        # Resident batch tiles (the kernel's RESIDENT: K steps of the batch tile kept in
-        # shared memory per program), with the word ring four slots deep; the fit rule keeps
-        # the chunk lengths whose tile fits beside the ring for the M bucket (16 KB a step
-        # at 64 rows), two programs per SM only for one-warpgroup tiles.
-        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": 128, "SPLIT_K": 1, "STAGES": 4,
-                               "RESIDENT": res, "PER_SM": per_sm}, num_warps=w, num_stages=1)
-                for bn, w, per_sm in ((128, 8, 1), (64, 4, 1), (64, 4, 2))
-                for res in (4, 5, 8, 10, 20, 40)]
+                for sk in (1, 2, 4, 8)]
 
     # Shared memory one CTA may take on SM90 (227 KB).
     SM90_SMEM_BYTES = 232448
@@ -382,9 +372,7 @@ if triton is not None:
         the word and scale ring."""
         bn, bk, st = kw["BLOCK_N"], kw["BLOCK_K"], kw.get("STAGES", 0)
         bb = _wgmma_block_b(m)
-        if kw.get("RESIDENT"):
-            tiles = kw["RESIDENT"] * bb * bk * 2
-        elif kw.get("ASYNC"):
+        if kw.get("ASYNC"):
             tiles = 2 * (bb * bk + bn * bk) * 2
         else:
             tiles = (st if kw.get("ACT_RING") and st else 1) * bb * bk * 2
@@ -400,13 +388,10 @@ if triton is not None:
         bb = _wgmma_block_b(m)
         threads = 32 * num_warps
         in_registers = bn * bk // 4 if not kw.get("STAGES") else 0  # words and their prefetch
-        acts = (0 if kw.get("ACT_RING") and kw.get("STAGES") or kw.get("RESIDENT")
-                else bb * bk)  # and their prefetch
+        acts = 0 if kw.get("ACT_RING") and kw.get("STAGES") else bb * bk  # and their prefetch
         words = (bn * bb + bn * bk // 2 + acts + in_registers) // threads
-        per_sm = kw.get("PER_SM", 1) if kw.get("RESIDENT") else 1
         return (16 * num_warps <= bn <= 64 * num_warps and k % bk == 0 and k // bk >= sk
-                and words * per_sm * threads <= 65536 and words <= 192
-                and per_sm * _wgmma_smem(kw, m) <= SM90_SMEM_BYTES)
+                and words <= 192 and _wgmma_smem(kw, m) <= SM90_SMEM_BYTES)
 
     def _prune_wgmma(configs, named_args):
         m, n, k = named_args["M"], named_args["N"], named_args["K"]
@@ -778,8 +763,6 @@ def _launch_swapped(kernel, block_b: int, x, words, args, launch: dict | None):
     kernel_args = (x, words, scales, *args[3:12], words.stride(0), scales.stride(0), args[12])
 
     def grid(meta):
-        if meta.get("RESIDENT"):
-            return resident_grid(meta, n, args[9], _sms())
         if meta.get("STREAM_K"):
             return (_stream_k_programs(meta, m, n, args[9], block_b, _sms()), 1, 1)
         return (triton.cdiv(m, block_b), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
@@ -795,15 +778,6 @@ def _stream_k_programs(kw: dict, m: int, n: int, k: int, block_b: int, sms: int)
                                             *_tiles_steps(kw, m, n, k, block_b))
 
 
-def resident_grid(kw: dict, n: int, k: int, sms: int) -> tuple[int, int, int]:
-    """Grid of a resident config (``triton_wgmma._resident_program``): (K chunks of
-    ``RESIDENT`` steps, programs per chunk, 1), ``PER_SM`` programs per SM in all, each
-    program walking every P-th weight tile of its chunk."""
-    chunks = triton.cdiv(k // kw["BLOCK_K"], kw["RESIDENT"])
-    per_chunk = max(1, min(n // kw["BLOCK_N"], kw.get("PER_SM", 1) * sms // chunks))
-    return chunks, per_chunk, 1
-
-
 def _tiles_steps(kw: dict, m: int, n: int, k: int, block_b: int) -> tuple[int, int]:
     """(output tiles, K steps per tile) of a small-M kernel's config."""
     return triton.cdiv(m, block_b) * triton.cdiv(n, kw["BLOCK_N"]), k // kw["BLOCK_K"]
@@ -814,11 +788,6 @@ def _small_m_grid_ok(kw: dict, m: int, n: int, k: int, block_b: int, sms: int) -
     1/2 to 16 waves of programs; a stream-K grid (one wave by construction) must share no
     tile among more programs than the workspace has planes for."""
     tiles, steps = _tiles_steps(kw, m, n, k, block_b)
-    if kw.get("RESIDENT"):
-        # One batch tile (M <= 64), whole weight tiles, and a workspace plane per K chunk.
-        chunks, per_chunk, _ = resident_grid(kw, n, k, sms)
-        return (m <= block_b and n % kw["BLOCK_N"] == 0 and chunks <= MAX_SPLIT_K
-                and _fills_gpu(chunks * per_chunk, sms))
     if kw.get("STREAM_K"):
         progs = _stream_k_programs(kw, m, n, k, block_b, sms)
         return (_fills_gpu(progs, sms)

@@ -61,8 +61,6 @@ if gluon is not None:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
-    async_load = swap_ab.async_load
-
     @gluon.jit
     def _in_mma_order(xv, BLOCK_B: gl.constexpr, BLOCK_K: gl.constexpr):
         """Activations [BB, BK] in physical K order -> MMA order: (t, u, p) -> (u, t, p)
@@ -149,92 +147,6 @@ if gluon is not None:
             acc = warpgroup_mma(a, x_ring.index(i % STAGES).permute([1, 0]), acc)
         async_copy.wait_group(0)
         return acc
-
-    @gluon.jit
-    def _issue_resident(w_smem, s_smem, w_src, s_src, j, steps_here, tile_w, tile_s, total,
-                        STAGES: gl.constexpr, BLOCK_K: gl.constexpr):
-        """Start the copies of iteration ``j`` of a resident program (its tile ``j //
-        steps_here``, that tile's K step ``j % steps_here``) into ring slot ``j % STAGES``
-        and close the commit group (empty past the program's last iteration)."""
-        t = j // steps_here
-        s = j - t * steps_here
-        live = j < total
-        slot = j % STAGES
-        async_load(w_smem.index(slot), w_src + (t * tile_w + s * (BLOCK_K // 8)), mask=live)
-        async_load(s_smem.index(slot), s_src + (t * tile_s + s * (BLOCK_K // 16)), mask=live)
-        async_copy.commit_group()
-
-    @gluon.jit
-    def _resident_program(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, K,
-                          stride_xm, stride_om, stride_wn, stride_sn, BLOCK_N: gl.constexpr,
-                          BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr, FP8_CVT: gl.constexpr,
-                          STAGES: gl.constexpr, GDC: gl.constexpr, RESIDENT: gl.constexpr):
-        """RESIDENT > 0: program (k, p) of a (K chunks x programs per chunk) grid. The batch
-        tile of K chunk k (RESIDENT steps) is copied into shared memory once, in MMA K
-        order; the program then walks the weight tiles p, p + P, ... of that chunk, the
-        words and scales streaming through a ring STAGES - 1 iterations ahead, across tile
-        ends. No batch tile is staged, permuted or stored in the loop: the wgmma reads B
-        from the resident tile, and the batch tile is read from L2 once per program, not
-        once per weight tile. Each tile's partial goes through the split workspace
-        (``store_tile``; the chunks are its segments). N % BLOCK_N == 0."""
-        nw: gl.constexpr = gl.num_warps()
-        MMA: gl.constexpr = _wgmma_layout(BLOCK_B, nw)
-        A_LAYOUT: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
-        XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
-        x_res = gl.allocate_shared_memory(gl.bfloat16, [RESIDENT, BLOCK_B, BLOCK_K], XS)
-        pid_k = gl.program_id(0)
-        pid_p = gl.program_id(1)
-        programs = gl.num_programs(1)
-        first = pid_k * RESIDENT
-        steps_here = gl.minimum(K // BLOCK_K - first, RESIDENT)
-        n_tiles = N // BLOCK_N
-        total = (n_tiles - pid_p + programs - 1) // programs * steps_here
-        w_smem, s_smem, w_src, s_src = swap_ab._weight_ring(
-            w_ptr, stride_wn, s_ptr, stride_sn, 0, N, BLOCK_N, BLOCK_K, STAGES)
-        # Iteration j reads tile pid_p + (j // steps_here) * programs: offsets from tile
-        # pid_p's step `first`, one tile stride apart.
-        w_src = w_src + (pid_p.to(gl.int64) * BLOCK_N * stride_wn + first * (BLOCK_K // 8))
-        s_src = s_src + (pid_p.to(gl.int64) * BLOCK_N * stride_sn + first * (BLOCK_K // 16))
-        tile_w = programs.to(gl.int64) * BLOCK_N * stride_wn
-        tile_s = programs.to(gl.int64) * BLOCK_N * stride_sn
-        # Under PDL the first weights are requested before the wait, the activations (the
-        # previous kernel's output) after it.
-        for j in gl.static_range(STAGES - 1):
-            _issue_resident(w_smem, s_smem, w_src, s_src, j, steps_here, tile_w, tile_s, total,
-                            STAGES, BLOCK_K)
-        if GDC:
-            swap_ab._gdc_wait()
-        x_src, x_ok = _act_ring_src(x_ptr, stride_xm, M, 0, BLOCK_B, BLOCK_K, nw)
-        x_src = x_src + first * BLOCK_K
-        for j in range(steps_here):
-            async_load(x_res.index(j), x_src + j * BLOCK_K, mask=x_ok)
-        async_copy.commit_group()
-        async_copy.wait_group(0)
-        fence_async_shared()  # cp.async wrote through the generic proxy; wgmma reads async
-        swap_ab.cta_barrier()  # every warp's share of the batch tile
-        acc = gl.zeros([BLOCK_N, BLOCK_B], gl.float32, layout=MMA)
-        # LICM off, as in the stream-K loops: hoisted, the epilogue's index tensors stay live
-        # through the whole loop.
-        for j in tl.range(0, total, disable_licm=True):
-            t = j // steps_here
-            s = j - t * steps_here
-            async_copy.wait_group(STAGES - 2)  # this thread's copies of iteration j landed
-            # ...everyone's (scales are read by other lanes than copy them), and slot
-            # (j - 1) % STAGES is read by all.
-            swap_ab.cta_barrier()
-            _issue_resident(w_smem, s_smem, w_src, s_src, j + STAGES - 1, steps_here, tile_w,
-                            tile_s, total, STAGES, BLOCK_K)
-            wv, sb = swap_ab._read_slot(w_smem, s_smem, j % STAGES, BLOCK_N, BLOCK_K)
-            a = swap_ab._a_fragment(wv, sb, BLOCK_N, BLOCK_K, A_LAYOUT, FP8_CVT)
-            acc = warpgroup_mma(a, x_res.index(s).permute([1, 0]), acc, use_acc=s > 0)
-            if s == steps_here - 1:
-                pid_n = pid_p + t * programs
-                swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om,
-                                   pid_n, 0, pid_n, n_tiles, pid_k, gl.num_programs(0),
-                                   BLOCK_N, BLOCK_B, MMA)
-        async_copy.wait_group(0)
-        if GDC:
-            swap_ab._gdc_launch_dependents()
 
     @gluon.jit
     def _wgmma_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn, pid_b, pid_n,
@@ -343,13 +255,19 @@ if gluon is not None:
         return gl.BlockedLayout([1, 8], [32 // lanes_k, lanes_k], [num_warps, 1], [1, 0])
 
     @gluon.jit
-    def _tiles_program(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, K,
-                       stride_xm, stride_om, stride_wn, stride_sn, BLOCK_N: gl.constexpr,
-                       BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr, SPLIT_K: gl.constexpr,
-                       FP8_CVT: gl.constexpr, STAGES: gl.constexpr, ASYNC: gl.constexpr,
-                       GDC: gl.constexpr, ACT_RING: gl.constexpr, STREAM_K: gl.constexpr):
-        """A program of the classic (batch tiles x weight tiles x SPLIT_K) or the stream-K
-        grid (``wgmma_kernel``)."""
+    def wgmma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
+                     M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
+                     BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+                     SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr = 0,
+                     ASYNC: gl.constexpr = False, GDC: gl.constexpr = False,
+                     ACT_RING: gl.constexpr = False, STREAM_K: gl.constexpr = 0):
+        # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
+        # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
+        # ahead (more bytes in flight per SM; on the H200 the tuner keeps it on some shapes
+        # at M = 16-32, the register path at M = 64).
+        # Each warp owns 16-row slices of the weight tile (4 warps: one warpgroup per 64 rows
+        # of each wgmma); the batch tile of BLOCK_B rows is the wgmma's N.
+        # STREAM_K (programs per SM; 0: off): as in ``triton_swap_ab.swap_ab_kernel``.
         nw: gl.constexpr = gl.num_warps()
         MMA: gl.constexpr = _wgmma_layout(BLOCK_B, nw)
         XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
@@ -392,29 +310,3 @@ if gluon is not None:
                                pid_b, pid_n * gl.num_programs(0) + pid_b,
                                gl.num_programs(0) * gl.num_programs(1), pid_k, SPLIT_K,
                                BLOCK_N, BLOCK_B, MMA)
-
-    @gluon.jit
-    def wgmma_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
-                     M, N, K, stride_xm, stride_om, stride_wn, stride_sn, M_BUCKET,
-                     BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
-                     SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr = 0,
-                     ASYNC: gl.constexpr = False, GDC: gl.constexpr = False,
-                     ACT_RING: gl.constexpr = False, STREAM_K: gl.constexpr = 0,
-                     RESIDENT: gl.constexpr = 0, PER_SM: gl.constexpr = 1):
-        # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
-        # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
-        # ahead (more bytes in flight per SM; on the H200 the tuner keeps it on some shapes
-        # at M = 16-32, the register path at M = 64).
-        # Each warp owns 16-row slices of the weight tile (4 warps: one warpgroup per 64 rows
-        # of each wgmma); the batch tile of BLOCK_B rows is the wgmma's N.
-        # STREAM_K (programs per SM; 0: off): as in ``triton_swap_ab.swap_ab_kernel``.
-        # RESIDENT (K steps per chunk; 0: off): ``_resident_program``, PER_SM programs per
-        # SM (the host's grid; ``resident_grid``).
-        if RESIDENT:
-            _resident_program(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, K,
-                              stride_xm, stride_om, stride_wn, stride_sn, BLOCK_N, BLOCK_K,
-                              BLOCK_B, FP8_CVT, STAGES, GDC, RESIDENT)
-        else:
-            _tiles_program(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, K,
-                           stride_xm, stride_om, stride_wn, stride_sn, BLOCK_N, BLOCK_K,
-                           BLOCK_B, SPLIT_K, FP8_CVT, STAGES, ASYNC, GDC, ACT_RING, STREAM_K)
