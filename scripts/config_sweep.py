@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -49,7 +48,7 @@ sys.path.insert(1, str(ROOT / "scripts"))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from hopper_peers import layer_shapes, read_flush_us  # noqa: E402
+from hopper_peers import parse_gpu_args, read_flush_us  # noqa: E402
 
 from harness.backends import LayerWeights, get_backend  # noqa: E402
 from harness.backends import triton_swap_ab, triton_w4a16, triton_wgmma  # noqa: E402
@@ -116,8 +115,6 @@ def launch(line: dict, x, prepared) -> torch.Tensor:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="qwen3.6-27b")
-    ap.add_argument("--m", default="1,16,32,64")
     ap.add_argument("--record", help="a hopper_peers.py record: its tuned configs")
     ap.add_argument("--configs", help="JSON lines of configs")
     ap.add_argument("--stream-k", default="", help="programs per SM of stream-K variants")
@@ -125,15 +122,10 @@ def main() -> int:
                     help="leave out stream-K configs (a tree without them)")
     ap.add_argument("--harness", help="import the kernels from this checkout")
     ap.add_argument("--label", default="")
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("needs an NVIDIA GPU", file=sys.stderr)
-        return 2
+    args, shapes = parse_gpu_args(ap, models="qwen3.6-27b", m="1,16,32,64")
     dev = torch.device("cuda")
-    ms = [int(v) for v in args.m.split(",")]
+    ms = args.m
     per_sm = [int(v) for v in args.stream_k.split(",") if v]
-    shapes = layer_shapes(args.models)
     tuned: dict[tuple[int, int, int], dict] = {}
     if args.record:
         for r in json.loads(Path(args.record).read_text())["rows"]:

@@ -48,7 +48,7 @@ from harness.backends import flashinfer_lib, triton_launch, triton_w4a16  # noqa
 from harness.gemm import why_skipped  # noqa: E402
 from harness.hardware import copy_bandwidth  # noqa: E402
 from harness.measure import time_gpu  # noqa: E402
-from harness.models import get_model  # noqa: E402
+from harness.models import MODELS, UnknownNameError, get_model  # noqa: E402
 from harness.models.weights import synthetic_linear  # noqa: E402
 from harness.records import atomic_write_text  # noqa: E402
 
@@ -148,6 +148,40 @@ def read_ceiling_us(nbytes: int, timer=cold_us) -> tuple[float, str]:
     return best, how
 
 
+def batch_sizes(text: str) -> list[int]:
+    """``--m``: comma-separated GEMM row counts, each at least 1."""
+    try:
+        ms = [int(v) for v in text.split(",")]
+    except ValueError:
+        ms = []
+    if not ms or min(ms) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas (e.g. 1,16,64), got {text!r}")
+    return ms
+
+
+def parse_gpu_args(ap: argparse.ArgumentParser, models: str,
+                   m: str) -> tuple[argparse.Namespace, dict[tuple[int, int], list[str]]]:
+    """Adds the arguments this script and ``config_sweep.py`` share (``--models``, ``--m``,
+    ``--out``) to ``ap``, parses them -> (arguments, ``layer_shapes`` of ``--models``).
+    Exits 2 on a bad value (with the valid choices) or on a machine without a GPU."""
+    ap.add_argument("--models", default=models,
+                    help=f"comma-separated, of: {', '.join(MODELS)} (default {models})")
+    ap.add_argument("--m", default=batch_sizes(m), type=batch_sizes,
+                    help=f"comma-separated GEMM M (default {m})")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."),
+                    help="where the records go (default $OUT, else .)")
+    args = ap.parse_args()
+    try:
+        shapes = layer_shapes(args.models)
+    except UnknownNameError as e:
+        ap.error(str(e))
+    if not torch.cuda.is_available():
+        print(f"{ap.prog}: needs an NVIDIA GPU; torch sees none", file=sys.stderr)
+        raise SystemExit(2)
+    return args, shapes
+
+
 def layer_shapes(models: str) -> dict[tuple[int, int], list[str]]:
     """(N, K) -> the "model:layer" names of that GEMM shape, over comma-separated models."""
     shapes: dict[tuple[int, int], list[str]] = {}
@@ -159,16 +193,9 @@ def layer_shapes(models: str) -> dict[tuple[int, int], list[str]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="qwen3.6-27b,qwen3-32b")
-    ap.add_argument("--m", default="1,16,64")
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("needs an NVIDIA GPU", file=sys.stderr)
-        return 2
+    args, shapes = parse_gpu_args(ap, models="qwen3.6-27b,qwen3-32b", m="1,16,64")
     dev = torch.device("cuda")
-    ms = [int(v) for v in args.m.split(",")]
-    shapes = layer_shapes(args.models)
+    ms = args.m
     gen = torch.Generator(device=dev).manual_seed(0)
     reasons = {p: why_skipped(get_backend(p), "on" if "flashinfer" in p else "off", dev)
                for p in PEERS}

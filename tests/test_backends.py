@@ -157,3 +157,24 @@ def test_config_sweep_reads_what_the_tuner_kept():
         for m in line["m"]:
             fits = tw._wgmma_fits if line["kernel"] == "wgmma" else tw._swap_ab_fits
             assert fits(line["kwargs"], line["num_warps"], m, 5120), line
+
+
+@pytest.mark.parametrize("script", ["hopper_peers.py", "config_sweep.py"])
+@pytest.mark.parametrize("argv, says", [
+    (["--m", "1,x"], "expected positive integers separated by commas"),
+    (["--m", "0"], "expected positive integers separated by commas"),
+    (["--models", "qwen3.6-27b,nope"], "valid models: qwen3.6-27b, qwen3-32b"),
+])
+def test_gpu_scripts_reject_bad_arguments_with_the_choices(script, argv, says):
+    """Both GPU scripts exit 2 on a bad --m or --models, naming what is valid, before any
+    GPU work (so on this machine too, GPU or not)."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "scripts" / script), *argv],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr

@@ -61,7 +61,15 @@ class Launch:
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.kernel = kernel
         self.device = device
+        self.torch_device = tensors[0].device  # where the caller allocates the output
         self.stream = driver.active.get_current_stream  # torch's current-stream query
+        # The launcher's own C entry point, where the kernel needs no scratch memory (its
+        # Python ``__call__`` only allocates scratch, then calls it): a microsecond a call.
+        run = kernel.run
+        scratch = getattr(run, "global_scratch_size", 1) or getattr(run, "profile_scratch_size", 1)
+        self.launch_c = None if scratch or not hasattr(run, "launch") else run.launch
+        self.launch_flags = (getattr(run, "launch_cooperative_grid", False),
+                             getattr(run, "launch_pdl", False))
 
     def __call__(self, *tensors: torch.Tensor) -> None:
         values = self.values.copy()
@@ -71,12 +79,15 @@ class Launch:
             values[i] = t if hooked else t.data_ptr()
         k = self.kernel
         stream = self.stream(self.device)
+        gx, gy, gz = self.grid
         if hooked:
             meta = k.launch_metadata(self.grid, stream, *values)
+            k.run(gx, gy, gz, stream, k.function, k.packed_metadata, meta, enter, leave, *values)
+        elif self.launch_c is not None:
+            self.launch_c(gx, gy, gz, stream, k.function, *self.launch_flags, None, None,
+                          k.packed_metadata, None, None, None, *values)
         else:
-            meta = enter = leave = None
-        k.run(self.grid[0], self.grid[1], self.grid[2], stream, k.function, k.packed_metadata,
-              meta, enter, leave, *values)
+            k.run(gx, gy, gz, stream, k.function, k.packed_metadata, None, None, None, *values)
 
 
 def _registered(hook) -> bool:

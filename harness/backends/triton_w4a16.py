@@ -597,10 +597,11 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
     if (config is None and x.is_cuda and triton_launch.enabled()
             and x.data_ptr() % 16 == 0):  # Triton specializes pointers on 16-byte alignment
         # One resolved launch per (layer, M, PDL state): see harness.backends.triton_launch.
-        fast_key = (id(words), m, n, k, x.stride(0), autotune, pdl.active())
+        # x's dtype too: the cached launch passes an address, with no type of its own.
+        fast_key = (id(words), m, n, k, x.stride(0), x.dtype, autotune, pdl.active())
         fast = _FAST.get(fast_key)
         if fast is not None:
-            out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
+            out = torch.empty((m, n), dtype=torch.bfloat16, device=fast.torch_device)
             fast(x, out, words, scales_u8, epilogue_scale)
             return out
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
@@ -691,7 +692,8 @@ def _forget(owner: int) -> None:
         del _FAST[key]
 
 
-# (id of the layer's words, M, N, K, x row stride, autotune, PDL) -> the resolved launch
+# (id of the layer's words, M, N, K, x row stride, x dtype, autotune, PDL) -> the resolved
+# launch
 _FAST: dict[tuple, triton_launch.Launch] = {}
 _FAST_OWNERS: set[int] = set()
 _M1_PATH: dict[tuple[int, int], str] = {}
