@@ -17,8 +17,10 @@ record: what the tuner kept per shape and M) and from ``--configs`` (JSON lines
 ``m`` optional: the Ms the line applies to). ``--stream-k`` adds, for each config, its
 stream-K variants (``SPLIT_K`` 1, ``STREAM_K`` programs per SM). ``--harness DIR`` imports the
 kernels from another checkout (an A/B of two trees on one machine; its classic configs only
-under ``--classic-only``). Writes ``config-sweep[-LABEL].{json,md}`` under ``--out`` after
-every row.
+under ``--classic-only``). An ``ACT_ORDERED`` config (activations read in MMA K order) is
+timed twice: with the reorder (``in_mma_k_order``, a torch copy) inside the timed call, and
+alone on activations reordered beforehand (as a kernel that writes them so would leave them).
+Writes ``config-sweep[-LABEL].{json,md}`` under ``--out`` after every row.
 """
 
 from __future__ import annotations
@@ -88,16 +90,20 @@ def with_stream_k(line: dict, per_sm: list[int]) -> list[dict]:
 
 def label(line: dict) -> str:
     kw = line["kwargs"]
-    keys = ("BLOCK_N", "BLOCK_K", "SPLIT_K", "STAGES", "PREFETCH", "ACT_RING", "ASYNC",
-            "STREAM_K")
+    keys = ("BLOCK_N", "BLOCK_K", "SPLIT_K", "STAGES", "PREFETCH", "ACT_RING", "ACT_ORDERED",
+            "ASYNC", "STREAM_K")
     parts = [f"{k}={kw[k]}" for k in keys if k in kw and kw[k] not in (False, None, 0)]
     cap = f" maxnreg={line['maxnreg']}" if line.get("maxnreg") else ""
     return f"{line['kernel']} {' '.join(parts)} w={line['num_warps']}{cap}"
 
 
-def launch(line: dict, x, prepared) -> torch.Tensor:
-    """One forced launch through the backend's own small-M launch path."""
+def launch(line: dict, x, prepared, ordered=None) -> torch.Tensor:
+    """One forced launch through the backend's own small-M launch path. An ``ACT_ORDERED``
+    config reads the activations in MMA K order: ``ordered`` if given (reordered before, as
+    by the kernel that writes them), else reordered here, in the call."""
     m, k = x.shape
+    if line["kwargs"].get("ACT_ORDERED"):
+        x = ordered if ordered is not None else triton_wgmma.in_mma_k_order(x)
     words, scales = prepared["words"], prepared["scales"]
     n = words.shape[0]
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
@@ -174,6 +180,10 @@ def main() -> int:
                         row["failed"] = f"relative error {err:.3g} or non-finite output"
                     else:
                         row["us"] = read_flush_us(lambda: launch(line, x, pt))
+                        if kw.get("ACT_ORDERED"):  # the GEMM alone, x reordered beforehand
+                            xo = triton_wgmma.in_mma_k_order(x)
+                            row["us_x_ordered_before"] = read_flush_us(
+                                lambda: launch(line, x, pt, xo))
                 except Exception as e:  # a config that does not compile or launch
                     row["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
                 rows.append(row)
@@ -197,6 +207,8 @@ def markdown(doc: dict) -> str:
              "| layers | N x K | M | config | us | rel. error |", "|---" * 6 + "|"]
     for r in doc["rows"]:
         us = f"{r['us']:.1f}" if "us" in r else f"failed: {r['failed']}"
+        if "us_x_ordered_before" in r:
+            us += f" ({r['us_x_ordered_before']:.1f} with x reordered before)"
         err = f"{r['rel_err']:.2e}" if "rel_err" in r else "-"
         lines.append(f"| {', '.join(r['layers'])} | {r['n']} x {r['k']} | {r['m']} | "
                      f"{r['config']} | {us} | {err} |")

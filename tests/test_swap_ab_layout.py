@@ -231,7 +231,7 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from harness.backends import triton_swap_ab, triton_wgmma
 
 (name, block_n, block_k, block_b, split_k, num_warps, stages, async_mma, ring, stream_k,
- maxnreg) = json.loads(sys.argv[1])
+ maxnreg, ordered) = json.loads(sys.argv[1])
 sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
 sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
@@ -240,7 +240,7 @@ const = {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_B": block_b, "SPLIT_K": 
          "FP8_CVT": True, "STAGES": stages, "GDC": False, "STREAM_K": stream_k}
 if name == "wgmma":
     fn = triton_wgmma.wgmma_kernel
-    const.update(ASYNC=async_mma, ACT_RING=ring)
+    const.update(ASYNC=async_mma, ACT_RING=ring, ACT_ORDERED=ordered)
 else:
     fn = triton_swap_ab.swap_ab_kernel
     const.update(PREFETCH=False)
@@ -263,7 +263,7 @@ print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr,
 
 
 def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, async_mma=False,
-                   ring=False, kernel="wgmma", stream_k=0, maxnreg=None):
+                   ring=False, kernel="wgmma", stream_k=0, maxnreg=None, ordered=False):
     """Compile the kernel (``wgmma_kernel``, or ``swap_ab_kernel`` for ``kernel="mma"``) for
     sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes of shared memory)."""
     import json
@@ -277,7 +277,7 @@ def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, asyn
     done = subprocess.run([sys.executable, "-c", _COMPILE,
                            json.dumps([kernel, block_n, block_k, block_b, split_k,
                                       num_warps, stages, async_mma, ring, stream_k,
-                                      maxnreg])],
+                                      maxnreg, ordered])],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -372,6 +372,45 @@ def test_activation_ring_copies_straight_into_the_staged_tile(block_n, block_k, 
     assert triton_w4a16._wgmma_fits(kw, num_warps, block_b, 5120)
     assert "0 bytes spill stores" in report, report
     assert triton_w4a16._wgmma_smem(kw, block_b) == shared
+
+
+@pytest.mark.parametrize("block_n,block_k,block_b,num_warps,stages", [
+    (64, 128, 64, 4, 3), (128, 256, 16, 8, 4), (128, 128, 64, 8, 4)])
+def test_ordered_activations_arrive_by_16_byte_copies(block_n, block_k, block_b, num_warps,
+                                                      stages):
+    """ACT_ORDERED (with ACT_RING): the activations, already in MMA K order in memory, reach
+    shared memory by 16-byte cp.async (a quarter of the copies of the 4-byte path), nothing
+    is stored to shared memory by the kernel itself, and ptxas fits it without spills."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    ptx, report, _ = _compile_wgmma(block_n, block_k, block_b, 1, num_warps, stages,
+                                    False, True, ordered=True)
+    copies = [line.split(",")[-2].strip() for line in ptx.splitlines()
+              if "cp.async.ca.shared.global" in line or "cp.async.cg.shared.global" in line]
+    threads = 32 * num_warps
+    acts = block_b * block_k // 8 // threads  # 16-byte activation copies per thread a step
+    words = block_n * block_k // 32 // threads
+    scales = -(-block_n // threads) if block_k == 256 else 0  # 16-byte rows at BLOCK_K 256
+    assert "0x4" not in copies, copies
+    assert copies.count("0x10") == stages * (words + scales + acts), copies
+    assert "st.shared" not in ptx
+    assert "0 bytes spill stores" in report, report
+
+
+def test_in_mma_k_order_is_the_staging_permutation():
+    """The host-side reorder of an ACT_ORDERED launch puts physical element
+    ``act_staging_order(K)[r]`` at column r: the permutation the kernels apply on the fly."""
+    import torch
+
+    from harness.backends import triton_wgmma
+
+    k = 384
+    x = torch.arange(2 * k, dtype=torch.float32).reshape(2, k)
+    got = triton_wgmma.in_mma_k_order(x)
+    order = torch.tensor(triton_wgmma.act_staging_order(k))
+    assert got.is_contiguous()
+    assert torch.equal(got, x[:, order])
+    with pytest.raises(ValueError, match="multiple of 128"):
+        triton_wgmma.in_mma_k_order(torch.zeros(1, 200))
 
 
 @pytest.mark.parametrize("tiles,steps,programs", [

@@ -289,6 +289,47 @@ def test_wgmma_path_matches_torch_dequant(n, k, bn, bk, sk, warps, stages, mode,
         assert torch.equal(out, again), (n, k, m)  # split-K sums in a fixed order
 
 
+@pytest.mark.skipif(not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the warpgroup-MMA kernel needs an SM90 GPU")
+@pytest.mark.parametrize("bn,bk,sk,warps,stages", [(64, 128, 1, 4, 3), (128, 256, 2, 8, 4),
+                                                    (128, 128, 4, 8, 4)])
+def test_ordered_activations_match_torch_dequant(bn, bk, sk, warps, stages):
+    """ACT_ORDERED: a launch on activations reordered by ``in_mma_k_order`` (16-byte copies
+    into the ring) gives the reference's output, partial row tiles and batch tiles too, and
+    the same bits as the 4-byte-copy ring on the activations as they are."""
+    import triton
+
+    from harness.backends import triton_w4a16 as tw
+    from harness.backends import triton_wgmma
+
+    dev = torch.device("cuda")
+    tri, deq = get_backend("triton"), get_backend("torch-dequant")
+    kw = {"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": stages, "ACT_RING": True}
+    for n, k in (SHAPES[0], (1000, 1280)):
+        w = make_weights(n, k, seed=n * 7 + k, device=dev, std=0.02)
+        pt, pd = tri.prepare(w), deq.prepare(w)
+        for m in (9, 16, 33, 64):
+            x = make_activations(m, k, seed=m + 5, device=dev)
+            outs = []
+            for ordered in (True, False):
+                xi = triton_wgmma.in_mma_k_order(x) if ordered else x
+                config = triton.Config(dict(kw, ACT_ORDERED=ordered), num_warps=warps,
+                                       num_stages=1)
+                out = torch.empty((m, n), dtype=torch.bfloat16, device=dev)
+                ws, cnt = tw._WORKSPACE.get(dev, m, n)
+                args = (xi, pt["words"], pt["scales"], out, ws, cnt, pt["epilogue"], m, n, k,
+                        xi.stride(0), out.stride(0), tw._m_bucket(m))
+                tw._launch_swapped(tw._fixed(triton_wgmma.wgmma_kernel, config),
+                                   tw._wgmma_block_b(m), xi, pt["words"], args, {})
+                outs.append(out)
+            base = deq.run(pd, x, None).float()
+            assert torch.isfinite(outs[0]).all()
+            err = ((outs[0].float() - base).norm() / base.norm()).item()
+            assert err < 1e-2, (n, k, m, err)
+            assert torch.equal(outs[0], outs[1]), (n, k, m)
+
+
 # Stream-K configs (kernel, BLOCK_N, BLOCK_K, warps, STAGES, mode, programs per SM): units
 # that cross tiles, tiles shared by 2-16 programs, partial row tiles on (1000, 1280), shares
 # with one step, the register, prefetch and ring paths of both kernels.

@@ -49,6 +49,16 @@ def act_staging_order(block_k: int) -> list[int]:
     return order
 
 
+def in_mma_k_order(x):
+    """Activations [M, K] (torch, K a multiple of 128) in physical K order -> a contiguous
+    copy in the MMA's K order (``act_staging_order``): what an ``ACT_ORDERED`` launch reads.
+    Per 128-wide group the physical element ``32t + 2u + p`` moves to ``8u + 2t + p``."""
+    m, k = x.shape
+    if k % K_GROUP:
+        raise ValueError(f"K must be a multiple of {K_GROUP}, got {k}")
+    return x.reshape(m, k // K_GROUP, 4, 16, 2).permute(0, 1, 3, 2, 4).reshape(m, k)
+
+
 if gluon is not None:
     try:
         from triton.experimental.gluon.language.nvidia.hopper import (
@@ -94,25 +104,33 @@ if gluon is not None:
 
     @gluon.jit
     def _act_ring_src(x_ptr, stride_xm, M, pid_b, BLOCK_B: gl.constexpr,
-                      BLOCK_K: gl.constexpr, nw: gl.constexpr):
+                      BLOCK_K: gl.constexpr, nw: gl.constexpr, ORDERED: gl.constexpr):
         """Source pointers [BB, BK] of the first step's batch tile in MMA K order: element
         (b, r) is the activation at physical offset ``act_staging_order(BK)[r]``, so a
         cp.async of these pointers into the staged tile is the permute and the store at
-        once. The order keeps element pairs (p) adjacent: 4-byte copies. Rows past M are
-        masked (zero-filled without reading)."""
-        XC: gl.constexpr = gl.BlockedLayout([1, 2], [1, 32], [nw, 1], [1, 0])
-        rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XC))
-        r = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XC))
-        c = r % 128
-        phys = r - c + 32 * ((c % 8) // 2) + 2 * (c // 8) + c % 2
-        phys = gl.max_contiguous(gl.multiple_of(phys, 2), 2)
-        return x_ptr + rb[:, None] * stride_xm + phys[None, :], rb[:, None] < M
+        once. The order keeps element pairs (p) adjacent: 4-byte copies. ``ORDERED``: the
+        activations are in MMA K order already (``in_mma_k_order``), so the copies are
+        16-byte vectors of consecutive elements. Rows past M are masked (zero-filled
+        without reading)."""
+        if ORDERED:
+            XV: gl.constexpr = _act_load_layout(BLOCK_K, nw)
+            rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XV))
+            r = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XV))
+            return x_ptr + rb[:, None] * stride_xm + r[None, :], rb[:, None] < M
+        else:
+            XC: gl.constexpr = gl.BlockedLayout([1, 2], [1, 32], [nw, 1], [1, 0])
+            rb = pid_b * BLOCK_B + gl.arange(0, BLOCK_B, layout=gl.SliceLayout(1, XC))
+            r = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, XC))
+            c = r % 128
+            phys = r - c + 32 * ((c % 8) // 2) + 2 * (c // 8) + c % 2
+            phys = gl.max_contiguous(gl.multiple_of(phys, 2), 2)
+            return x_ptr + rb[:, None] * stride_xm + phys[None, :], rb[:, None] < M
 
     @gluon.jit
     def _act_ring_loop(acc, x_ptr, stride_xm, M, pid_b, w_smem, s_smem, w_src, s_src,
                        first, last, A_LAYOUT: gl.constexpr, BLOCK_N: gl.constexpr,
                        BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr, STAGES: gl.constexpr,
-                       FP8_CVT: gl.constexpr, GDC: gl.constexpr):
+                       FP8_CVT: gl.constexpr, GDC: gl.constexpr, ORDERED: gl.constexpr):
         """The K loop with the batch tile in the ring too (ACT_RING = True): each step's
         activations are copied by cp.async straight into its slot, in MMA K order, with the
         step's words and scales, STAGES - 1 steps ahead. No activation passes through
@@ -120,7 +138,7 @@ if gluon is not None:
         nw: gl.constexpr = gl.num_warps()
         XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
         x_ring = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_B, BLOCK_K], XS)
-        x_src, x_ok = _act_ring_src(x_ptr, stride_xm, M, pid_b, BLOCK_B, BLOCK_K, nw)
+        x_src, x_ok = _act_ring_src(x_ptr, stride_xm, M, pid_b, BLOCK_B, BLOCK_K, nw, ORDERED)
         # Under PDL the weights of the first steps are requested before the wait, the
         # activations (the previous kernel's output) after it.
         for j in gl.static_range(STAGES - 1):
@@ -153,7 +171,7 @@ if gluon is not None:
                     steps, first, last, x_smem, a_smem, BLOCK_N: gl.constexpr,
                     BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr, FP8_CVT: gl.constexpr,
                     STAGES: gl.constexpr, ASYNC: gl.constexpr, GDC: gl.constexpr,
-                    ACT_RING: gl.constexpr):
+                    ACT_RING: gl.constexpr, ACT_ORDERED: gl.constexpr):
         """K steps ``[first, last)`` of the [BLOCK_N, BLOCK_B] tile (pid_n, pid_b) of out^T
         -> its fp32 accumulator (layout ``_wgmma_layout``), every ``wgmma`` retired."""
         nw: gl.constexpr = gl.num_warps()
@@ -172,11 +190,12 @@ if gluon is not None:
         if STAGES > 0:
             w_smem, s_smem, w_src, s_src = swap_ab._weight_ring(
                 w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, BLOCK_N, BLOCK_K, STAGES)
+        gl.static_assert(ACT_RING or not ACT_ORDERED, "ACT_ORDERED is an ACT_RING option")
         if STAGES > 0 and ACT_RING:
             gl.static_assert(not ASYNC, "ACT_RING is a synchronous-wgmma path")
             acc = _act_ring_loop(acc, x_ptr, stride_xm, M, pid_b, w_smem, s_smem, w_src, s_src,
                                  first, last, A_LAYOUT, BLOCK_N, BLOCK_K, BLOCK_B, STAGES,
-                                 FP8_CVT, GDC)
+                                 FP8_CVT, GDC, ACT_ORDERED)
         elif STAGES > 0:
             for j in gl.static_range(STAGES - 1):
                 swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, j, first + j,
@@ -260,7 +279,8 @@ if gluon is not None:
                      BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                      SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr = 0,
                      ASYNC: gl.constexpr = False, GDC: gl.constexpr = False,
-                     ACT_RING: gl.constexpr = False, STREAM_K: gl.constexpr = 0):
+                     ACT_RING: gl.constexpr = False, STREAM_K: gl.constexpr = 0,
+                     ACT_ORDERED: gl.constexpr = False):
         # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
         # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
         # ahead (more bytes in flight per SM; on the H200 the tuner keeps it on some shapes
@@ -289,7 +309,8 @@ if gluon is not None:
                 swap_ab.cta_barrier()  # every warp is done with the last unit's shared tiles
                 acc = _wgmma_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn,
                                   pid_b, pid_n, steps, first, last, x_smem, a_smem, BLOCK_N,
-                                  BLOCK_K, BLOCK_B, FP8_CVT, STAGES, ASYNC, GDC, ACT_RING)
+                                  BLOCK_K, BLOCK_B, FP8_CVT, STAGES, ASYNC, GDC, ACT_RING,
+                                  ACT_ORDERED)
                 swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om,
                                    pid_n, pid_b, tile, tiles, seg, nseg, BLOCK_N, BLOCK_B,
                                    MMA)
@@ -303,7 +324,7 @@ if gluon is not None:
             steps, first, last = swap_ab.split_range(K, BLOCK_K, SPLIT_K, pid_k)
             acc = _wgmma_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn, pid_b,
                               pid_n, steps, first, last, x_smem, a_smem, BLOCK_N, BLOCK_K,
-                              BLOCK_B, FP8_CVT, STAGES, ASYNC, GDC, ACT_RING)
+                              BLOCK_B, FP8_CVT, STAGES, ASYNC, GDC, ACT_RING, ACT_ORDERED)
             if GDC:
                 swap_ab._gdc_launch_dependents()
             swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
