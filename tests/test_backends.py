@@ -112,6 +112,13 @@ def test_tuned_choice_names_the_kernel_the_tuner_kept(monkeypatch):
     assert tw.tuned_choice(n, k, 32) is None  # the path table still says mma.sync
     tw._SMALL_M_PATH[(n, k, 32)] = "wgmma"
     assert tw.tuned_choice(n, k, 17) == f"wgmma {wg}"  # M 17 shares the bucket of 32
+    # The reordered-activation configs have their own tuner; their config names the option.
+    ordered = triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "STAGES": 3, "ACT_RING": True,
+                             "ACT_ORDERED": True}, num_warps=4)
+    monkeypatch.setitem(tw._wgmma_ordered_tuned().cache, (n, k, 64, "torch.bfloat16"), ordered)
+    tw._SMALL_M_PATH[(n, k, 64)] = "wgmma-ordered"
+    assert tw.tuned_choice(n, k, 64) == f"wgmma {ordered}"
+    assert "ACT_ORDERED: True" in tw.tuned_choice(n, k, 64)
     # M = 1 runs the swapped-operand kernel too, where it runs; the GEMV where it does not.
     gemv = triton.Config({"BLOCK_N": 16, "BLOCK_K": 512, "SPLIT_K": 4}, num_warps=4)
     monkeypatch.setitem(tw._kernels(True)[0].cache, (n, k, 1, "torch.bfloat16"), gemv)

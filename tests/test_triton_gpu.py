@@ -175,7 +175,7 @@ def test_cached_launches_match_tritons_own(autotune, monkeypatch):
                 and key[1] == m]
         assert mine
         # Our kernels need no scratch memory: the launcher's C entry point, not its wrapper.
-        assert all(f.launch_c is not None for f in mine)
+        assert all(f.launch_c is not None for f, _ in mine)
         cached = tri.run(p, x.clone(), None)
         g = torch.cuda.CUDAGraph()
         static = x.clone()

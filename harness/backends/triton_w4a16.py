@@ -363,6 +363,22 @@ if triton is not None:
                     (128, 8, 256, 4, True), (256, 8, 128, 0, False), (256, 8, 128, 4, False))
                 for sk in (1, 2, 4, 8)]
 
+    # The ring configs again, on activations reordered into the MMA's K order first
+    # (``triton_wgmma.in_mma_k_order``, one small copy per call): 16-byte copies into the ring
+    # where the reorder in the copy takes 4-byte ones. Forced on the H100 at M = 64 they beat
+    # every config of the space above, the reorder included (docs/PERF.md).
+    def _wgmma_ordered_space() -> list:
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st,
+                               "ACT_RING": True, "ACT_ORDERED": True}, num_warps=w,
+                              num_stages=1)
+                for bn, w, bk, st in ((64, 4, 128, 3), (64, 4, 128, 4), (128, 4, 128, 4),
+                                      (128, 8, 128, 4), (128, 8, 256, 4), (256, 8, 128, 4))
+                for sk in (1, 2, 4, 8)]
+
+    WGMMA_ORDERED_DEFAULT = triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1,
+                                           "STAGES": 3, "ACT_RING": True, "ACT_ORDERED": True},
+                                          num_warps=4, num_stages=1)
+
     # Shared memory one CTA may take on SM90 (227 KB).
     SM90_SMEM_BYTES = 232448
 
@@ -407,6 +423,17 @@ if triton is not None:
     def _wgmma_tuned():
         return triton.autotune(_wgmma_space(), key=_KEY,
                                prune_configs_by={"early_config_prune": _pruner(_prune_wgmma)},
+                               **_tuning_bench())(triton_wgmma.wgmma_kernel)
+
+    def _prune_wgmma_ordered(configs, named_args):
+        return [c for c in _prune_wgmma(configs, named_args)
+                if c.kwargs.get("ACT_ORDERED")] or [WGMMA_ORDERED_DEFAULT]
+
+    @functools.lru_cache(maxsize=None)
+    def _wgmma_ordered_tuned():
+        prune = _pruner(_prune_wgmma_ordered)
+        return triton.autotune(_wgmma_ordered_space(), key=_KEY,
+                               prune_configs_by={"early_config_prune": prune},
                                **_tuning_bench())(triton_wgmma.wgmma_kernel)
 
     def _sms() -> int:
@@ -599,10 +626,12 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
         # One resolved launch per (layer, M, PDL state): see harness.backends.triton_launch.
         # x's dtype too: the cached launch passes an address, with no type of its own.
         fast_key = (id(words), m, n, k, x.stride(0), x.dtype, autotune, pdl.active())
-        fast = _FAST.get(fast_key)
-        if fast is not None:
+        cached = _FAST.get(fast_key)
+        if cached is not None:
+            fast, ordered = cached
             out = torch.empty((m, n), dtype=torch.bfloat16, device=fast.torch_device)
-            fast(x, out, words, scales_u8, epilogue_scale)
+            fast(triton_wgmma.in_mma_k_order(x) if ordered else x, out, words, scales_u8,
+                 epilogue_scale)
             return out
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
     if m == 0:
@@ -657,8 +686,11 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
             jit, kw = triton_launch.resolved_kwargs(kernel.kernel, kwargs, kernel.config)
         else:
             jit, kw = triton_launch.resolved_kwargs(kernel, kwargs)
-        _FAST[fast_key] = triton_launch.Launch(jit, kargs, kw, tuple(grid_fn(kw)),
-                                               (x, out, words, scales_u8, epilogue_scale))
+        # kargs[0]: the activations the kernel read (a reordered copy for ACT_ORDERED).
+        _FAST[fast_key] = (triton_launch.Launch(jit, kargs, kw, tuple(grid_fn(kw)),
+                                                (kargs[0], out, words, scales_u8,
+                                                 epilogue_scale)),
+                           bool(kw.get("ACT_ORDERED")))
         if id(words) not in _FAST_OWNERS:  # the layer's entries go with its weights
             _FAST_OWNERS.add(id(words))
             weakref.finalize(words, _forget, id(words))
@@ -673,8 +705,11 @@ def tuned_choice(n: int, k: int, m: int) -> str | None:
     bucket = _m_bucket(m)
     candidates = []  # in the order w4a16_matmul routes: small-M kernels where they run
     if m <= triton_swap_ab.MAX_M:
-        if _SMALL_M_PATH.get((n, k, bucket), "mma") == "wgmma":
+        small = _SMALL_M_PATH.get((n, k, bucket), "mma")
+        if small == "wgmma":
             candidates.append(("wgmma", _wgmma_tuned()))
+        elif small == "wgmma-ordered":  # its config says ACT_ORDERED
+            candidates.append(("wgmma", _wgmma_ordered_tuned()))
         else:
             candidates.append(("mma.sync swap-ab", _swap_ab_tuned()))
     path = _M1_PATH.get((n, k), "gemv") if m == 1 else "gemm"
@@ -692,12 +727,13 @@ def _forget(owner: int) -> None:
         del _FAST[key]
 
 
-# (id of the layer's words, M, N, K, x row stride, x dtype, autotune, PDL) -> the resolved
-# launch
-_FAST: dict[tuple, triton_launch.Launch] = {}
+# (id of the layer's words, M, N, K, x row stride, x dtype, autotune, PDL) -> (the resolved
+# launch, whether it reads x reordered by in_mma_k_order)
+_FAST: dict[tuple, tuple[triton_launch.Launch, bool]] = {}
 _FAST_OWNERS: set[int] = set()
 _M1_PATH: dict[tuple[int, int], str] = {}
-# (N, K, M bucket) -> "mma" or "wgmma": the faster small-M kernel, after both were tuned
+# (N, K, M bucket) -> "mma", "wgmma" or "wgmma-ordered": the fastest small-M path, after
+# each was tuned
 _SMALL_M_PATH: dict[tuple[int, int, int], str] = {}
 
 
@@ -724,28 +760,31 @@ def run_small_m(x, words, args, autotune: bool, launch: dict | None = None):
     if not (autotune and m > 8 and _wgmma_ok(x)):
         return run_swap_ab(x, words, args, autotune, launch)
     key = (n, k, _m_bucket(m))
+    paths = {"mma": lambda: run_swap_ab(x, words, args, True, launch),
+             "wgmma": lambda: run_wgmma(x, words, args, launch),
+             "wgmma-ordered": lambda: run_wgmma_ordered(x, words, args, launch)}
     path = _SMALL_M_PATH.get(key)
     if path is None:
-        def mma():
-            return run_swap_ab(x, words, args, True, launch)
-
-        def wgmma():
-            return run_wgmma(x, words, args, launch)
-
-        mma()
-        wgmma()
-        t_mma, t_wgmma = _best_alternating(mma, wgmma)
-        path = "wgmma" if t_wgmma < t_mma else "mma"
+        for run in paths.values():  # each tuner's own search first
+            run()
+        times = _best_alternating(*paths.values())
+        path = min(zip(times, paths))[1]
         _SMALL_M_PATH[key] = path
-    if path == "wgmma":
-        return run_wgmma(x, words, args, launch)
-    return run_swap_ab(x, words, args, True, launch)
+    return paths[path]()
 
 
 def run_wgmma(x, words, args, launch: dict | None = None):
     """Launch the tuned warpgroup-MMA kernel on ``args``; returns what ran, as
     ``run_swap_ab`` does."""
     return _launch_swapped(_wgmma_tuned(), _wgmma_block_b(args[7]), x, words, args, launch)
+
+
+def run_wgmma_ordered(x, words, args, launch: dict | None = None):
+    """The warpgroup-MMA kernel's ``ACT_ORDERED`` configs, tuned, on a copy of ``x`` in the
+    MMA's K order (made here, every call); returns what ran, the copy as the kernel's x."""
+    xo = triton_wgmma.in_mma_k_order(x)
+    return _launch_swapped(_wgmma_ordered_tuned(), _wgmma_block_b(args[7]), xo, words,
+                           (xo, *args[1:]), launch)
 
 
 def run_swap_ab(x, words, args, autotune: bool, launch: dict | None = None):
@@ -806,15 +845,15 @@ def _bench(fn) -> float:
     return _tuning_bench()["do_bench"](fn)
 
 
-def _best_alternating(first, second, rounds: int = 3) -> tuple[float, float]:
+def _best_alternating(*launches, rounds: int = 3) -> tuple[float, ...]:
     """Each launch's best time over ``rounds`` alternating timings: one noisy timing must
-    not decide between two paths (seen on H200: o_proj M=1 once went to the 1.6x slower
-    path on single timings)."""
-    t_first, t_second = [], []
+    not decide between paths (seen on H200: o_proj M=1 once went to the 1.6x slower path on
+    single timings)."""
+    times = [[] for _ in launches]
     for _ in range(rounds):
-        t_first.append(_bench(first))
-        t_second.append(_bench(second))
-    return min(t_first), min(t_second)
+        for fn, t in zip(launches, times):
+            t.append(_bench(fn))
+    return tuple(min(t) for t in times)
 
 
 class TritonW4A16(GemmBackend):

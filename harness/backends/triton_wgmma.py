@@ -26,7 +26,9 @@ in MMA order; nothing else moves. ``ACT_RING = True`` (with a weight ring, synch
 the batch tile takes a slot of the ring too, filled by cp.async from source pointers already
 in MMA order, so no activation passes through registers; the permutation leaves pairs as the
 longest runs, so those copies are 4 bytes each, and at M = 64 they arrive late enough to
-make it the slower path (docs/PERF.md).
+make it the slower path (docs/PERF.md). ``ACT_ORDERED = True`` (with ``ACT_RING``): the
+activations arrive in MMA K order already (``in_mma_k_order``, a copy the backend makes before
+the launch), so the ring takes them by 16-byte copies of consecutive elements.
 """
 
 from __future__ import annotations
