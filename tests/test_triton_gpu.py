@@ -297,12 +297,15 @@ def test_wgmma_path_matches_torch_dequant(n, k, bn, bk, sk, warps, stages, mode,
 def test_ordered_activations_match_torch_dequant(bn, bk, sk, warps, stages):
     """ACT_ORDERED: a launch on activations reordered by ``in_mma_k_order`` (16-byte copies
     into the ring) gives the reference's output, partial row tiles and batch tiles too, and
-    the same bits as the 4-byte-copy ring on the activations as they are."""
-    import triton
+    the same bits as the 4-byte-copy ring on the activations as they are. Launched as
+    ``scripts/config_sweep.py`` forces a config (its reorder included)."""
+    import importlib.util
+    from pathlib import Path
 
-    from harness.backends import triton_w4a16 as tw
-    from harness.backends import triton_wgmma
-
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("config_sweep", root / "scripts/config_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
     dev = torch.device("cuda")
     tri, deq = get_backend("triton"), get_backend("torch-dequant")
     kw = {"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": stages, "ACT_RING": True}
@@ -311,18 +314,9 @@ def test_ordered_activations_match_torch_dequant(bn, bk, sk, warps, stages):
         pt, pd = tri.prepare(w), deq.prepare(w)
         for m in (9, 16, 33, 64):
             x = make_activations(m, k, seed=m + 5, device=dev)
-            outs = []
-            for ordered in (True, False):
-                xi = triton_wgmma.in_mma_k_order(x) if ordered else x
-                config = triton.Config(dict(kw, ACT_ORDERED=ordered), num_warps=warps,
-                                       num_stages=1)
-                out = torch.empty((m, n), dtype=torch.bfloat16, device=dev)
-                ws, cnt = tw._WORKSPACE.get(dev, m, n)
-                args = (xi, pt["words"], pt["scales"], out, ws, cnt, pt["epilogue"], m, n, k,
-                        xi.stride(0), out.stride(0), tw._m_bucket(m))
-                tw._launch_swapped(tw._fixed(triton_wgmma.wgmma_kernel, config),
-                                   tw._wgmma_block_b(m), xi, pt["words"], args, {})
-                outs.append(out)
+            outs = [sweep.launch({"kernel": "wgmma", "kwargs": dict(kw, ACT_ORDERED=ordered),
+                                  "num_warps": warps}, x, pt)
+                    for ordered in (True, False)]
             base = deq.run(pd, x, None).float()
             assert torch.isfinite(outs[0]).all()
             err = ((outs[0].float() - base).norm() / base.norm()).item()
