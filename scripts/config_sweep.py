@@ -18,8 +18,9 @@ record: what the tuner kept per shape and M) and from ``--configs`` (JSON lines
 stream-K variants (``SPLIT_K`` 1, ``STREAM_K`` programs per SM). ``--harness DIR`` imports the
 kernels from another checkout (an A/B of two trees on one machine; its classic configs only
 under ``--classic-only``). An ``ACT_ORDERED`` config (activations read in MMA K order) is
-timed twice: with the reorder (``in_mma_k_order``, a torch copy) inside the timed call, and
-alone on activations reordered beforehand (as a kernel that writes them so would leave them).
+timed three times: as the backend runs it (its reorder kernel, then the GEMM launched behind
+it), alone on activations reordered beforehand (as a kernel that writes them so would leave
+them), and with the reorder as a torch copy (``in_mma_k_order``) in the call.
 Writes ``config-sweep[-LABEL].{json,md}`` under ``--out`` after every row.
 """
 
@@ -97,13 +98,22 @@ def label(line: dict) -> str:
     return f"{line['kernel']} {' '.join(parts)} w={line['num_warps']}{cap}"
 
 
-def launch(line: dict, x, prepared, ordered=None) -> torch.Tensor:
+def launch(line: dict, x, prepared, ordered=None, torch_reorder=False) -> torch.Tensor:
     """One forced launch through the backend's own small-M launch path. An ``ACT_ORDERED``
     config reads the activations in MMA K order: ``ordered`` if given (reordered before, as
-    by the kernel that writes them), else reordered here, in the call."""
+    by the kernel that writes them), else reordered in the call as the backend does it (its
+    reorder kernel, the GEMM launched behind it: ``triton_w4a16.reorder_then``), or with
+    ``torch_reorder`` (or on a tree without that kernel) by a torch copy."""
     m, k = x.shape
+    reorder_then = getattr(triton_w4a16, "reorder_then", None)
+    in_call = False
     if line["kwargs"].get("ACT_ORDERED"):
-        x = ordered if ordered is not None else triton_wgmma.in_mma_k_order(x)
+        if ordered is not None:
+            x = ordered
+        elif torch_reorder or reorder_then is None:
+            x = triton_wgmma.in_mma_k_order(x)
+        else:
+            in_call = True
     words, scales = prepared["words"], prepared["scales"]
     n = words.shape[0]
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
@@ -114,8 +124,11 @@ def launch(line: dict, x, prepared, ordered=None) -> torch.Tensor:
                            maxnreg=line.get("maxnreg"))
     block_b = (triton_w4a16._wgmma_block_b(m) if line["kernel"] == "wgmma"
                else triton_w4a16._block_b(m))
-    triton_w4a16._launch_swapped(triton_w4a16._fixed(KERNELS[line["kernel"]], config), block_b,
-                                 x, words, args, {})
+    kernel = triton_w4a16._fixed(KERNELS[line["kernel"]], config)
+    if in_call:
+        reorder_then(kernel, block_b, x, words, args, {})
+    else:
+        triton_w4a16._launch_swapped(kernel, block_b, x, words, args, {})
     return out
 
 
@@ -184,6 +197,9 @@ def main() -> int:
                             xo = triton_wgmma.in_mma_k_order(x)
                             row["us_x_ordered_before"] = read_flush_us(
                                 lambda: launch(line, x, pt, xo))
+                            if hasattr(triton_w4a16, "reorder_then"):  # and by a torch copy
+                                row["us_torch_reorder"] = read_flush_us(
+                                    lambda: launch(line, x, pt, torch_reorder=True))
                 except Exception as e:  # a config that does not compile or launch
                     row["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
                 rows.append(row)
@@ -208,7 +224,10 @@ def markdown(doc: dict) -> str:
     for r in doc["rows"]:
         us = f"{r['us']:.1f}" if "us" in r else f"failed: {r['failed']}"
         if "us_x_ordered_before" in r:
-            us += f" ({r['us_x_ordered_before']:.1f} with x reordered before)"
+            us += f" ({r['us_x_ordered_before']:.1f} with x reordered before"
+            if "us_torch_reorder" in r:
+                us += f", {r['us_torch_reorder']:.1f} reordered by a torch copy"
+            us += ")"
         err = f"{r['rel_err']:.2e}" if "rel_err" in r else "-"
         lines.append(f"| {', '.join(r['layers'])} | {r['n']} x {r['k']} | {r['m']} | "
                      f"{r['config']} | {us} | {err} |")

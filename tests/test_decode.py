@@ -287,7 +287,10 @@ def test_plan_rejects_bad_input():
 def test_decode_worker_crash_keeps_other_cells(monkeypatch):
     tests = os.path.dirname(os.path.abspath(__file__))
     monkeypatch.setenv("NVFP4_BENCH_PLUGINS", "plugin_backends")
-    monkeypatch.setenv("PYTHONPATH", tests)
+    # The workers import the plugin from tests/, and everything else from where this
+    # process does (a PYTHONPATH already set, e.g. a GPU box's extra site, stays).
+    monkeypatch.setenv("PYTHONPATH",
+                       os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
     import plugin_backends  # noqa: F401
     # test-crash exits the process on a GEMM with M == 3: batch 3, prompt of 1 token.
     cells = decode.plan("tiny", [3, 1], 1, 2, ["test-crash", "torch-dequant"], ["off"])

@@ -17,7 +17,10 @@ def plugins(monkeypatch):
     monkeypatch.setenv("NVFP4_BENCH_PLUGINS", "plugin_backends")
     import os
     tests = os.path.dirname(os.path.abspath(__file__))
-    monkeypatch.setenv("PYTHONPATH", tests)
+    # The workers import the plugin from tests/, and everything else from where this
+    # process does (a PYTHONPATH already set, e.g. a GPU box's extra site, stays).
+    monkeypatch.setenv("PYTHONPATH",
+                       os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
     import plugin_backends  # noqa: F401  (registers in this process)
 
 

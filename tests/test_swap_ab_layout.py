@@ -413,6 +413,56 @@ def test_in_mma_k_order_is_the_staging_permutation():
         triton_wgmma.in_mma_k_order(torch.zeros(1, 200))
 
 
+_COMPILE_REORDER = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from harness.backends import triton_wgmma
+
+fn = triton_wgmma.mma_k_order_kernel
+const = {"GROUPS": triton_wgmma.REORDER_GROUPS, "WAIT": json.loads(sys.argv[1])}
+sig = {"x_ptr": "*bf16", "y_ptr": "*bf16", "K": "i32", "stride_xm": "i32"}
+sig.update({name: "constexpr" for name in const})
+src = ASTSource(fn=fn, signature=sig,
+                constexprs={(fn.arg_names.index(n),): v for n, v in const.items()},
+                attrs={(fn.arg_names.index(a),): [["tt.divisibility", 16]]
+                       for a in ("x_ptr", "y_ptr", "K", "stride_xm")})
+print(json.dumps(triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                options={"num_warps": 4}).asm["ptx"]))
+"""
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_reorder_kernel_moves_16_byte_vectors_and_lets_the_gemm_start(wait):
+    """The ordered path's reorder kernel (sm_90a, compiled here): one 16-byte load and one
+    16-byte store per thread, the permute within the warp (no CTA barrier); it signals its
+    dependents (the GEMM behind it) before anything else, and waits for the kernel before it
+    only when launched with PDL itself (``WAIT``), before its load."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", _COMPILE_REORDER, json.dumps(wait)], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ptx = json.loads(done.stdout.strip().splitlines()[-1])
+    body = ptx[ptx.index(".entry"):]
+    memory = [ln.strip() for ln in body.splitlines() if "ld.global" in ln or "st.global" in ln]
+    assert len(memory) == 2 and all(".v4.b32" in ln for ln in memory), memory
+    assert "bar.sync" not in body
+    signal, load = body.index("griddepcontrol.launch_dependents"), body.index("ld.global")
+    assert signal < load
+    assert ("griddepcontrol.wait" in body) == wait
+    if wait:
+        assert signal < body.index("griddepcontrol.wait") < load
+
+
 @pytest.mark.parametrize("tiles,steps,programs", [
     (40, 48, 264), (544, 40, 264), (80, 136, 132), (1, 10, 10), (3, 7, 5), (272, 20, 528),
     (4, 10, 40), (7, 1, 3)])

@@ -152,20 +152,26 @@ def test_output_past_2_31_elements():
     assert not torch.isnan(out[rows]).any() and err < 1e-2, err
 
 
-@pytest.mark.parametrize("autotune", [False, True])
-def test_cached_launches_match_tritons_own(autotune, monkeypatch):
+@pytest.mark.parametrize("autotune,ordered", [(False, False), (True, False), (True, True)])
+def test_cached_launches_match_tritons_own(autotune, ordered, monkeypatch):
     """The resolved eager launches (harness.backends.triton_launch) give the same bits as
     Triton's launch path, eagerly and in a CUDA graph, on every path (gemv, swapped operand,
-    tensor-core GEMM); a layer's entries go with its weights."""
+    tensor-core GEMM; ``ordered``: the ordered path on SM90, its reorder cached too); a
+    layer's entries go with its weights."""
     import gc
 
     from harness.backends import triton_launch, triton_w4a16
     dev = torch.device("cuda")
+    if ordered and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the ordered path runs on SM90 only")
     tri = get_backend("triton")
     n, k = 5120, 6144
     w = make_weights(n, k, seed=3, device=dev, std=0.02)
     p = tri.prepare(w, autotune=autotune)
     for m in (1, 16, 64, 65):
+        if ordered and 8 < m <= 64:
+            monkeypatch.setitem(triton_w4a16._SMALL_M_PATH,
+                                (n, k, triton_w4a16._m_bucket(m)), "wgmma-ordered")
         x = make_activations(m, k, seed=m, device=dev)
         monkeypatch.setenv(triton_launch.FAST_LAUNCH_ENV, "0")
         plain = tri.run(p, x, None)
@@ -175,7 +181,10 @@ def test_cached_launches_match_tritons_own(autotune, monkeypatch):
                 and key[1] == m]
         assert mine
         # Our kernels need no scratch memory: the launcher's C entry point, not its wrapper.
-        assert all(f.launch_c is not None for f, _ in mine)
+        assert all(f.launch_c is not None for f, _, _ in mine)
+        reorders = [r for _, r, _ in mine if r is not None]
+        assert all(r.launch_c is not None for r in reorders)
+        assert bool(reorders) == (ordered and 8 < m <= 64), m
         cached = tri.run(p, x.clone(), None)
         g = torch.cuda.CUDAGraph()
         static = x.clone()
@@ -295,9 +304,10 @@ def test_wgmma_path_matches_torch_dequant(n, k, bn, bk, sk, warps, stages, mode,
 @pytest.mark.parametrize("bn,bk,sk,warps,stages", [(64, 128, 1, 4, 3), (128, 256, 2, 8, 4),
                                                     (128, 128, 4, 8, 4)])
 def test_ordered_activations_match_torch_dequant(bn, bk, sk, warps, stages):
-    """ACT_ORDERED: a launch on activations reordered by ``in_mma_k_order`` (16-byte copies
-    into the ring) gives the reference's output, partial row tiles and batch tiles too, and
-    the same bits as the 4-byte-copy ring on the activations as they are. Launched as
+    """ACT_ORDERED: a launch on activations in MMA K order (16-byte copies into the ring)
+    gives the reference's output, partial row tiles and batch tiles too, and the same bits
+    as the 4-byte-copy ring on the activations as they are, whether the backend's reorder
+    kernel (the GEMM launched behind it with PDL) or a torch copy reordered them. Launched as
     ``scripts/config_sweep.py`` forces a config (its reorder included)."""
     import importlib.util
     from pathlib import Path
@@ -314,14 +324,45 @@ def test_ordered_activations_match_torch_dequant(bn, bk, sk, warps, stages):
         pt, pd = tri.prepare(w), deq.prepare(w)
         for m in (9, 16, 33, 64):
             x = make_activations(m, k, seed=m + 5, device=dev)
-            outs = [sweep.launch({"kernel": "wgmma", "kwargs": dict(kw, ACT_ORDERED=ordered),
-                                  "num_warps": warps}, x, pt)
-                    for ordered in (True, False)]
+            lines = [{"kernel": "wgmma", "kwargs": dict(kw, ACT_ORDERED=ordered),
+                      "num_warps": warps} for ordered in (True, False)]
+            outs = [sweep.launch(lines[0], x, pt), sweep.launch(lines[1], x, pt),
+                    sweep.launch(lines[0], x, pt, torch_reorder=True)]
             base = deq.run(pd, x, None).float()
             assert torch.isfinite(outs[0]).all()
             err = ((outs[0].float() - base).norm() / base.norm()).item()
             assert err < 1e-2, (n, k, m, err)
             assert torch.equal(outs[0], outs[1]), (n, k, m)
+            assert torch.equal(outs[0], outs[2]), (n, k, m)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the reorder kernel signals PDL dependents (SM90)")
+@pytest.mark.parametrize("pdl_on", [False, True])
+def test_reorder_kernel_is_in_mma_k_order(pdl_on):
+    """The ordered path's reorder kernel writes what ``in_mma_k_order`` makes, for a row
+    stride past K and K not a multiple of its chunk, eagerly and from a graph replay, as a
+    plain and as a PDL launch."""
+    from harness import pdl
+    from harness.backends import triton_wgmma
+
+    dev = torch.device("cuda")
+    for m, k in ((1, 128), (9, 1280), (64, 17408)):
+        wide = make_activations(m, k + 256, seed=k, device=dev)
+        x = wide[:, 128:128 + k]
+        want = triton_wgmma.in_mma_k_order(x)
+        y = torch.full((m, k), float("nan"), dtype=torch.bfloat16, device=dev)
+        with pdl.launches(pdl_on):
+            triton_wgmma.launch_mma_k_order(x, y, pdl.launch_options(dev))
+            assert torch.equal(y, want), (m, k)
+            y.fill_(float("nan"))
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                triton_wgmma.launch_mma_k_order(x, y, pdl.launch_options(dev))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, want), (m, k)
 
 
 # Stream-K configs (kernel, BLOCK_N, BLOCK_K, warps, STAGES, mode, programs per SM): units

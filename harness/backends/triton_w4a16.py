@@ -15,8 +15,9 @@ Paths:
 * ``swap_ab`` (M <= 64 on a GPU, K a multiple of 128; ``triton_swap_ab``): the weight is
   the ``mma.sync`` A operand, decoded in registers straight into its fragment (Gluon); on
   SM90 with autotune on and M > 8 its warpgroup-MMA variant (``triton_wgmma``: the same
-  A fragment, the batch tile staged once per CTA in shared memory) is tuned beside it and
-  the faster of the two kept per (N, K, M bucket);
+  A fragment, the batch tile staged once per CTA in shared memory) is tuned beside it, as
+  is that variant on activations reordered into the MMA's K order by a small kernel just
+  before it (``wgmma-ordered``), and the fastest kept per (N, K, M bucket);
 * ``gemm`` (larger M): bf16 ``tl.dot`` on tensor cores;
 * ``gemv`` (M == 1 where ``swap_ab`` cannot run, e.g. under the interpreter): CUDA-core dot
   products over [BLOCK_N, BLOCK_K/8] tiles of int32 words, reduced over K once at the end.
@@ -364,7 +365,7 @@ if triton is not None:
                 for sk in (1, 2, 4, 8)]
 
     # The ring configs again, on activations reordered into the MMA's K order first
-    # (``triton_wgmma.in_mma_k_order``, one small copy per call): 16-byte copies into the ring
+    # (``reorder_then``: one small kernel per call): 16-byte copies into the ring
     # where the reorder in the copy takes 4-byte ones. Forced on the H100 at M = 64 they beat
     # every config of the space above, the reorder included (docs/PERF.md).
     def _wgmma_ordered_space() -> list:
@@ -559,6 +560,7 @@ class _Workspace:
     def __init__(self):
         self.ws: dict[torch.device, torch.Tensor] = {}
         self.cnt: dict[torch.device, torch.Tensor] = {}
+        self.acts: dict[torch.device, torch.Tensor] = {}
 
     def get(self, device: torch.device, m: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         # The small-M kernels store whole [BLOCK_N, BLOCK_B] partial tiles (up to 256 rows,
@@ -574,6 +576,17 @@ class _Workspace:
             cnt = torch.zeros(need_cnt, dtype=torch.int32, device=device)
             self.cnt[device] = cnt
         return ws, cnt
+
+    def ordered_acts(self, device: torch.device, m: int, k: int) -> torch.Tensor:
+        """bf16 [m, k] for activations in the MMA's K order (the ordered path's reorder
+        writes it, its GEMM reads it). One buffer per device, as the partials: launches on one
+        stream are ordered, and under PDL the reorder writes only after the GEMM before it has
+        finished (``triton_wgmma.mma_k_order_kernel``)."""
+        buf = self.acts.get(device)
+        if buf is None or buf.numel() < m * k:
+            buf = torch.empty(m * k, dtype=torch.bfloat16, device=device)
+            self.acts[device] = buf
+        return buf[:m * k].view(m, k)
 
 
 _WORKSPACE = _Workspace()
@@ -628,10 +641,12 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
         fast_key = (id(words), m, n, k, x.stride(0), x.dtype, autotune, pdl.active())
         cached = _FAST.get(fast_key)
         if cached is not None:
-            fast, ordered = cached
+            fast, reorder, xo = cached
             out = torch.empty((m, n), dtype=torch.bfloat16, device=fast.torch_device)
-            fast(triton_wgmma.in_mma_k_order(x) if ordered else x, out, words, scales_u8,
-                 epilogue_scale)
+            if reorder is not None:  # the ordered path: x into the buffer the GEMM reads
+                reorder(x)
+                x = xo
+            fast(x, out, words, scales_u8, epilogue_scale)
             return out
     out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
     if m == 0:
@@ -681,16 +696,21 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
             _M1_PATH[(n, k)] = path
         ran = run_gemv() if path == "gemv" else run_gemm()
     if fast_key is not None and not torch.cuda.is_current_stream_capturing():
-        kernel, kargs, kwargs, grid_fn = ran
+        kernel, kargs, kwargs, grid_fn = ran[:4]
         if isinstance(kernel, _fixed):
             jit, kw = triton_launch.resolved_kwargs(kernel.kernel, kwargs, kernel.config)
         else:
             jit, kw = triton_launch.resolved_kwargs(kernel, kwargs)
-        # kargs[0]: the activations the kernel read (a reordered copy for ACT_ORDERED).
+        # kargs[0]: the activations the kernel read (the reorder's buffer for ACT_ORDERED,
+        # which the cached reorder writes again on every call).
+        reorder = None
+        if len(ran) > 4:
+            r_jit, r_args, r_kw, r_grid = ran[4]
+            reorder = triton_launch.Launch(r_jit, r_args, r_kw, r_grid, (x,))
         _FAST[fast_key] = (triton_launch.Launch(jit, kargs, kw, tuple(grid_fn(kw)),
                                                 (kargs[0], out, words, scales_u8,
                                                  epilogue_scale)),
-                           bool(kw.get("ACT_ORDERED")))
+                           reorder, kargs[0] if reorder is not None else None)
         if id(words) not in _FAST_OWNERS:  # the layer's entries go with its weights
             _FAST_OWNERS.add(id(words))
             weakref.finalize(words, _forget, id(words))
@@ -728,8 +748,9 @@ def _forget(owner: int) -> None:
 
 
 # (id of the layer's words, M, N, K, x row stride, x dtype, autotune, PDL) -> (the resolved
-# launch, whether it reads x reordered by in_mma_k_order)
-_FAST: dict[tuple, tuple[triton_launch.Launch, bool]] = {}
+# launch; for the ordered path the resolved reorder before it and the buffer between them)
+_FAST: dict[tuple, tuple[triton_launch.Launch, triton_launch.Launch | None,
+                         torch.Tensor | None]] = {}
 _FAST_OWNERS: set[int] = set()
 _M1_PATH: dict[tuple[int, int], str] = {}
 # (N, K, M bucket) -> "mma", "wgmma" or "wgmma-ordered": the fastest small-M path, after
@@ -780,11 +801,24 @@ def run_wgmma(x, words, args, launch: dict | None = None):
 
 
 def run_wgmma_ordered(x, words, args, launch: dict | None = None):
-    """The warpgroup-MMA kernel's ``ACT_ORDERED`` configs, tuned, on a copy of ``x`` in the
-    MMA's K order (made here, every call); returns what ran, the copy as the kernel's x."""
-    xo = triton_wgmma.in_mma_k_order(x)
-    return _launch_swapped(_wgmma_ordered_tuned(), _wgmma_block_b(args[7]), xo, words,
-                           (xo, *args[1:]), launch)
+    """The warpgroup-MMA kernel's ``ACT_ORDERED`` configs, tuned, on ``x`` copied into the
+    MMA's K order by the reorder kernel just before it, every call (``reorder_then``);
+    returns what ran: the GEMM's launch, and the reorder's as its fifth item."""
+    return reorder_then(_wgmma_ordered_tuned(), _wgmma_block_b(args[7]), x, words, args,
+                        launch)
+
+
+def reorder_then(kernel, block_b: int, x, words, args, launch: dict | None):
+    """``x`` into the MMA's K order (``triton_wgmma.launch_mma_k_order``, into the
+    workspace's buffer), then the ``ACT_ORDERED`` ``kernel`` on it, launched to start with the
+    reorder (``triton_wgmma.AFTER_REORDER``). Returns the GEMM's (kernel, arguments,
+    keywords, grid) and the reorder's, as a fifth item."""
+    launch = launch or {}
+    xo = _WORKSPACE.ordered_acts(x.device, *x.shape)
+    reorder = triton_wgmma.launch_mma_k_order(x, xo, launch)
+    ran = _launch_swapped(kernel, block_b, xo, words, (xo, *args[1:]),
+                          {**launch, **triton_wgmma.AFTER_REORDER})
+    return (*ran, reorder)
 
 
 def run_swap_ab(x, words, args, autotune: bool, launch: dict | None = None):

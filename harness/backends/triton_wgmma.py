@@ -27,8 +27,10 @@ the batch tile takes a slot of the ring too, filled by cp.async from source poin
 in MMA order, so no activation passes through registers; the permutation leaves pairs as the
 longest runs, so those copies are 4 bytes each, and at M = 64 they arrive late enough to
 make it the slower path (docs/PERF.md). ``ACT_ORDERED = True`` (with ``ACT_RING``): the
-activations arrive in MMA K order already (``in_mma_k_order``, a copy the backend makes before
-the launch), so the ring takes them by 16-byte copies of consecutive elements.
+activations arrive in MMA K order already, so the ring takes them by 16-byte copies of
+consecutive elements. The backend reorders them just before the launch with
+``mma_k_order_kernel`` (``in_mma_k_order`` is the same permutation in torch), and launches the
+GEMM to start with it: the GEMM's first weight stages stream in while the reorder runs.
 """
 
 from __future__ import annotations
@@ -61,6 +63,16 @@ def in_mma_k_order(x):
     return x.reshape(m, k // K_GROUP, 4, 16, 2).permute(0, 1, 3, 2, 4).reshape(m, k)
 
 
+# 128-wide K groups per program of ``mma_k_order_kernel`` (2 KB of bf16: a 16-byte vector per
+# thread of its four warps).
+REORDER_GROUPS = 8
+# Launch options of a GEMM that reads what ``mma_k_order_kernel`` wrote just before it: it
+# starts as the reorder starts (programmatic dependent launch) and requests the weights of its
+# first ring stages while the reorder runs; its ``griddepcontrol.wait`` precedes every read of
+# the reordered activations and every write (``harness.pdl``).
+AFTER_REORDER = {"launch_pdl": True, "GDC": True}
+
+
 if gluon is not None:
     try:
         from triton.experimental.gluon.language.nvidia.hopper import (
@@ -69,9 +81,45 @@ if gluon is not None:
         gluon = None
 
 if gluon is not None:
+    import triton
     import triton.language as tl
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy
+
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    @triton.jit
+    def mma_k_order_kernel(x_ptr, y_ptr, K, stride_xm, GROUPS: tl.constexpr,
+                           WAIT: tl.constexpr):
+        """``in_mma_k_order`` as one kernel: program (row, chunk) moves GROUPS 128-wide
+        groups of one row of x into the contiguous y [M, K], in 16-byte loads and stores.
+        It lets the GEMM behind it launch at once (that GEMM waits for this kernel's writes
+        before it reads them); ``WAIT``: launched with PDL itself, so it waits for the kernel
+        before it (which wrote x) before reading x."""
+        gdc_launch_dependents()
+        row = tl.program_id(0).to(tl.int64)
+        start = tl.program_id(1) * (GROUPS * 128)
+        r = tl.arange(0, GROUPS * 128)
+        ok = start + r < K  # whole groups: the same mask before and after the permute
+        if WAIT:
+            gdc_wait()
+        v = tl.load(x_ptr + row * stride_xm + start + r, mask=ok)
+        v = tl.reshape(tl.permute(tl.reshape(v, [GROUPS, 4, 16, 2]), [0, 2, 1, 3]),
+                       [GROUPS * 128])
+        tl.store(y_ptr + row * K + start + r, v, mask=ok)
+
+    def launch_mma_k_order(x, y, launch: dict) -> tuple:
+        """``y`` <- x [M, K] in the MMA's K order, by ``mma_k_order_kernel``; ``launch``: the
+        launch options of the caller's GEMM (``harness.pdl``: with PDL on, this kernel is a
+        PDL launch too). Returns (kernel, arguments, keywords, grid), for a cached launch."""
+        m, k = x.shape
+        grid = (m, triton.cdiv(k // K_GROUP, REORDER_GROUPS))
+        kwargs = {"GROUPS": REORDER_GROUPS, "WAIT": bool(launch.get("GDC")), "num_warps": 4}
+        if launch.get("launch_pdl"):
+            kwargs["launch_pdl"] = True
+        args = (x, y, k, x.stride(0))
+        mma_k_order_kernel[grid](*args, **kwargs)
+        return mma_k_order_kernel, args, kwargs, grid
 
     @gluon.jit
     def _in_mma_order(xv, BLOCK_B: gl.constexpr, BLOCK_K: gl.constexpr):
