@@ -85,7 +85,6 @@ if gluon is not None:
     import triton.language as tl
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy
-
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
     @triton.jit
