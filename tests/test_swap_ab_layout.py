@@ -266,6 +266,15 @@ def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, asyn
                    ring=False, kernel="wgmma", stream_k=0, maxnreg=None, ordered=False):
     """Compile the kernel (``wgmma_kernel``, or ``swap_ab_kernel`` for ``kernel="mma"``) for
     sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes of shared memory)."""
+    out = _run_compile(_COMPILE, [kernel, block_n, block_k, block_b, split_k, num_warps,
+                                  stages, async_mma, ring, stream_k, maxnreg, ordered])
+    return out["ptx"], out["report"], out["shared"]
+
+
+def _run_compile(script: str, arg):
+    """Run a compile script (``_COMPILE``, ``_COMPILE_REORDER``) in a fresh interpreter
+    without TRITON_INTERPRET, this checkout importable, ``arg`` as its JSON argument ->
+    the JSON of its last output line."""
     import json
     import os
     import subprocess
@@ -274,14 +283,10 @@ def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, asyn
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", _COMPILE,
-                           json.dumps([kernel, block_n, block_k, block_b, split_k,
-                                      num_warps, stages, async_mma, ring, stream_k,
-                                      maxnreg, ordered])],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(arg)], env=env,
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    return out["ptx"], out["report"], out["shared"]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("block_n,block_k,block_b,num_warps", [
@@ -439,19 +444,8 @@ def test_reorder_kernel_moves_16_byte_vectors_and_lets_the_gemm_start(wait):
     16-byte store per thread, the permute within the warp (no CTA barrier); it signals its
     dependents (the GEMM behind it) before anything else, and waits for the kernel before it
     only when launched with PDL itself (``WAIT``), before its load."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", _COMPILE_REORDER, json.dumps(wait)], env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-4000:]
-    ptx = json.loads(done.stdout.strip().splitlines()[-1])
+    ptx = _run_compile(_COMPILE_REORDER, wait)
     body = ptx[ptx.index(".entry"):]
     memory = [ln.strip() for ln in body.splitlines() if "ld.global" in ln or "st.global" in ln]
     assert len(memory) == 2 and all(".v4.b32" in ln for ln in memory), memory
