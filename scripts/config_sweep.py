@@ -92,7 +92,7 @@ def with_stream_k(line: dict, per_sm: list[int]) -> list[dict]:
 def label(line: dict) -> str:
     kw = line["kwargs"]
     keys = ("BLOCK_N", "BLOCK_K", "SPLIT_K", "STAGES", "PREFETCH", "ACT_RING", "ACT_ORDERED",
-            "ASYNC", "STREAM_K")
+            "ASYNC", "STREAM_K", "CONSUMERS", "OVERLAP")
     parts = [f"{k}={kw[k]}" for k in keys if k in kw and kw[k] not in (False, None, 0)]
     cap = f" maxnreg={line['maxnreg']}" if line.get("maxnreg") else ""
     return f"{line['kernel']} {' '.join(parts)} w={line['num_warps']}{cap}"

@@ -231,7 +231,7 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from harness.backends import triton_swap_ab, triton_wgmma
 
 (name, block_n, block_k, block_b, split_k, num_warps, stages, async_mma, ring, stream_k,
- maxnreg, ordered) = json.loads(sys.argv[1])
+ maxnreg, ordered, consumers, overlap) = json.loads(sys.argv[1])
 sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
 sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
@@ -240,7 +240,9 @@ const = {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_B": block_b, "SPLIT_K": 
          "FP8_CVT": True, "STAGES": stages, "GDC": False, "STREAM_K": stream_k}
 if name == "wgmma":
     fn = triton_wgmma.wgmma_kernel
-    const.update(ASYNC=async_mma, ACT_RING=ring, ACT_ORDERED=ordered)
+    # The register split's defaults too: an ASTSource takes no defaults for constexprs.
+    const.update(ASYNC=async_mma, ACT_RING=ring, ACT_ORDERED=ordered, CONSUMERS=consumers,
+                 OVERLAP=overlap, COPY_REGS=64, MMA_REGS=208)
 else:
     fn = triton_swap_ab.swap_ab_kernel
     const.update(PREFETCH=False)
@@ -263,11 +265,13 @@ print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr,
 
 
 def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, async_mma=False,
-                   ring=False, kernel="wgmma", stream_k=0, maxnreg=None, ordered=False):
+                   ring=False, kernel="wgmma", stream_k=0, maxnreg=None, ordered=False,
+                   consumers=0, overlap=False):
     """Compile the kernel (``wgmma_kernel``, or ``swap_ab_kernel`` for ``kernel="mma"``) for
     sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes of shared memory)."""
     out = _run_compile(_COMPILE, [kernel, block_n, block_k, block_b, split_k, num_warps,
-                                  stages, async_mma, ring, stream_k, maxnreg, ordered])
+                                  stages, async_mma, ring, stream_k, maxnreg, ordered,
+                                  consumers, overlap])
     return out["ptx"], out["report"], out["shared"]
 
 
@@ -399,6 +403,49 @@ def test_ordered_activations_arrive_by_16_byte_copies(block_n, block_k, block_b,
     assert copies.count("0x10") == stages * (words + scales + acts), copies
     assert "st.shared" not in ptx
     assert "0 bytes spill stores" in report, report
+
+
+@pytest.mark.parametrize("consumers,overlap,block_b,stages", [
+    (1, False, 64, 4), (1, True, 64, 4), (2, True, 64, 6), (2, False, 16, 4)])
+def test_warp_specialized_tile_waits_on_mbarriers_only(consumers, overlap, block_b, stages):
+    """CONSUMERS: the copy warpgroup's threads each arrive on the slot's barrier as their
+    cp.async copies land (noinc: the barrier counts 128 arrivals), every MMA warpgroup waits
+    on it and releases the slot by one predicated arrival, and no barrier spans more than one
+    warpgroup (``bar.sync id, 128``): the MMA warpgroups never wait on each other. Each
+    partition gets its registers (setmaxnreg) within maxnreg, without spills, and the fit
+    rule's shared memory is what the compile allocates, within a KB (mbarriers, alignment). OVERLAP: the
+    step's decode comes before the retire of the previous step's wgmma, which comes before
+    the slot's release and the next wgmma; without it the wgmma retires before the release."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from harness.backends import triton_w4a16
+
+    maxnreg = triton_w4a16.WS_MAXNREG[consumers]
+    ptx, report, shared = _compile_wgmma(64 * consumers, 128, block_b, 1, 4, stages, False,
+                                         True, maxnreg=maxnreg, ordered=True,
+                                         consumers=consumers, overlap=overlap)
+    assert "cp.async.mbarrier.arrive.noinc.shared.b64" in ptx
+    assert "mbarrier.init.shared::cta.b64" in ptx and ", 128;" in ptx.split("mbarrier.init")[1]
+    assert "mbarrier.try_wait.parity" in ptx
+    releases = [line for line in ptx.splitlines() if "mbarrier.arrive.shared" in line]
+    assert releases and all(line.strip().startswith("@%p") for line in releases), releases
+    syncs = [line.strip() for line in ptx.splitlines() if line.strip().startswith("bar.sync")]
+    assert syncs and all(line.endswith(", 128;") for line in syncs), syncs
+    regs = [int(line.split()[-1].rstrip(";")) for line in ptx.splitlines()
+            if "setmaxnreg" in line]
+    assert regs and max(regs) <= 256 and min(regs) >= 24
+    assert "0 bytes spill stores" in report, report
+    kw = {"BLOCK_N": 64 * consumers, "BLOCK_K": 128, "SPLIT_K": 1, "STAGES": stages,
+          "ACT_RING": True, "ACT_ORDERED": True, "CONSUMERS": consumers}
+    assert triton_w4a16._wgmma_fits(kw, 4, block_b, 5120)
+    # Beyond the rings: two 8-byte mbarriers a slot and the allocator's alignment.
+    assert 16 * stages <= shared - triton_w4a16._wgmma_smem(kw, block_b) <= 1024
+    # The first MMA warpgroup's loop (the default partition comes first in the PTX).
+    loop = ptx[ptx.index("mbarrier.try_wait.parity"):]
+    order = ["fma.rn.bf16x2", "wgmma.wait_group", "mbarrier.arrive.shared", "wgmma.mma_async"]
+    if not overlap:
+        order = ["fma.rn.bf16x2", "wgmma.mma_async", "wgmma.wait_group", "mbarrier.arrive.shared"]
+    at = [loop.index(op) for op in order]
+    assert at == sorted(at), dict(zip(order, at))
 
 
 def test_in_mma_k_order_is_the_staging_permutation():

@@ -152,18 +152,28 @@ def test_output_past_2_31_elements():
     assert not torch.isnan(out[rows]).any() and err < 1e-2, err
 
 
-@pytest.mark.parametrize("autotune,ordered", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("autotune,ordered", [(False, False), (True, False), (True, True),
+                                              (True, "warp-specialized")])
 def test_cached_launches_match_tritons_own(autotune, ordered, monkeypatch):
     """The resolved eager launches (harness.backends.triton_launch) give the same bits as
     Triton's launch path, eagerly and in a CUDA graph, on every path (gemv, swapped operand,
-    tensor-core GEMM; ``ordered``: the ordered path on SM90, its reorder cached too); a
-    layer's entries go with its weights."""
+    tensor-core GEMM; ``ordered``: the ordered path on SM90, its reorder cached too, as tuned
+    or with a warp-specialized config forced); a layer's entries go with its weights."""
     import gc
 
-    from harness.backends import triton_launch, triton_w4a16
+    import triton
+
+    from harness.backends import triton_launch, triton_w4a16, triton_wgmma
     dev = torch.device("cuda")
     if ordered and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the ordered path runs on SM90 only")
+    if ordered == "warp-specialized":
+        config = triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 2, "STAGES": 4,
+                                "ACT_RING": True, "ACT_ORDERED": True, "CONSUMERS": 1,
+                                "OVERLAP": True}, num_warps=4, num_stages=1,
+                               maxnreg=triton_w4a16.WS_MAXNREG[1])
+        fixed = triton_w4a16._fixed(triton_wgmma.wgmma_kernel, config)
+        monkeypatch.setattr(triton_w4a16, "_wgmma_ordered_tuned", lambda: fixed)
     tri = get_backend("triton")
     n, k = 5120, 6144
     w = make_weights(n, k, seed=3, device=dev, std=0.02)
@@ -184,7 +194,10 @@ def test_cached_launches_match_tritons_own(autotune, ordered, monkeypatch):
         assert all(f.launch_c is not None for f, _, _ in mine)
         reorders = [r for _, r, _ in mine if r is not None]
         assert all(r.launch_c is not None for r in reorders)
-        assert bool(reorders) == (ordered and 8 < m <= 64), m
+        # The tuner may keep the ordered path itself (ordered=False leaves it free to).
+        kept = autotune and triton_w4a16._SMALL_M_PATH.get((n, k, triton_w4a16._m_bucket(m)))
+        assert bool(reorders) == (8 < m <= 64 and kept == "wgmma-ordered"), m
+        assert kept == "wgmma-ordered" or not (ordered and 8 < m <= 64), m
         cached = tri.run(p, x.clone(), None)
         g = torch.cuda.CUDAGraph()
         static = x.clone()
@@ -298,6 +311,19 @@ def test_wgmma_path_matches_torch_dequant(n, k, bn, bk, sk, warps, stages, mode,
         assert torch.equal(out, again), (n, k, m)  # split-K sums in a fixed order
 
 
+def _config_sweep():
+    """``scripts/config_sweep.py`` as a module: its ``launch`` forces a config through the
+    backend's own small-M launch path (the ordered path's reorder included)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("config_sweep", root / "scripts/config_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    return sweep
+
+
 @pytest.mark.skipif(not torch.cuda.is_available()
                     or torch.cuda.get_device_capability() != (9, 0),
                     reason="the warpgroup-MMA kernel needs an SM90 GPU")
@@ -309,13 +335,7 @@ def test_ordered_activations_match_torch_dequant(bn, bk, sk, warps, stages):
     as the 4-byte-copy ring on the activations as they are, whether the backend's reorder
     kernel (the GEMM launched behind it with PDL) or a torch copy reordered them. Launched as
     ``scripts/config_sweep.py`` forces a config (its reorder included)."""
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("config_sweep", root / "scripts/config_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = _config_sweep()
     dev = torch.device("cuda")
     tri, deq = get_backend("triton"), get_backend("torch-dequant")
     kw = {"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": stages, "ACT_RING": True}
@@ -334,6 +354,50 @@ def test_ordered_activations_match_torch_dequant(bn, bk, sk, warps, stages):
             assert err < 1e-2, (n, k, m, err)
             assert torch.equal(outs[0], outs[1]), (n, k, m)
             assert torch.equal(outs[0], outs[2]), (n, k, m)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the warp-specialized wgmma tile needs an SM90 GPU")
+@pytest.mark.parametrize("consumers,overlap,sk,stages", [
+    (1, False, 1, 3), (1, False, 4, 4), (2, False, 1, 4), (2, False, 8, 6), (1, True, 4, 4),
+    (2, True, 8, 6)])
+def test_warp_specialized_tile_matches_the_ring_kernel(consumers, overlap, sk, stages):
+    """CONSUMERS: the warp-specialized tile (a copy warpgroup, one or two MMA warpgroups of
+    64 rows each, mbarriers between them; OVERLAP: each wgmma left in flight while the next
+    step decodes) gives the reference's output and the same bits as the 64-row ordered ring
+    config of the same split (each MMA warpgroup runs its K steps in the same order), for partial row and batch tiles, a split past the end of K, and from
+    a graph replay under the PDL launch the backend uses behind its reorder."""
+    from harness.backends import triton_w4a16
+
+    sweep = _config_sweep()
+    dev = torch.device("cuda")
+    tri, deq = get_backend("triton"), get_backend("torch-dequant")
+    ring = {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": sk, "STAGES": stages, "ACT_RING": True,
+            "ACT_ORDERED": True}
+    line = {"kernel": "wgmma", "kwargs": dict(ring, BLOCK_N=64 * consumers, CONSUMERS=consumers,
+                                              OVERLAP=overlap),
+            "num_warps": 4, "maxnreg": triton_w4a16.WS_MAXNREG[consumers]}
+    plain = {"kernel": "wgmma", "kwargs": ring, "num_warps": 4}
+    # (1000, 1280): rows past N in the last tile; K = 1280 is 10 steps, so split 4 leaves
+    # the last split one step and split 8 three splits none.
+    for n, k in (SHAPES[0], (1000, 1280), (5120, 6144)):
+        w = make_weights(n, k, seed=n * 3 + k, device=dev, std=0.02)
+        pt, pd = tri.prepare(w), deq.prepare(w)
+        for m in (9, 16, 33, 64):
+            x = make_activations(m, k, seed=m + 11, device=dev)
+            got = sweep.launch(line, x, pt)
+            base = deq.run(pd, x, None).float()
+            assert torch.isfinite(got).all(), (n, k, m)
+            err = ((got.float() - base).norm() / base.norm()).item()
+            assert err < 1e-2, (n, k, m, err)
+            assert torch.equal(got, sweep.launch(plain, x, pt)), (n, k, m)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                replayed = sweep.launch(line, x, pt)
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(got, replayed), (n, k, m)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available()

@@ -280,28 +280,52 @@ if gluon is not None:
         """Ring slot ``slot``'s words and scales, read back in the layouts they were copied
         in -> (words [BN, BK/8] in ``_word_layout``, scale bytes in ``_scale_layout``), the
         operands of ``_a_fragment``."""
+        return _read_words(w_smem.index(slot), s_smem.index(slot), BLOCK_N, BLOCK_K)
+
+    @gluon.jit
+    def _read_words(w_view, s_view, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr):
+        """``_read_slot`` of one slot's views ([G, BN, 16] words, [BN, BK/16] scales): a
+        slot, or the rows of it that one warpgroup decodes."""
         nw: gl.constexpr = gl.num_warps()
-        w3 = w_smem.index(slot).load(_staged_word_layout(BLOCK_N, BLOCK_K, nw))
+        w3 = w_view.load(_staged_word_layout(BLOCK_N, BLOCK_K, nw))
         wv = gl.convert_layout(gl.reshape(gl.permute(w3, [1, 0, 2]), [BLOCK_N, BLOCK_K // 8]),
                                _word_layout(BLOCK_N, BLOCK_K, nw), assert_trivial=True)
-        return wv, s_smem.index(slot).load(_scale_layout(BLOCK_N, BLOCK_K, nw))
+        return wv, s_view.load(_scale_layout(BLOCK_N, BLOCK_K, nw))
 
     @gluon.jit
     def _weight_ring(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, BLOCK_N: gl.constexpr,
                      BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
         """The ring's word and scale slots, and the source pointers of K step 0 that
-        ``_issue_weights`` copies from -> (w_smem, s_smem, w_src, s_src). Words are copied
-        in the staged layout itself (not by reshaping a flat pointer tile) so the compiler
-        sees 16 contiguous aligned words per row and group: 16-byte copies, each by the lane
-        that reads it back. Scales: a row per thread. Rows past N re-read the last row."""
-        nw: gl.constexpr = gl.num_warps()
-        WL3: gl.constexpr = _staged_word_layout(BLOCK_N, BLOCK_K, nw)
-        SC: gl.constexpr = gl.BlockedLayout([1, BLOCK_K // 16], [32, 1], [nw, 1], [1, 0])
+        ``_issue_weights`` copies from -> (w_smem, s_smem, w_src, s_src)."""
+        w_smem, s_smem = _weight_slots(BLOCK_N, BLOCK_K, STAGES)
+        w_src, s_src = _weight_src(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, BLOCK_N,
+                                   BLOCK_K)
+        return w_smem, s_smem, w_src, s_src
+
+    @gluon.jit
+    def _weight_slots(BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
+        """STAGES word slots [G, BN, 16] (one row of a group: 64 contiguous bytes) and scale
+        slots [BN, BK/16] -> (w_smem, s_smem)."""
         G: gl.constexpr = BLOCK_K // 128  # K groups per step
         w_smem = gl.allocate_shared_memory(gl.int32, [STAGES, G, BLOCK_N, 16],
                                            gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
         s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BLOCK_N, BLOCK_K // 16],
                                            gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        return w_smem, s_smem
+
+    @gluon.jit
+    def _weight_src(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, BLOCK_N: gl.constexpr,
+                    BLOCK_K: gl.constexpr):
+        """Source pointers of K step 0's words [G, BN, 16] and scales [BN, BK/16], in the
+        layouts the calling warps copy them in. Words are copied in the staged layout itself
+        (not by reshaping a flat pointer tile) so the compiler sees 16 contiguous aligned
+        words per row and group: 16-byte copies, each by the lane that reads it back (when
+        the same warps read them). Scales: a row per thread. Rows past N re-read the last
+        row."""
+        nw: gl.constexpr = gl.num_warps()
+        WL3: gl.constexpr = _staged_word_layout(BLOCK_N, BLOCK_K, nw)
+        SC: gl.constexpr = gl.BlockedLayout([1, BLOCK_K // 16], [32, 1], [nw, 1], [1, 0])
+        G: gl.constexpr = BLOCK_K // 128
         GR: gl.constexpr = gl.SliceLayout(2, WL3)
         gw = gl.arange(0, G, layout=gl.SliceLayout(1, GR))
         rw = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, GR)),
@@ -313,7 +337,7 @@ if gluon is not None:
                          N - 1)
         jsc = gl.arange(0, BLOCK_K // 16, layout=gl.SliceLayout(0, SC))
         s_src = s_ptr + rsc.to(gl.int64)[:, None] * stride_sn + jsc[None, :]
-        return w_smem, s_smem, w_src, s_src
+        return w_src, s_src
 
     @gluon.jit
     def _issue_weights(w_smem, s_smem, w_src, s_src, slot, step, live, BLOCK_K: gl.constexpr):

@@ -368,13 +368,26 @@ if triton is not None:
     # (``reorder_then``: one small kernel per call): 16-byte copies into the ring
     # where the reorder in the copy takes 4-byte ones. Forced on the H100 at M = 64 they beat
     # every config of the space above, the reorder included (docs/PERF.md).
+    # With them, the warp-specialized tiles (``CONSUMERS`` MMA warpgroups of 64 rows and a
+    # copy warpgroup; OVERLAP: each wgmma runs while its warpgroup decodes the next step):
+    # one MMA warpgroup at two CTAs per SM (128 registers a thread), two at one (168).
     def _wgmma_ordered_space() -> list:
+        ordered = {"ACT_RING": True, "ACT_ORDERED": True}
         return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st,
-                               "ACT_RING": True, "ACT_ORDERED": True}, num_warps=w,
-                              num_stages=1)
+                               **ordered}, num_warps=w, num_stages=1)
                 for bn, w, bk, st in ((64, 4, 128, 3), (64, 4, 128, 4), (128, 4, 128, 4),
                                       (128, 8, 128, 4), (128, 8, 256, 4), (256, 8, 128, 4))
-                for sk in (1, 2, 4, 8)]
+                for sk in (1, 2, 4, 8)] + [
+            triton.Config({"BLOCK_N": 64 * c, "BLOCK_K": 128, "SPLIT_K": sk, "STAGES": st,
+                           "CONSUMERS": c, "OVERLAP": overlap, **ordered}, num_warps=4,
+                          num_stages=1, maxnreg=WS_MAXNREG[c])
+            for c, overlap, st, splits in ((1, False, 4, (1, 2, 4)), (1, True, 4, (1, 2, 4)),
+                                           (2, True, 4, (1, 2)), (2, True, 6, (1,)))
+            for sk in splits]
+
+    # Registers per thread of a warp-specialized tile (CONSUMERS -> maxnreg): two CTAs of
+    # 8 warps, or one of 12, fill the SM's 64K registers.
+    WS_MAXNREG = {1: 128, 2: 168}
 
     WGMMA_ORDERED_DEFAULT = triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1,
                                            "STAGES": 3, "ACT_RING": True, "ACT_ORDERED": True},
@@ -402,6 +415,9 @@ if triton is not None:
         Triton 3.6: 229-231 registers), at 224 it spills (``test_swap_ab_layout`` compiles
         both)."""
         bn, bk, sk = kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"]
+        if kw.get("CONSUMERS"):  # registers set per partition (WS_MAXNREG), ptxas-checked
+            return (bn == 64 * kw["CONSUMERS"] and num_warps == 4 and k % bk == 0
+                    and k // bk >= sk and _wgmma_smem(kw, m) <= SM90_SMEM_BYTES)
         bb = _wgmma_block_b(m)
         threads = 32 * num_warps
         in_registers = bn * bk // 4 if not kw.get("STAGES") else 0  # words and their prefetch

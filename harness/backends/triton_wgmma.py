@@ -31,6 +31,10 @@ activations arrive in MMA K order already, so the ring takes them by 16-byte cop
 consecutive elements. The backend reorders them just before the launch with
 ``mma_k_order_kernel`` (``in_mma_k_order`` is the same permutation in torch), and launches the
 GEMM to start with it: the GEMM's first weight stages stream in while the reorder runs.
+``CONSUMERS`` = 1 or 2 (with ``ACT_ORDERED``): the same ring, warp-specialized
+(``gl.warp_specialize``): a copy warpgroup fills it and one or two MMA warpgroups of 64 rows
+each decode and multiply, completion on mbarriers instead of CTA barriers, so no warpgroup
+waits for another's decode or MMA, and two share one batch tile per step.
 """
 
 from __future__ import annotations
@@ -71,12 +75,16 @@ REORDER_GROUPS = 8
 # first ring stages while the reorder runs; its ``griddepcontrol.wait`` precedes every read of
 # the reordered activations and every write (``harness.pdl``).
 AFTER_REORDER = {"launch_pdl": True, "GDC": True}
+# Warps of the copy partition of a warp-specialized tile (``CONSUMERS``): a warpgroup, the
+# unit in which registers are allotted, so that its pointer tiles take few registers each.
+WS_COPY_WARPS = 4
 
 
 if gluon is not None:
     try:
         from triton.experimental.gluon.language.nvidia.hopper import (
-            fence_async_shared, warpgroup_mma, warpgroup_mma_wait)
+            fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_init,
+            warpgroup_mma_wait)
     except ImportError:  # a Gluon without its Hopper module: the mma.sync kernel only
         gluon = None
 
@@ -86,6 +94,8 @@ if gluon is not None:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    _WS_COPY_WARPS = gl.constexpr(WS_COPY_WARPS)
 
     @triton.jit
     def mma_k_order_kernel(x_ptr, y_ptr, K, stride_xm, GROUPS: tl.constexpr,
@@ -311,6 +321,172 @@ if gluon is not None:
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         return acc
 
+    @gluon.jit
+    def _ws_produce(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_xm,
+                    stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k, first, last, w_smem,
+                    s_smem, x_ring, ready, free, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+                    STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
+                    SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr):
+        """The copy partition of ``CONSUMERS``: each K step's words, scales and (MMA-ordered)
+        activations into ring slot ``step % STAGES`` by cp.async, once every consumer has
+        released the slot; each thread's copies arrive on the slot's ``ready`` barrier as
+        they land. Under PDL the first STAGES steps' weights are requested before the wait,
+        every activation after it. (Worker partitions share one signature: the epilogue's
+        arguments pass through unused.)"""
+        BLOCK_N: gl.constexpr = 64 * CONSUMERS
+        nw: gl.constexpr = gl.num_warps()
+        w_src, s_src = swap_ab._weight_src(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N,
+                                           BLOCK_N, BLOCK_K)
+        x_src, x_ok = _act_ring_src(x_ptr, stride_xm, M, pid_b, BLOCK_B, BLOCK_K, nw, True)
+        for j in gl.static_range(STAGES):
+            swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, j, first + j,
+                                   first + j < last, BLOCK_K)
+        if GDC:
+            swap_ab._gdc_wait()
+        for step in range(first, last):
+            i = step - first
+            slot = i % STAGES
+            if i >= STAGES:
+                # Free once every consumer has released use i // STAGES - 1 of the slot.
+                mbarrier.wait(free.index(slot), ((i // STAGES) & 1) ^ 1)
+                swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, slot, step, step < last,
+                                       BLOCK_K)
+            swap_ab.async_load(x_ring.index(slot), x_src + step * BLOCK_K, mask=x_ok)
+            async_copy.mbarrier_arrive(ready.index(slot), increment_count=False)
+        # The prologue's copies past the split's last step (masked: zero fills) land before
+        # the warps exit.
+        async_copy.commit_group()
+        async_copy.wait_group(0)
+
+    @gluon.jit
+    def _ws_consume(out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_b, pid_n, pid_k,
+                    first, last, w_smem, s_smem, x_ring, ready, free, ROW: gl.constexpr,
+                    BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr, STAGES: gl.constexpr,
+                    FP8_CVT: gl.constexpr, GDC: gl.constexpr, SPLIT_K: gl.constexpr,
+                    CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr):
+        """One MMA warpgroup of ``CONSUMERS``: rows [ROW, ROW + 64) of the CTA's weight tile.
+        Per K step it waits for the slot's copies, decodes its rows of the words into the A
+        fragment, runs the ``wgmma`` on the shared batch tile and releases the slot once the
+        ``wgmma`` has read it (synchronous; ``OVERLAP``: left in flight while the next step
+        decodes, retired and released then); then stores its 64 rows of out^T as a tile of
+        its own (split-K partials included). No barrier spans the warpgroups: each waits only
+        for the copies."""
+        SUB: gl.constexpr = 64
+        nw: gl.constexpr = gl.num_warps()
+        MMA: gl.constexpr = _wgmma_layout(BLOCK_B, nw)
+        A_LAYOUT: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
+        acc = gl.zeros([SUB, BLOCK_B], gl.float32, layout=MMA)
+        if OVERLAP:
+            acc = warpgroup_mma_init(acc)
+            a_prev = gl.zeros([SUB, BLOCK_K], gl.bfloat16, layout=A_LAYOUT)
+        for step in range(first, last):
+            i = step - first
+            slot = i % STAGES
+            mbarrier.wait(ready.index(slot), (i // STAGES) & 1)
+            fence_async_shared()  # cp.async wrote through the generic proxy; wgmma reads async
+            wv, sb = swap_ab._read_words(w_smem.index(slot).slice(ROW, SUB, dim=1),
+                                         s_smem.index(slot).slice(ROW, SUB, dim=0), SUB, BLOCK_K)
+            a = swap_ab._a_fragment(wv, sb, SUB, BLOCK_K, A_LAYOUT, FP8_CVT)
+            if OVERLAP:
+                # The previous step's wgmma ran while this step decoded; its A registers stay
+                # allocated until it is retired (the wait's deps), then its slot is free.
+                done, a_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_prev))
+                mbarrier.arrive(free.index((i + STAGES - 1) % STAGES), pred=i > 0)
+                acc = warpgroup_mma(a, x_ring.index(slot).permute([1, 0]), done, is_async=True)
+                a_prev = a
+            else:
+                acc = warpgroup_mma(a, x_ring.index(slot).permute([1, 0]), acc)
+                mbarrier.arrive(free.index(slot))  # the synchronous wgmma has read the slot
+        if OVERLAP:
+            acc, a_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_prev))
+        if GDC:
+            swap_ab._gdc_wait()  # writes follow the previous kernel (also with no K steps)
+        nb = gl.num_programs(0)
+        sub_n = pid_n * CONSUMERS + ROW // SUB
+        swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, sub_n,
+                           pid_b, sub_n * nb + pid_b, nb * gl.num_programs(1) * CONSUMERS,
+                           pid_k, SPLIT_K, SUB, BLOCK_B, MMA)
+
+    @gluon.jit
+    def _ws_first(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_xm,
+                  stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k, first, last, w_smem,
+                  s_smem, x_ring, ready, free, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+                  STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
+                  SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr):
+        """The default partition: the consumer of rows [0, 64); it lets the next kernel launch
+        once its K loop is done, as the other kernels do before their epilogue."""
+        _ws_consume(out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_b, pid_n, pid_k,
+                    first, last, w_smem, s_smem, x_ring, ready, free, 0, BLOCK_K, BLOCK_B,
+                    STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)
+        if GDC:
+            swap_ab._gdc_launch_dependents()
+
+    @gluon.jit
+    def _ws_second(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_xm,
+                   stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k, first, last, w_smem,
+                   s_smem, x_ring, ready, free, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+                   STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
+                   SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr):
+        """A worker partition: the consumer of rows [64, 128)."""
+        _ws_consume(out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_b, pid_n, pid_k,
+                    first, last, w_smem, s_smem, x_ring, ready, free, 64, BLOCK_K, BLOCK_B,
+                    STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)
+
+    @gluon.jit
+    def _ws_tile(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, K, stride_xm,
+                 stride_om, stride_wn, stride_sn, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+                 SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr,
+                 GDC: gl.constexpr, CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr,
+                 COPY_REGS: gl.constexpr, MMA_REGS: gl.constexpr):
+        """``CONSUMERS`` > 0: the CTA's tile of 64 * CONSUMERS weight rows by warp
+        specialization. One copy warpgroup (``_ws_produce``) fills the ring; each MMA
+        warpgroup (``_ws_consume``) decodes its 64 rows of every slot against the one batch
+        tile of the slot, so the activations are read from L2 once per CTA for all its
+        rows. Completion travels on mbarriers (a ``ready`` and a ``free`` barrier per slot)
+        instead of CTA barriers: the warpgroups wait on the copies, not on each other.
+        (Each partition's arguments are spelled out: a tuple bound to a name first loses its
+        constexprs in Triton 3.6.)"""
+        BLOCK_N: gl.constexpr = 64 * CONSUMERS
+        XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
+        pid_b = gl.program_id(0)
+        pid_n = gl.program_id(1)
+        pid_k = gl.program_id(2)
+        steps, first, last = swap_ab.split_range(K, BLOCK_K, SPLIT_K, pid_k)
+        w_smem, s_smem = swap_ab._weight_slots(BLOCK_N, BLOCK_K, STAGES)
+        x_ring = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_B, BLOCK_K], XS)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for j in gl.static_range(STAGES):
+            mbarrier.init(ready.index(j), count=_WS_COPY_WARPS * 32)  # every copying thread
+            mbarrier.init(free.index(j), count=CONSUMERS)  # one arrival per warpgroup
+        if CONSUMERS == 1:
+            gl.warp_specialize([
+                (_ws_first, (x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N,
+                             stride_xm, stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k,
+                             first, last, w_smem, s_smem, x_ring, ready, free, BLOCK_K, BLOCK_B,
+                             STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)),
+                (_ws_produce, (x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N,
+                               stride_xm, stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k,
+                               first, last, w_smem, s_smem, x_ring, ready, free, BLOCK_K,
+                               BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)),
+            ], [_WS_COPY_WARPS], [COPY_REGS])
+        else:
+            gl.static_assert(CONSUMERS == 2, "one or two MMA warpgroups")
+            gl.warp_specialize([
+                (_ws_first, (x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N,
+                             stride_xm, stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k,
+                             first, last, w_smem, s_smem, x_ring, ready, free, BLOCK_K, BLOCK_B,
+                             STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)),
+                (_ws_produce, (x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N,
+                               stride_xm, stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k,
+                               first, last, w_smem, s_smem, x_ring, ready, free, BLOCK_K,
+                               BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)),
+                (_ws_second, (x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N,
+                              stride_xm, stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k,
+                              first, last, w_smem, s_smem, x_ring, ready, free, BLOCK_K,
+                              BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)),
+            ], [_WS_COPY_WARPS, 4], [COPY_REGS, MMA_REGS])
+
     @gluon.constexpr_function
     def _wgmma_layout(block_b, num_warps):
         return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -329,7 +505,9 @@ if gluon is not None:
                      SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr = 0,
                      ASYNC: gl.constexpr = False, GDC: gl.constexpr = False,
                      ACT_RING: gl.constexpr = False, STREAM_K: gl.constexpr = 0,
-                     ACT_ORDERED: gl.constexpr = False):
+                     ACT_ORDERED: gl.constexpr = False, CONSUMERS: gl.constexpr = 0,
+                     COPY_REGS: gl.constexpr = 64, MMA_REGS: gl.constexpr = 208,
+                     OVERLAP: gl.constexpr = False):
         # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
         # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
         # ahead (more bytes in flight per SM; on the H200 the tuner keeps it on some shapes
@@ -337,7 +515,18 @@ if gluon is not None:
         # Each warp owns 16-row slices of the weight tile (4 warps: one warpgroup per 64 rows
         # of each wgmma); the batch tile of BLOCK_B rows is the wgmma's N.
         # STREAM_K (programs per SM; 0: off): as in ``triton_swap_ab.swap_ab_kernel``.
+        # CONSUMERS (1 or 2; 0: off): the warp-specialized tile of ``_ws_tile`` (num_warps 4:
+        # the first MMA warpgroup; COPY_REGS / MMA_REGS: the registers per thread of the copy
+        # partition and of the second MMA warpgroup; the first takes what maxnreg leaves).
         nw: gl.constexpr = gl.num_warps()
+        if CONSUMERS:
+            gl.static_assert(STAGES > 0 and ACT_RING and ACT_ORDERED and not ASYNC
+                             and not STREAM_K and BLOCK_N == 64 * CONSUMERS and nw == 4,
+                             "a warp-specialized tile: ordered ring, 64 rows per warpgroup")
+            _ws_tile(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, K,
+                     stride_xm, stride_om, stride_wn, stride_sn, BLOCK_K, BLOCK_B, SPLIT_K,
+                     FP8_CVT, STAGES, GDC, CONSUMERS, OVERLAP, COPY_REGS, MMA_REGS)
+            return
         MMA: gl.constexpr = _wgmma_layout(BLOCK_B, nw)
         XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
         if ASYNC:
