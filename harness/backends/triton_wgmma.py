@@ -322,9 +322,7 @@ if gluon is not None:
         return acc
 
     @gluon.jit
-    def _ws_produce(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_xm,
-                    stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k, first, last, w_smem,
-                    s_smem, x_ring, ready, free, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+    def _ws_produce(ptrs, dims, bufs, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                     STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
                     SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr):
         """The copy partition of ``CONSUMERS``: each K step's words, scales and (MMA-ordered)
@@ -333,6 +331,10 @@ if gluon is not None:
         they land. Under PDL the first STAGES steps' weights are requested before the wait,
         every activation after it. (Worker partitions share one signature: the epilogue's
         arguments pass through unused.)"""
+        x_ptr, w_ptr, s_ptr = ptrs[0], ptrs[1], ptrs[2]
+        M, N, stride_xm, stride_wn, stride_sn = dims[0], dims[1], dims[2], dims[4], dims[5]
+        pid_b, pid_n, first, last = dims[6], dims[7], dims[9], dims[10]
+        w_smem, s_smem, x_ring, ready, free = bufs
         BLOCK_N: gl.constexpr = 64 * CONSUMERS
         nw: gl.constexpr = gl.num_warps()
         w_src, s_src = swap_ab._weight_src(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N,
@@ -359,11 +361,10 @@ if gluon is not None:
         async_copy.wait_group(0)
 
     @gluon.jit
-    def _ws_consume(out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_b, pid_n, pid_k,
-                    first, last, w_smem, s_smem, x_ring, ready, free, ROW: gl.constexpr,
-                    BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr, STAGES: gl.constexpr,
-                    FP8_CVT: gl.constexpr, GDC: gl.constexpr, SPLIT_K: gl.constexpr,
-                    CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr):
+    def _ws_consume(ptrs, dims, bufs, ROW: gl.constexpr, BLOCK_K: gl.constexpr,
+                    BLOCK_B: gl.constexpr, STAGES: gl.constexpr, FP8_CVT: gl.constexpr,
+                    GDC: gl.constexpr, SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr,
+                    OVERLAP: gl.constexpr):
         """One MMA warpgroup of ``CONSUMERS``: rows [ROW, ROW + 64) of the CTA's weight tile.
         Per K step it waits for the slot's copies, decodes its rows of the words into the A
         fragment, runs the ``wgmma`` on the shared batch tile and releases the slot once the
@@ -371,6 +372,10 @@ if gluon is not None:
         decodes, retired and released then); then stores its 64 rows of out^T as a tile of
         its own (split-K partials included). No barrier spans the warpgroups: each waits only
         for the copies."""
+        out_ptr, ws_ptr, cnt_ptr, scale_ptr = ptrs[3], ptrs[4], ptrs[5], ptrs[6]
+        M, N, stride_om = dims[0], dims[1], dims[3]
+        pid_b, pid_n, pid_k, first, last = dims[6], dims[7], dims[8], dims[9], dims[10]
+        w_smem, s_smem, x_ring, ready, free = bufs
         SUB: gl.constexpr = 64
         nw: gl.constexpr = gl.num_warps()
         MMA: gl.constexpr = _wgmma_layout(BLOCK_B, nw)
@@ -408,29 +413,23 @@ if gluon is not None:
                            pid_k, SPLIT_K, SUB, BLOCK_B, MMA)
 
     @gluon.jit
-    def _ws_first(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_xm,
-                  stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k, first, last, w_smem,
-                  s_smem, x_ring, ready, free, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+    def _ws_first(ptrs, dims, bufs, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                   STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
                   SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr):
         """The default partition: the consumer of rows [0, 64); it lets the next kernel launch
         once its K loop is done, as the other kernels do before their epilogue."""
-        _ws_consume(out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_b, pid_n, pid_k,
-                    first, last, w_smem, s_smem, x_ring, ready, free, 0, BLOCK_K, BLOCK_B,
-                    STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)
+        _ws_consume(ptrs, dims, bufs, 0, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
+                    CONSUMERS, OVERLAP)
         if GDC:
             swap_ab._gdc_launch_dependents()
 
     @gluon.jit
-    def _ws_second(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_xm,
-                   stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k, first, last, w_smem,
-                   s_smem, x_ring, ready, free, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
+    def _ws_second(ptrs, dims, bufs, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                    STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
                    SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr):
         """A worker partition: the consumer of rows [64, 128)."""
-        _ws_consume(out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_b, pid_n, pid_k,
-                    first, last, w_smem, s_smem, x_ring, ready, free, 64, BLOCK_K, BLOCK_B,
-                    STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)
+        _ws_consume(ptrs, dims, bufs, 64, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
+                    CONSUMERS, OVERLAP)
 
     @gluon.jit
     def _ws_tile(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, K, stride_xm,
@@ -443,9 +442,7 @@ if gluon is not None:
         warpgroup (``_ws_consume``) decodes its 64 rows of every slot against the one batch
         tile of the slot, so the activations are read from L2 once per CTA for all its
         rows. Completion travels on mbarriers (a ``ready`` and a ``free`` barrier per slot)
-        instead of CTA barriers: the warpgroups wait on the copies, not on each other.
-        (Each partition's arguments are spelled out: a tuple bound to a name first loses its
-        constexprs in Triton 3.6.)"""
+        instead of CTA barriers: the warpgroups wait on the copies, not on each other."""
         BLOCK_N: gl.constexpr = 64 * CONSUMERS
         XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
         pid_b = gl.program_id(0)
@@ -459,32 +456,28 @@ if gluon is not None:
         for j in gl.static_range(STAGES):
             mbarrier.init(ready.index(j), count=_WS_COPY_WARPS * 32)  # every copying thread
             mbarrier.init(free.index(j), count=CONSUMERS)  # one arrival per warpgroup
+        # Runtime values only in the named tuples; the constexprs go in each partition's
+        # arguments (in Triton 3.6 a tuple bound to a name turns its constexprs to tensors).
+        ptrs = (x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr)
+        dims = (M, N, stride_xm, stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k, first,
+                last)
+        bufs = (w_smem, s_smem, x_ring, ready, free)
         if CONSUMERS == 1:
             gl.warp_specialize([
-                (_ws_first, (x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N,
-                             stride_xm, stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k,
-                             first, last, w_smem, s_smem, x_ring, ready, free, BLOCK_K, BLOCK_B,
-                             STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)),
-                (_ws_produce, (x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N,
-                               stride_xm, stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k,
-                               first, last, w_smem, s_smem, x_ring, ready, free, BLOCK_K,
-                               BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)),
+                (_ws_first, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
+                             CONSUMERS, OVERLAP)),
+                (_ws_produce, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC,
+                               SPLIT_K, CONSUMERS, OVERLAP)),
             ], [_WS_COPY_WARPS], [COPY_REGS])
         else:
             gl.static_assert(CONSUMERS == 2, "one or two MMA warpgroups")
             gl.warp_specialize([
-                (_ws_first, (x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N,
-                             stride_xm, stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k,
-                             first, last, w_smem, s_smem, x_ring, ready, free, BLOCK_K, BLOCK_B,
-                             STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)),
-                (_ws_produce, (x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N,
-                               stride_xm, stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k,
-                               first, last, w_smem, s_smem, x_ring, ready, free, BLOCK_K,
-                               BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)),
-                (_ws_second, (x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N,
-                              stride_xm, stride_om, stride_wn, stride_sn, pid_b, pid_n, pid_k,
-                              first, last, w_smem, s_smem, x_ring, ready, free, BLOCK_K,
-                              BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K, CONSUMERS, OVERLAP)),
+                (_ws_first, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
+                             CONSUMERS, OVERLAP)),
+                (_ws_produce, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC,
+                               SPLIT_K, CONSUMERS, OVERLAP)),
+                (_ws_second, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC,
+                              SPLIT_K, CONSUMERS, OVERLAP)),
             ], [_WS_COPY_WARPS, 4], [COPY_REGS, MMA_REGS])
 
     @gluon.constexpr_function
