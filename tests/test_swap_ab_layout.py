@@ -413,9 +413,10 @@ def test_warp_specialized_tile_waits_on_mbarriers_only(consumers, overlap, block
     on it and releases the slot by one predicated arrival, and no barrier spans more than one
     warpgroup (``bar.sync id, 128``): the MMA warpgroups never wait on each other. Each
     partition gets its registers (setmaxnreg) within maxnreg, without spills, and the fit
-    rule's shared memory is what the compile allocates, within a KB (mbarriers, alignment). OVERLAP: the
-    step's decode comes before the retire of the previous step's wgmma, which comes before
-    the slot's release and the next wgmma; without it the wgmma retires before the release."""
+    rule's shared memory is what the compile allocates, within a KB (mbarriers, alignment).
+    OVERLAP: the step's decode comes before the retire of the previous step's wgmma, which
+    comes before the slot's release and the next wgmma; without it the wgmma retires before
+    the release."""
     pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
     from harness.backends import triton_w4a16
 

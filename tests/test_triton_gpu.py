@@ -366,8 +366,9 @@ def test_warp_specialized_tile_matches_the_ring_kernel(consumers, overlap, sk, s
     """CONSUMERS: the warp-specialized tile (a copy warpgroup, one or two MMA warpgroups of
     64 rows each, mbarriers between them; OVERLAP: each wgmma left in flight while the next
     step decodes) gives the reference's output and the same bits as the 64-row ordered ring
-    config of the same split (each MMA warpgroup runs its K steps in the same order), for partial row and batch tiles, a split past the end of K, and from
-    a graph replay under the PDL launch the backend uses behind its reorder."""
+    config of the same split (each MMA warpgroup runs its K steps in the same order), for
+    partial row and batch tiles, splits past the end of K, and from a graph replay, under
+    the PDL launch the backend uses behind its reorder."""
     from harness.backends import triton_w4a16
 
     sweep = _config_sweep()
@@ -380,7 +381,7 @@ def test_warp_specialized_tile_matches_the_ring_kernel(consumers, overlap, sk, s
             "num_warps": 4, "maxnreg": triton_w4a16.WS_MAXNREG[consumers]}
     plain = {"kernel": "wgmma", "kwargs": ring, "num_warps": 4}
     # (1000, 1280): rows past N in the last tile; K = 1280 is 10 steps, so split 4 leaves
-    # the last split one step and split 8 three splits none.
+    # the last split one step and split 8 leaves three splits with none.
     for n, k in (SHAPES[0], (1000, 1280), (5120, 6144)):
         w = make_weights(n, k, seed=n * 3 + k, device=dev, std=0.02)
         pt, pd = tri.prepare(w), deq.prepare(w)
