@@ -9,6 +9,7 @@ import textwrap
 import pytest
 import torch
 
+import worker_env
 from harness import decode, pdl
 from harness.backends import get_backend, register
 from harness.backends.torch_bf16 import TorchBF16
@@ -287,10 +288,7 @@ def test_plan_rejects_bad_input():
 def test_decode_worker_crash_keeps_other_cells(monkeypatch):
     tests = os.path.dirname(os.path.abspath(__file__))
     monkeypatch.setenv("NVFP4_BENCH_PLUGINS", "plugin_backends")
-    # The workers import the plugin from tests/, and everything else from where this
-    # process does (a PYTHONPATH already set, e.g. a GPU box's extra site, stays).
-    monkeypatch.setenv("PYTHONPATH",
-                       os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", worker_env.pythonpath(tests))
     import plugin_backends  # noqa: F401
     # test-crash exits the process on a GEMM with M == 3: batch 3, prompt of 1 token.
     cells = decode.plan("tiny", [3, 1], 1, 2, ["test-crash", "torch-dequant"], ["off"])
@@ -355,7 +353,7 @@ def fake_sglang(tmp_path, monkeypatch, request):
     for name in [m for m in sys.modules if m == "sglang" or m.startswith("sglang.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    monkeypatch.setenv("PYTHONPATH", worker_env.pythonpath(tmp_path / "site"))
     log = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_SGLANG_LOG", str(log))
     import importlib

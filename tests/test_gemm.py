@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import worker_env
 from harness import analysis, gemm
 from harness.health import check
 from harness.measure import summarize, time_cpu
@@ -17,10 +18,7 @@ def plugins(monkeypatch):
     monkeypatch.setenv("NVFP4_BENCH_PLUGINS", "plugin_backends")
     import os
     tests = os.path.dirname(os.path.abspath(__file__))
-    # The workers import the plugin from tests/, and everything else from where this
-    # process does (a PYTHONPATH already set, e.g. a GPU box's extra site, stays).
-    monkeypatch.setenv("PYTHONPATH",
-                       os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", worker_env.pythonpath(tests))
     import plugin_backends  # noqa: F401  (registers in this process)
 
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import fake_sglang_server
+import worker_env
 from procs import gone
 from harness import decode
 from harness.engines import sglang_server
@@ -18,7 +19,7 @@ def fake(tmp_path, monkeypatch):
     site = tmp_path / "site"
     fake_sglang_server.install(site)
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("PYTHONPATH", worker_env.pythonpath(site))
     log = tmp_path / "servers.jsonl"
     monkeypatch.setenv("FAKE_SGLANG_LOG", str(log))
     monkeypatch.setenv("NVFP4_BENCH_SGLANG_SERVER_TIMEOUT", "20")

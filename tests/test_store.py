@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import worker_env
 from harness import compare, gate, record, store
 from harness.cli import main
 from harness.hardware import detect
@@ -302,7 +303,7 @@ def test_interrupted_record_resumes(project, mini, monkeypatch):
 def test_record_merges_suites_and_records_failed_as_null(project, mini, tmp_path, monkeypatch):
     conf, base, head = project
     monkeypatch.setenv("NVFP4_BENCH_PLUGINS", "plugin_backends")
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.setenv("PYTHONPATH", worker_env.pythonpath(Path(__file__).parent))
     rec = record.record(mini, conf, commit=head)
     doc = json.loads(rec.results_path.read_text())
     cols = doc["result_columns"]

@@ -284,9 +284,11 @@ def _run_compile(script: str, arg):
     import subprocess
     import sys
 
+    import worker_env
+
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = worker_env.pythonpath(root)
     done = subprocess.run([sys.executable, "-c", script, json.dumps(arg)], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
