@@ -364,6 +364,10 @@ if triton is not None:
                     (128, 8, 256, 4, True), (256, 8, 128, 0, False), (256, 8, 128, 4, False))
                 for sk in (1, 2, 4, 8)]
 
+    # Registers per thread of a warp-specialized tile (CONSUMERS -> maxnreg): two CTAs of
+    # 8 warps, or one of 12, fill the SM's 64K registers.
+    WS_MAXNREG = {1: 128, 2: 168}
+
     # The ring configs again, on activations reordered into the MMA's K order first
     # (``reorder_then``: one small kernel per call): 16-byte copies into the ring
     # where the reorder in the copy takes 4-byte ones. Forced on the H100 at M = 64 they beat
@@ -384,10 +388,6 @@ if triton is not None:
             for c, overlap, st, splits in ((1, False, 4, (1, 2, 4)), (1, True, 4, (1, 2, 4)),
                                            (2, True, 4, (1, 2)), (2, True, 6, (1,)))
             for sk in splits]
-
-    # Registers per thread of a warp-specialized tile (CONSUMERS -> maxnreg): two CTAs of
-    # 8 warps, or one of 12, fill the SM's 64K registers.
-    WS_MAXNREG = {1: 128, 2: 168}
 
     WGMMA_ORDERED_DEFAULT = triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1,
                                            "STAGES": 3, "ACT_RING": True, "ACT_ORDERED": True},
@@ -415,16 +415,16 @@ if triton is not None:
         Triton 3.6: 229-231 registers), at 224 it spills (``test_swap_ab_layout`` compiles
         both)."""
         bn, bk, sk = kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"]
+        if not (k % bk == 0 and k // bk >= sk and _wgmma_smem(kw, m) <= SM90_SMEM_BYTES):
+            return False
         if kw.get("CONSUMERS"):  # registers set per partition (WS_MAXNREG), ptxas-checked
-            return (bn == 64 * kw["CONSUMERS"] and num_warps == 4 and k % bk == 0
-                    and k // bk >= sk and _wgmma_smem(kw, m) <= SM90_SMEM_BYTES)
+            return bn == 64 * kw["CONSUMERS"] and num_warps == 4
         bb = _wgmma_block_b(m)
         threads = 32 * num_warps
         in_registers = bn * bk // 4 if not kw.get("STAGES") else 0  # words and their prefetch
         acts = 0 if kw.get("ACT_RING") and kw.get("STAGES") else bb * bk  # and their prefetch
         words = (bn * bb + bn * bk // 2 + acts + in_registers) // threads
-        return (16 * num_warps <= bn <= 64 * num_warps and k % bk == 0 and k // bk >= sk
-                and words <= 192 and _wgmma_smem(kw, m) <= SM90_SMEM_BYTES)
+        return 16 * num_warps <= bn <= 64 * num_warps and words <= 192
 
     def _prune_wgmma(configs, named_args):
         m, n, k = named_args["M"], named_args["N"], named_args["K"]
