@@ -166,14 +166,14 @@ def test_config_sweep_reads_what_the_tuner_kept():
             assert fits(line["kwargs"], line["num_warps"], m, 5120), line
 
 
-@pytest.mark.parametrize("script", ["hopper_peers.py", "config_sweep.py"])
+@pytest.mark.parametrize("script", ["hopper_peers.py", "config_sweep.py", "kernel_profile.py"])
 @pytest.mark.parametrize("argv, says", [
     (["--m", "1,x"], "expected positive integers separated by commas"),
     (["--m", "0"], "expected positive integers separated by commas"),
     (["--models", "qwen3.6-27b,nope"], "valid models: qwen3.6-27b, qwen3-32b"),
 ])
 def test_gpu_scripts_reject_bad_arguments_with_the_choices(script, argv, says):
-    """Both GPU scripts exit 2 on a bad --m or --models, naming what is valid, before any
+    """The GPU scripts exit 2 on a bad --m or --models, naming what is valid, before any
     GPU work (so on this machine too, GPU or not)."""
     pytest.importorskip("triton")
     import subprocess
@@ -185,3 +185,45 @@ def test_gpu_scripts_reject_bad_arguments_with_the_choices(script, argv, says):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     assert says in r.stderr
+
+
+def test_kernel_profile_summary_reads_ncus_raw_csv(tmp_path):
+    """``kernel_profile.py --summary`` turns ncu's raw CSV (a header row, a units row, a row
+    per kernel named "range/kernel") into one table row per kernel: its metrics, the share of
+    elapsed cycles its SMs were active, its largest stalls first; a CSV without the metrics
+    exits with the missing ones named."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = root / "scripts" / "kernel_profile.py"
+    values = {"launch__grid_size": "544", "launch__registers_per_thread": "109",
+              "launch__occupancy_limit_shared_mem": "3", "gpu__time_duration.sum": "83.56",
+              "sm__cycles_elapsed.avg.per_second": "1.74",
+              "dram__bytes_read.sum.per_second": "1.21", "lts__t_sector_hit_rate.pct": "61.8",
+              "smsp__issue_active.avg.pct_of_peak_sustained_active": "38.8",
+              "smsp__warps_active.avg.per_cycle_active": "2.55",
+              "sm__cycles_active.avg": "104,796.66", "gpc__cycles_elapsed.max": "147,250",
+              "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio": "1.24",
+              "smsp__average_warps_issue_stalled_wait_per_issue_active.ratio": "0.91",
+              "smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio": "1.13",
+              "smsp__average_warps_issue_stalled_gmma_per_issue_active.ratio": "0.09"}
+    raw = tmp_path / "raw.csv"
+    with open(raw, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "Kernel Name", *values])
+        w.writerow(["", "", *["" for _ in values]])
+        w.writerow(["0", "gate_up M=64 wgmma/wgmma_kernel", *values.values()])
+    done = subprocess.run([sys.executable, str(script), "--summary", str(raw)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    row = done.stdout.splitlines()[-1]
+    assert row.startswith("| gate_up M=64 wgmma | wgmma_kernel | 544 | 109 | 3 | 83.6 | 1.74 |")
+    assert "| 71 | barrier 1.24, long_scoreboard 1.13, wait 0.91 |" in row, row
+    with open(raw, "w", newline="") as f:
+        csv.writer(f).writerows([["ID", "Kernel Name"], ["", ""], ["0", "a/b"]])
+    done = subprocess.run([sys.executable, str(script), "--summary", str(raw)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "gpu__time_duration.sum" in done.stderr
