@@ -231,7 +231,7 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from harness.backends import triton_swap_ab, triton_wgmma
 
 (name, block_n, block_k, block_b, split_k, num_warps, stages, async_mma, ring, stream_k,
- maxnreg, ordered, consumers, overlap) = json.loads(sys.argv[1])
+ maxnreg, ordered, consumers, overlap, copy_regs) = json.loads(sys.argv[1])
 sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
 sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
@@ -242,7 +242,7 @@ if name == "wgmma":
     fn = triton_wgmma.wgmma_kernel
     # The register split's defaults too: an ASTSource takes no defaults for constexprs.
     const.update(ASYNC=async_mma, ACT_RING=ring, ACT_ORDERED=ordered, CONSUMERS=consumers,
-                 OVERLAP=overlap, COPY_REGS=64, MMA_REGS=208)
+                 OVERLAP=overlap, COPY_REGS=copy_regs, MMA_REGS=208)
 else:
     fn = triton_swap_ab.swap_ab_kernel
     const.update(PREFETCH=False)
@@ -266,12 +266,12 @@ print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr,
 
 def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, async_mma=False,
                    ring=False, kernel="wgmma", stream_k=0, maxnreg=None, ordered=False,
-                   consumers=0, overlap=False):
+                   consumers=0, overlap=False, copy_regs=64):
     """Compile the kernel (``wgmma_kernel``, or ``swap_ab_kernel`` for ``kernel="mma"``) for
     sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes of shared memory)."""
     out = _run_compile(_COMPILE, [kernel, block_n, block_k, block_b, split_k, num_warps,
                                   stages, async_mma, ring, stream_k, maxnreg, ordered,
-                                  consumers, overlap])
+                                  consumers, overlap, copy_regs])
     return out["ptx"], out["report"], out["shared"]
 
 
@@ -449,6 +449,38 @@ def test_warp_specialized_tile_waits_on_mbarriers_only(consumers, overlap, block
         order = ["fma.rn.bf16x2", "wgmma.mma_async", "wgmma.wait_group", "mbarrier.arrive.shared"]
     at = [loop.index(op) for op in order]
     assert at == sorted(at), dict(zip(order, at))
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_three_warp_specialized_ctas_fit_an_sm(overlap):
+    """The three-per-SM tile (``WS_3_PER_SM``): under its maxnreg the copy warpgroup settles
+    at COPY_REGS and the MMA warpgroup at the rest of the CTA's registers (setmaxnreg),
+    without spills; three CTAs' shared memory (as compiled, with the driver's KB each) fits
+    the SM's 228 KB; and the tuner offers it above M = 32 only, without OVERLAP."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from harness.backends import triton_w4a16
+
+    cfg = triton_w4a16.WS_3_PER_SM
+    ptx, report, shared = _compile_wgmma(64, 128, 64, 1, 4, 3, False, True,
+                                         maxnreg=cfg["maxnreg"], ordered=True, consumers=1,
+                                         overlap=overlap, copy_regs=cfg["COPY_REGS"])
+    regs = {int(line.split()[-1].rstrip(";")) for line in ptx.splitlines()
+            if "setmaxnreg" in line}
+    # The CTA's 8 warps at maxnreg, less the copy warpgroup's: the MMA warpgroup's (120).
+    mma = (8 * cfg["maxnreg"] - 4 * cfg["COPY_REGS"]) // 4
+    assert {cfg["COPY_REGS"], mma} <= regs, regs
+    assert cfg["maxnreg"] * 8 * 32 * 3 <= 65536
+    assert "0 bytes spill stores" in report, report
+    assert 3 * (shared + 1024) <= 233472, shared
+    kw = {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1, "STAGES": 3, "ACT_RING": True,
+          "ACT_ORDERED": True, "CONSUMERS": 1, "OVERLAP": overlap, **cfg}
+    kw.pop("maxnreg")
+    offered = [c.kwargs for c in triton_w4a16._wgmma_ordered_space()
+               if c.maxnreg == cfg["maxnreg"]]
+    assert not triton_w4a16._wgmma_fits(kw, 4, triton_w4a16.WS_3_PER_SM_MIN_M - 1, 5120)
+    # OVERLAP: a race on the GPU (test_triton_gpu), so neither offered nor accepted.
+    assert triton_w4a16._wgmma_fits(kw, 4, triton_w4a16.WS_3_PER_SM_MIN_M, 5120) != overlap
+    assert (kw in offered) != overlap and offered
 
 
 def test_in_mma_k_order_is_the_staging_permutation():

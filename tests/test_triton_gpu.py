@@ -359,10 +359,15 @@ def test_ordered_activations_match_torch_dequant(bn, bk, sk, warps, stages):
 @pytest.mark.skipif(not torch.cuda.is_available()
                     or torch.cuda.get_device_capability() != (9, 0),
                     reason="the warp-specialized wgmma tile needs an SM90 GPU")
-@pytest.mark.parametrize("consumers,overlap,sk,stages", [
-    (1, False, 1, 3), (1, False, 4, 4), (2, False, 1, 4), (2, False, 8, 6), (1, True, 4, 4),
-    (2, True, 8, 6)])
-def test_warp_specialized_tile_matches_the_ring_kernel(consumers, overlap, sk, stages):
+@pytest.mark.parametrize("consumers,overlap,sk,stages,per_sm", [
+    (1, False, 1, 3, 2), (1, False, 4, 4, 2), (2, False, 1, 4, 1), (2, False, 8, 6, 1),
+    (1, True, 4, 4, 2), (2, True, 8, 6, 1), (1, False, 2, 3, 3),
+    # Seen on an H100: the graph replay's bits differed from the eager call's at
+    # (5120, 6144, M = 33); the sweep's error doubled on gate_up at M = 64. Out of the tuning
+    # space (``_wgmma_fits``) until the race is found.
+    pytest.param(1, True, 1, 3, 3, marks=pytest.mark.xfail(
+        reason="OVERLAP at three CTAs per SM races", strict=False))])
+def test_warp_specialized_tile_matches_the_ring_kernel(consumers, overlap, sk, stages, per_sm):
     """CONSUMERS: the warp-specialized tile (a copy warpgroup, one or two MMA warpgroups of
     64 rows each, mbarriers between them; OVERLAP: each wgmma left in flight while the next
     step decodes) gives the reference's output and the same bits as the 64-row ordered ring
@@ -379,6 +384,9 @@ def test_warp_specialized_tile_matches_the_ring_kernel(consumers, overlap, sk, s
     line = {"kernel": "wgmma", "kwargs": dict(ring, BLOCK_N=64 * consumers, CONSUMERS=consumers,
                                               OVERLAP=overlap),
             "num_warps": 4, "maxnreg": triton_w4a16.WS_MAXNREG[consumers]}
+    if per_sm == 3:  # the registers of three CTAs per SM
+        line["kwargs"]["COPY_REGS"] = triton_w4a16.WS_3_PER_SM["COPY_REGS"]
+        line["maxnreg"] = triton_w4a16.WS_3_PER_SM["maxnreg"]
     plain = {"kernel": "wgmma", "kwargs": ring, "num_warps": 4}
     # (1000, 1280): rows past N in the last tile; K = 1280 is 10 steps, so split 4 leaves
     # the last split one step and split 8 leaves three splits with none.

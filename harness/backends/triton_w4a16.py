@@ -367,6 +367,14 @@ if triton is not None:
     # Registers per thread of a warp-specialized tile (CONSUMERS -> maxnreg): two CTAs of
     # 8 warps, or one of 12, fill the SM's 64K registers.
     WS_MAXNREG = {1: 128, 2: 168}
+    # One MMA warpgroup at three CTAs per SM (three 63 KB rings at STAGES 3): maxnreg and
+    # the copy warpgroup's registers (the MMA warpgroup then gets 120). A candidate above
+    # M = 32 only: forced on the H100 it won on gate_up at M = 64 (72.4 us against 81.0 at
+    # two per SM and 87.0 for the tuned ring) and lost on every M = 32 row (docs/PERF.md).
+    # Not with OVERLAP: there a graph replay gave other bits than the eager call (a race
+    # not yet found; tests/test_triton_gpu.py keeps the case as an expected failure).
+    WS_3_PER_SM = {"maxnreg": 80, "COPY_REGS": 40}
+    WS_3_PER_SM_MIN_M = 33
 
     # The ring configs again, on activations reordered into the MMA's K order first
     # (``reorder_then``: one small kernel per call): 16-byte copies into the ring
@@ -374,7 +382,8 @@ if triton is not None:
     # every config of the space above, the reorder included (docs/PERF.md).
     # With them, the warp-specialized tiles (``CONSUMERS`` MMA warpgroups of 64 rows and a
     # copy warpgroup; OVERLAP: each wgmma runs while its warpgroup decodes the next step):
-    # one MMA warpgroup at two CTAs per SM (128 registers a thread), two at one (168).
+    # one MMA warpgroup at two CTAs per SM (128 registers a thread) or three (80), two at
+    # one (168).
     def _wgmma_ordered_space() -> list:
         ordered = {"ACT_RING": True, "ACT_ORDERED": True}
         return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st,
@@ -387,7 +396,12 @@ if triton is not None:
                           num_stages=1, maxnreg=WS_MAXNREG[c])
             for c, overlap, st, splits in ((1, False, 4, (1, 2, 4)), (1, True, 4, (1, 2, 4)),
                                            (2, True, 4, (1, 2)), (2, True, 6, (1,)))
-            for sk in splits]
+            for sk in splits] + [
+            triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": sk, "STAGES": 3,
+                           "CONSUMERS": 1, "OVERLAP": False,
+                           "COPY_REGS": WS_3_PER_SM["COPY_REGS"], **ordered},
+                          num_warps=4, num_stages=1, maxnreg=WS_3_PER_SM["maxnreg"])
+            for sk in (1, 2)]
 
     WGMMA_ORDERED_DEFAULT = triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1,
                                            "STAGES": 3, "ACT_RING": True, "ACT_ORDERED": True},
@@ -418,7 +432,9 @@ if triton is not None:
         if not (k % bk == 0 and k // bk >= sk and _wgmma_smem(kw, m) <= SM90_SMEM_BYTES):
             return False
         if kw.get("CONSUMERS"):  # registers set per partition (WS_MAXNREG), ptxas-checked
-            return bn == 64 * kw["CONSUMERS"] and num_warps == 4
+            three_per_sm = kw.get("COPY_REGS") == WS_3_PER_SM["COPY_REGS"]
+            return (bn == 64 * kw["CONSUMERS"] and num_warps == 4
+                    and not (three_per_sm and (m < WS_3_PER_SM_MIN_M or kw.get("OVERLAP"))))
         bb = _wgmma_block_b(m)
         threads = 32 * num_warps
         in_registers = bn * bk // 4 if not kw.get("STAGES") else 0  # words and their prefetch
