@@ -76,6 +76,8 @@ def parse_kernel(choice: str) -> dict | None:
         if isinstance(kw[key], str):
             kw[key] = int(value)
     meta = {k: kw.pop(k) for k in ("num_warps", "num_ctas", "num_stages", "maxnreg") if k in kw}
+    if kw.get("OVERLAP") is False:  # records from before OVERLAP was withdrawn: the same tile
+        del kw["OVERLAP"]
     return {"kernel": name, "kwargs": kw, "num_warps": meta["num_warps"],
             "maxnreg": meta.get("maxnreg")}
 
@@ -92,7 +94,7 @@ def with_stream_k(line: dict, per_sm: list[int]) -> list[dict]:
 def label(line: dict) -> str:
     kw = line["kwargs"]
     keys = ("BLOCK_N", "BLOCK_K", "SPLIT_K", "STAGES", "PREFETCH", "ACT_RING", "ACT_ORDERED",
-            "ASYNC", "STREAM_K", "CONSUMERS", "OVERLAP")
+            "ASYNC", "STREAM_K", "CONSUMERS")
     parts = [f"{k}={kw[k]}" for k in keys if k in kw and kw[k] not in (False, None, 0)]
     cap = f" maxnreg={line['maxnreg']}" if line.get("maxnreg") else ""
     return f"{line['kernel']} {' '.join(parts)} w={line['num_warps']}{cap}"

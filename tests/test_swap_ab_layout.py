@@ -221,7 +221,7 @@ def test_staged_activation_rows_follow_the_a_operand_k_order(block_k):
 # Run in a fresh interpreter without TRITON_INTERPRET: the CPU test run sets it (conftest),
 # and inside the whole suite the in-process sm_90a compile of the kernel failed.
 _COMPILE = r"""
-import json, subprocess, sys, tempfile
+import json, os, subprocess, sys, tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -231,7 +231,7 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from harness.backends import triton_swap_ab, triton_wgmma
 
 (name, block_n, block_k, block_b, split_k, num_warps, stages, async_mma, ring, stream_k,
- maxnreg, ordered, consumers, overlap, copy_regs) = json.loads(sys.argv[1])
+ maxnreg, ordered, consumers, copy_regs) = json.loads(sys.argv[1])
 sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
 sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
@@ -242,7 +242,7 @@ if name == "wgmma":
     fn = triton_wgmma.wgmma_kernel
     # The register split's defaults too: an ASTSource takes no defaults for constexprs.
     const.update(ASYNC=async_mma, ACT_RING=ring, ACT_ORDERED=ordered, CONSUMERS=consumers,
-                 OVERLAP=overlap, COPY_REGS=copy_regs, MMA_REGS=208)
+                 COPY_REGS=copy_regs, MMA_REGS=208)
 else:
     fn = triton_swap_ab.swap_ab_kernel
     const.update(PREFETCH=False)
@@ -259,19 +259,25 @@ with tempfile.TemporaryDirectory() as tmp:
         f.write(kernel.asm["ptx"])
     report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", f"{tmp}/k.ptx", "-o",
                              f"{tmp}/k.o"], capture_output=True, text=True, check=True)
-print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr,
+    cuobjdump = os.path.join(os.path.dirname(get_ptxas(90).path), "cuobjdump")
+    sass = subprocess.run([cuobjdump, "-sass", f"{tmp}/k.o"], capture_output=True, text=True,
+                          check=True).stdout
+print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr, "sass": sass,
                   "shared": kernel.metadata.shared}))
 """
 
 
 def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, async_mma=False,
                    ring=False, kernel="wgmma", stream_k=0, maxnreg=None, ordered=False,
-                   consumers=0, overlap=False, copy_regs=64):
+                   consumers=0, copy_regs=64, sass=False):
     """Compile the kernel (``wgmma_kernel``, or ``swap_ab_kernel`` for ``kernel="mma"``) for
-    sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes of shared memory)."""
+    sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes of shared memory), or with
+    ``sass`` its SASS (cuobjdump beside Triton's ptxas)."""
     out = _run_compile(_COMPILE, [kernel, block_n, block_k, block_b, split_k, num_warps,
                                   stages, async_mma, ring, stream_k, maxnreg, ordered,
-                                  consumers, overlap, copy_regs])
+                                  consumers, copy_regs])
+    if sass:
+        return out["sass"]
     return out["ptx"], out["report"], out["shared"]
 
 
@@ -407,25 +413,22 @@ def test_ordered_activations_arrive_by_16_byte_copies(block_n, block_k, block_b,
     assert "0 bytes spill stores" in report, report
 
 
-@pytest.mark.parametrize("consumers,overlap,block_b,stages", [
-    (1, False, 64, 4), (1, True, 64, 4), (2, True, 64, 6), (2, False, 16, 4)])
-def test_warp_specialized_tile_waits_on_mbarriers_only(consumers, overlap, block_b, stages):
+@pytest.mark.parametrize("consumers,block_b,stages", [(1, 64, 4), (2, 64, 6), (2, 16, 4)])
+def test_warp_specialized_tile_waits_on_mbarriers_only(consumers, block_b, stages):
     """CONSUMERS: the copy warpgroup's threads each arrive on the slot's barrier as their
     cp.async copies land (noinc: the barrier counts 128 arrivals), every MMA warpgroup waits
     on it and releases the slot by one predicated arrival, and no barrier spans more than one
     warpgroup (``bar.sync id, 128``): the MMA warpgroups never wait on each other. Each
     partition gets its registers (setmaxnreg) within maxnreg, without spills, and the fit
     rule's shared memory is what the compile allocates, within a KB (mbarriers, alignment).
-    OVERLAP: the step's decode comes before the retire of the previous step's wgmma, which
-    comes before the slot's release and the next wgmma; without it the wgmma retires before
-    the release."""
+    Each step decodes, runs its wgmma, retires it and only then releases the slot."""
     pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
     from harness.backends import triton_w4a16
 
     maxnreg = triton_w4a16.WS_MAXNREG[consumers]
     ptx, report, shared = _compile_wgmma(64 * consumers, 128, block_b, 1, 4, stages, False,
                                          True, maxnreg=maxnreg, ordered=True,
-                                         consumers=consumers, overlap=overlap)
+                                         consumers=consumers)
     assert "cp.async.mbarrier.arrive.noinc.shared.b64" in ptx
     assert "mbarrier.init.shared::cta.b64" in ptx and ", 128;" in ptx.split("mbarrier.init")[1]
     assert "mbarrier.try_wait.parity" in ptx
@@ -444,26 +447,23 @@ def test_warp_specialized_tile_waits_on_mbarriers_only(consumers, overlap, block
     assert 16 * stages <= shared - triton_w4a16._wgmma_smem(kw, block_b) <= 1024
     # The first MMA warpgroup's loop (the default partition comes first in the PTX).
     loop = ptx[ptx.index("mbarrier.try_wait.parity"):]
-    order = ["fma.rn.bf16x2", "wgmma.wait_group", "mbarrier.arrive.shared", "wgmma.mma_async"]
-    if not overlap:
-        order = ["fma.rn.bf16x2", "wgmma.mma_async", "wgmma.wait_group", "mbarrier.arrive.shared"]
+    order = ["fma.rn.bf16x2", "wgmma.mma_async", "wgmma.wait_group", "mbarrier.arrive.shared"]
     at = [loop.index(op) for op in order]
     assert at == sorted(at), dict(zip(order, at))
 
 
-@pytest.mark.parametrize("overlap", [False, True])
-def test_three_warp_specialized_ctas_fit_an_sm(overlap):
+def test_three_warp_specialized_ctas_fit_an_sm():
     """The three-per-SM tile (``WS_3_PER_SM``): under its maxnreg the copy warpgroup settles
     at COPY_REGS and the MMA warpgroup at the rest of the CTA's registers (setmaxnreg),
     without spills; three CTAs' shared memory (as compiled, with the driver's KB each) fits
-    the SM's 228 KB; and the tuner offers it above M = 32 only, without OVERLAP."""
+    the SM's 228 KB; and the tuner offers it above M = 32 only."""
     pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
     from harness.backends import triton_w4a16
 
     cfg = triton_w4a16.WS_3_PER_SM
     ptx, report, shared = _compile_wgmma(64, 128, 64, 1, 4, 3, False, True,
                                          maxnreg=cfg["maxnreg"], ordered=True, consumers=1,
-                                         overlap=overlap, copy_regs=cfg["COPY_REGS"])
+                                         copy_regs=cfg["COPY_REGS"])
     regs = {int(line.split()[-1].rstrip(";")) for line in ptx.splitlines()
             if "setmaxnreg" in line}
     # The CTA's 8 warps at maxnreg, less the copy warpgroup's: the MMA warpgroup's (120).
@@ -473,14 +473,104 @@ def test_three_warp_specialized_ctas_fit_an_sm(overlap):
     assert "0 bytes spill stores" in report, report
     assert 3 * (shared + 1024) <= 233472, shared
     kw = {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1, "STAGES": 3, "ACT_RING": True,
-          "ACT_ORDERED": True, "CONSUMERS": 1, "OVERLAP": overlap, **cfg}
-    kw.pop("maxnreg")
-    offered = [c.kwargs for c in triton_w4a16._wgmma_ordered_space()
-               if c.maxnreg == cfg["maxnreg"]]
+          "ACT_ORDERED": True, "CONSUMERS": 1, "COPY_REGS": cfg["COPY_REGS"]}
+    assert triton_w4a16._wgmma_fits(kw, 4, triton_w4a16.WS_3_PER_SM_MIN_M, 5120)
     assert not triton_w4a16._wgmma_fits(kw, 4, triton_w4a16.WS_3_PER_SM_MIN_M - 1, 5120)
-    # OVERLAP: a race on the GPU (test_triton_gpu), so neither offered nor accepted.
-    assert triton_w4a16._wgmma_fits(kw, 4, triton_w4a16.WS_3_PER_SM_MIN_M, 5120) != overlap
-    assert (kw in offered) != overlap and offered
+    assert kw in [c.kwargs for c in triton_w4a16._wgmma_ordered_space()
+                  if c.maxnreg == cfg["maxnreg"]]
+
+
+def _inflight_a_writes(sass: str) -> list[str]:
+    """SASS instructions that write a register an ``HGMMA`` reads as its A operand while that
+    ``HGMMA`` is in flight (issued, no ``WARPGROUP.DEPBAR`` since), along every path of the
+    kernel's branches: undefined behaviour by the PTX ISA, which ptxas does not prevent when
+    the PTX no longer shows the operand live (the output then depends on timing)."""
+    import re
+
+    ins = []
+    for line in sass.splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(2)))
+    index = {pc: i for i, (pc, _) in enumerate(ins)}
+    found, seen, work = set(), set(), [(0, frozenset())]
+    while work:
+        i, pending = work.pop()
+        while i < len(ins) and (i, pending) not in seen:
+            seen.add((i, pending))
+            pc, text = ins[i]
+            body = re.sub(r"^@!?U?P\w+\s+", "", text)  # a predicated instruction's own text
+            op, _, args = body.partition(" ")
+            dest = re.match(r"R(\d+)\b", args.strip())
+            if op.startswith("HGMMA"):
+                a = re.match(r"R\d+, R(\d+),", args.strip())
+                if a:  # the A fragment: four registers
+                    pending = pending | frozenset(range(int(a.group(1)), int(a.group(1)) + 4))
+            elif op.startswith("WARPGROUP.DEPBAR"):
+                pending = frozenset()
+            elif dest and pending and not op.startswith(("ST", "RED", "ATOM")):
+                width = 4 if ".128" in op else 2 if (".64" in op or ".WIDE" in op) else 1
+                if set(range(int(dest.group(1)), int(dest.group(1)) + width)) & pending:
+                    found.add(f"{pc:#x} {text}")
+            if op.startswith("BRA"):
+                target = re.search(r"0x([0-9a-f]+)", args)
+                if target and int(target.group(1), 16) in index:
+                    work.append((index[int(target.group(1), 16)], pending))
+                if body == text:  # not predicated: no fall-through
+                    break
+            if op.startswith(("EXIT", "RET")) and body == text:
+                break
+            i += 1
+    return sorted(found)
+
+
+def test_inflight_a_writes_finds_a_decode_into_a_running_wgmma():
+    """The checker can fail: a loop whose next decode writes R56 before the wait on the
+    previous HGMMA (as the withdrawn OVERLAP tile compiled) is caught across the branch back;
+    with the wait first, or a write to another register, it is not."""
+    def sass(body):
+        return "\n".join(f"        /*{16 * i:04x}*/    {t} ;" for i, t in enumerate(body))
+    loop = ["SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR12+0xf6a0], R4",
+            "SHF.R.U32.HI R56, RZ, 0x5, R5",
+            "WARPGROUP.DEPBAR.LE gsb0, 0x0",
+            "WARPGROUP.ARRIVE",
+            "HGMMA.64x64x16.F32.BF16 R24, R56, gdesc[UR12], R24, gsb0",
+            "@P0 BRA 0x0",
+            "EXIT"]
+    assert _inflight_a_writes(sass(loop)) == ["0x10 SHF.R.U32.HI R56, RZ, 0x5, R5"]
+    assert _inflight_a_writes(sass([loop[0], loop[2], *loop[1:2], *loop[3:]])) == []
+    assert _inflight_a_writes(sass([loop[0], "LDS.128 R60, [R10]", *loop[2:]])) == []
+    assert _inflight_a_writes(sass([loop[0], "LDS.128 R54, [R10]", *loop[2:]])) != []
+
+
+@pytest.mark.parametrize("case", ["ring", "ring-ordered", "registers", "async",
+                                  "warp-specialized", "warp-specialized-3-per-sm",
+                                  "warp-specialized-2-mma"])
+def test_no_wgmma_reads_a_register_being_rewritten(case):
+    """sm_90a SASS of every register-A wgmma variant the backend tunes or forces: no
+    instruction writes an in-flight HGMMA's A registers (the race that withdrew OVERLAP)."""
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    from harness.backends import triton_w4a16
+
+    ws = triton_w4a16.WS_3_PER_SM
+    args, kw = {
+        "ring": ((128, 128, 64, 2, 8, 4, False, False), {}),
+        "ring-ordered": ((64, 128, 64, 1, 4, 3, False, True), {"ordered": True}),
+        "registers": ((64, 128, 64, 1, 4, 0, False, False), {}),
+        "async": ((128, 128, 64, 1, 8, 4, True, False), {}),
+        "warp-specialized": ((64, 128, 64, 1, 4, 4, False, True),
+                             {"maxnreg": triton_w4a16.WS_MAXNREG[1], "ordered": True,
+                              "consumers": 1}),
+        "warp-specialized-3-per-sm": ((64, 128, 64, 1, 4, 3, False, True),
+                                      {"maxnreg": ws["maxnreg"], "ordered": True,
+                                       "consumers": 1, "copy_regs": ws["COPY_REGS"]}),
+        "warp-specialized-2-mma": ((128, 128, 64, 1, 4, 6, False, True),
+                                   {"maxnreg": triton_w4a16.WS_MAXNREG[2], "ordered": True,
+                                    "consumers": 2}),
+    }[case]
+    sass = _compile_wgmma(*args, **kw, sass=True)
+    assert sass.count("HGMMA") >= 8
+    assert _inflight_a_writes(sass) == []
 
 
 def test_in_mma_k_order_is_the_staging_permutation():

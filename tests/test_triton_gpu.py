@@ -169,8 +169,8 @@ def test_cached_launches_match_tritons_own(autotune, ordered, monkeypatch):
         pytest.skip("the ordered path runs on SM90 only")
     if ordered == "warp-specialized":
         config = triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 2, "STAGES": 4,
-                                "ACT_RING": True, "ACT_ORDERED": True, "CONSUMERS": 1,
-                                "OVERLAP": True}, num_warps=4, num_stages=1,
+                                "ACT_RING": True, "ACT_ORDERED": True, "CONSUMERS": 1},
+                               num_warps=4, num_stages=1,
                                maxnreg=triton_w4a16.WS_MAXNREG[1])
         fixed = triton_w4a16._fixed(triton_wgmma.wgmma_kernel, config)
         monkeypatch.setattr(triton_w4a16, "_wgmma_ordered_tuned", lambda: fixed)
@@ -359,21 +359,15 @@ def test_ordered_activations_match_torch_dequant(bn, bk, sk, warps, stages):
 @pytest.mark.skipif(not torch.cuda.is_available()
                     or torch.cuda.get_device_capability() != (9, 0),
                     reason="the warp-specialized wgmma tile needs an SM90 GPU")
-@pytest.mark.parametrize("consumers,overlap,sk,stages,per_sm", [
-    (1, False, 1, 3, 2), (1, False, 4, 4, 2), (2, False, 1, 4, 1), (2, False, 8, 6, 1),
-    (1, True, 4, 4, 2), (2, True, 8, 6, 1), (1, False, 2, 3, 3),
-    # Seen on an H100: the graph replay's bits differed from the eager call's at
-    # (5120, 6144, M = 33); the sweep's error doubled on gate_up at M = 64. Out of the tuning
-    # space (``_wgmma_fits``) until the race is found.
-    pytest.param(1, True, 1, 3, 3, marks=pytest.mark.xfail(
-        reason="OVERLAP at three CTAs per SM races", strict=False))])
-def test_warp_specialized_tile_matches_the_ring_kernel(consumers, overlap, sk, stages, per_sm):
+@pytest.mark.parametrize("consumers,sk,stages,per_sm", [
+    (1, 1, 3, 2), (1, 4, 4, 2), (2, 1, 4, 1), (2, 8, 6, 1), (1, 2, 3, 3)])
+def test_warp_specialized_tile_matches_the_ring_kernel(consumers, sk, stages, per_sm):
     """CONSUMERS: the warp-specialized tile (a copy warpgroup, one or two MMA warpgroups of
-    64 rows each, mbarriers between them; OVERLAP: each wgmma left in flight while the next
-    step decodes) gives the reference's output and the same bits as the 64-row ordered ring
-    config of the same split (each MMA warpgroup runs its K steps in the same order), for
-    partial row and batch tiles, splits past the end of K, and from a graph replay, under
-    the PDL launch the backend uses behind its reorder."""
+    64 rows each, mbarriers between them; ``per_sm`` 3: the registers of three CTAs per SM)
+    gives the reference's output and the same bits as the 64-row ordered ring config of the
+    same split (each MMA warpgroup runs its K steps in the same order), for partial row and
+    batch tiles, splits past the end of K, and from a graph replay, under the PDL launch the
+    backend uses behind its reorder."""
     from harness.backends import triton_w4a16
 
     sweep = _config_sweep()
@@ -381,8 +375,7 @@ def test_warp_specialized_tile_matches_the_ring_kernel(consumers, overlap, sk, s
     tri, deq = get_backend("triton"), get_backend("torch-dequant")
     ring = {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": sk, "STAGES": stages, "ACT_RING": True,
             "ACT_ORDERED": True}
-    line = {"kernel": "wgmma", "kwargs": dict(ring, BLOCK_N=64 * consumers, CONSUMERS=consumers,
-                                              OVERLAP=overlap),
+    line = {"kernel": "wgmma", "kwargs": dict(ring, BLOCK_N=64 * consumers, CONSUMERS=consumers),
             "num_warps": 4, "maxnreg": triton_w4a16.WS_MAXNREG[consumers]}
     if per_sm == 3:  # the registers of three CTAs per SM
         line["kwargs"]["COPY_REGS"] = triton_w4a16.WS_3_PER_SM["COPY_REGS"]

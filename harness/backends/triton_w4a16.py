@@ -371,8 +371,6 @@ if triton is not None:
     # the copy warpgroup's registers (the MMA warpgroup then gets 120). A candidate above
     # M = 32 only: forced on the H100 it won on gate_up at M = 64 (72.4 us against 81.0 at
     # two per SM and 87.0 for the tuned ring) and lost on every M = 32 row (docs/PERF.md).
-    # Not with OVERLAP: there a graph replay gave other bits than the eager call (a race
-    # not yet found; tests/test_triton_gpu.py keeps the case as an expected failure).
     WS_3_PER_SM = {"maxnreg": 80, "COPY_REGS": 40}
     WS_3_PER_SM_MIN_M = 33
 
@@ -380,26 +378,22 @@ if triton is not None:
     # (``reorder_then``: one small kernel per call): 16-byte copies into the ring
     # where the reorder in the copy takes 4-byte ones. Forced on the H100 at M = 64 they beat
     # every config of the space above, the reorder included (docs/PERF.md).
-    # With them, the warp-specialized tiles (``CONSUMERS`` MMA warpgroups of 64 rows and a
-    # copy warpgroup; OVERLAP: each wgmma runs while its warpgroup decodes the next step):
-    # one MMA warpgroup at two CTAs per SM (128 registers a thread) or three (80), two at
-    # one (168).
+    # With them, the warp-specialized tile of one MMA warpgroup of 64 rows and a copy
+    # warpgroup (``CONSUMERS`` = 1) at two CTAs per SM (128 registers a thread) or three
+    # (80). Two MMA warpgroups (one CTA per SM) were slower on every forced row of the
+    # H100, so they stay a forced-config capability (docs/PERF.md).
     def _wgmma_ordered_space() -> list:
         ordered = {"ACT_RING": True, "ACT_ORDERED": True}
+        ws = {"BLOCK_N": 64, "BLOCK_K": 128, "CONSUMERS": 1, **ordered}
         return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk, "STAGES": st,
                                **ordered}, num_warps=w, num_stages=1)
                 for bn, w, bk, st in ((64, 4, 128, 3), (64, 4, 128, 4), (128, 4, 128, 4),
                                       (128, 8, 128, 4), (128, 8, 256, 4), (256, 8, 128, 4))
                 for sk in (1, 2, 4, 8)] + [
-            triton.Config({"BLOCK_N": 64 * c, "BLOCK_K": 128, "SPLIT_K": sk, "STAGES": st,
-                           "CONSUMERS": c, "OVERLAP": overlap, **ordered}, num_warps=4,
-                          num_stages=1, maxnreg=WS_MAXNREG[c])
-            for c, overlap, st, splits in ((1, False, 4, (1, 2, 4)), (1, True, 4, (1, 2, 4)),
-                                           (2, True, 4, (1, 2)), (2, True, 6, (1,)))
-            for sk in splits] + [
-            triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": sk, "STAGES": 3,
-                           "CONSUMERS": 1, "OVERLAP": False,
-                           "COPY_REGS": WS_3_PER_SM["COPY_REGS"], **ordered},
+            triton.Config(dict(ws, SPLIT_K=sk, STAGES=4), num_warps=4, num_stages=1,
+                          maxnreg=WS_MAXNREG[1])
+            for sk in (1, 2, 4)] + [
+            triton.Config(dict(ws, SPLIT_K=sk, STAGES=3, COPY_REGS=WS_3_PER_SM["COPY_REGS"]),
                           num_warps=4, num_stages=1, maxnreg=WS_3_PER_SM["maxnreg"])
             for sk in (1, 2)]
 
@@ -434,7 +428,7 @@ if triton is not None:
         if kw.get("CONSUMERS"):  # registers set per partition (WS_MAXNREG), ptxas-checked
             three_per_sm = kw.get("COPY_REGS") == WS_3_PER_SM["COPY_REGS"]
             return (bn == 64 * kw["CONSUMERS"] and num_warps == 4
-                    and not (three_per_sm and (m < WS_3_PER_SM_MIN_M or kw.get("OVERLAP"))))
+                    and (m >= WS_3_PER_SM_MIN_M or not three_per_sm))
         bb = _wgmma_block_b(m)
         threads = 32 * num_warps
         in_registers = bn * bk // 4 if not kw.get("STAGES") else 0  # words and their prefetch

@@ -83,8 +83,7 @@ WS_COPY_WARPS = 4
 if gluon is not None:
     try:
         from triton.experimental.gluon.language.nvidia.hopper import (
-            fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_init,
-            warpgroup_mma_wait)
+            fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_wait)
     except ImportError:  # a Gluon without its Hopper module: the mma.sync kernel only
         gluon = None
 
@@ -324,7 +323,7 @@ if gluon is not None:
     @gluon.jit
     def _ws_produce(ptrs, dims, bufs, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                     STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
-                    SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr):
+                    SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr):
         """The copy partition of ``CONSUMERS``: each K step's words, scales and (MMA-ordered)
         activations into ring slot ``step % STAGES`` by cp.async, once every consumer has
         released the slot; each thread's copies arrive on the slot's ``ready`` barrier as
@@ -363,15 +362,16 @@ if gluon is not None:
     @gluon.jit
     def _ws_consume(ptrs, dims, bufs, ROW: gl.constexpr, BLOCK_K: gl.constexpr,
                     BLOCK_B: gl.constexpr, STAGES: gl.constexpr, FP8_CVT: gl.constexpr,
-                    GDC: gl.constexpr, SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr,
-                    OVERLAP: gl.constexpr):
+                    GDC: gl.constexpr, SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr):
         """One MMA warpgroup of ``CONSUMERS``: rows [ROW, ROW + 64) of the CTA's weight tile.
         Per K step it waits for the slot's copies, decodes its rows of the words into the A
         fragment, runs the ``wgmma`` on the shared batch tile and releases the slot once the
-        ``wgmma`` has read it (synchronous; ``OVERLAP``: left in flight while the next step
-        decodes, retired and released then); then stores its 64 rows of out^T as a tile of
-        its own (split-K partials included). No barrier spans the warpgroups: each waits only
-        for the copies."""
+        ``wgmma`` has read it; then stores its 64 rows of out^T as a tile of its own (split-K
+        partials included). No barrier spans the warpgroups: each waits only for the copies.
+        The ``wgmma`` is retired before the next step decodes: left in flight, its A
+        registers were the next decode's destination (sm_90a SASS of Triton 3.6 and ptxas:
+        the wait's deps keep the bf16 elements alive, not the packed registers the wgmma
+        reads), and a graph replay then gave other bits (docs/PERF.md)."""
         out_ptr, ws_ptr, cnt_ptr, scale_ptr = ptrs[3], ptrs[4], ptrs[5], ptrs[6]
         M, N, stride_om = dims[0], dims[1], dims[3]
         pid_b, pid_n, pid_k, first, last = dims[6], dims[7], dims[8], dims[9], dims[10]
@@ -381,9 +381,6 @@ if gluon is not None:
         MMA: gl.constexpr = _wgmma_layout(BLOCK_B, nw)
         A_LAYOUT: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
         acc = gl.zeros([SUB, BLOCK_B], gl.float32, layout=MMA)
-        if OVERLAP:
-            acc = warpgroup_mma_init(acc)
-            a_prev = gl.zeros([SUB, BLOCK_K], gl.bfloat16, layout=A_LAYOUT)
         for step in range(first, last):
             i = step - first
             slot = i % STAGES
@@ -392,18 +389,8 @@ if gluon is not None:
             wv, sb = swap_ab._read_words(w_smem.index(slot).slice(ROW, SUB, dim=1),
                                          s_smem.index(slot).slice(ROW, SUB, dim=0), SUB, BLOCK_K)
             a = swap_ab._a_fragment(wv, sb, SUB, BLOCK_K, A_LAYOUT, FP8_CVT)
-            if OVERLAP:
-                # The previous step's wgmma ran while this step decoded; its A registers stay
-                # allocated until it is retired (the wait's deps), then its slot is free.
-                done, a_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_prev))
-                mbarrier.arrive(free.index((i + STAGES - 1) % STAGES), pred=i > 0)
-                acc = warpgroup_mma(a, x_ring.index(slot).permute([1, 0]), done, is_async=True)
-                a_prev = a
-            else:
-                acc = warpgroup_mma(a, x_ring.index(slot).permute([1, 0]), acc)
-                mbarrier.arrive(free.index(slot))  # the synchronous wgmma has read the slot
-        if OVERLAP:
-            acc, a_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_prev))
+            acc = warpgroup_mma(a, x_ring.index(slot).permute([1, 0]), acc)
+            mbarrier.arrive(free.index(slot))  # the synchronous wgmma has read the slot
         if GDC:
             swap_ab._gdc_wait()  # writes follow the previous kernel (also with no K steps)
         nb = gl.num_programs(0)
@@ -415,28 +402,28 @@ if gluon is not None:
     @gluon.jit
     def _ws_first(ptrs, dims, bufs, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                   STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
-                  SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr):
+                  SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr):
         """The default partition: the consumer of rows [0, 64); it lets the next kernel launch
         once its K loop is done, as the other kernels do before their epilogue."""
         _ws_consume(ptrs, dims, bufs, 0, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
-                    CONSUMERS, OVERLAP)
+                    CONSUMERS)
         if GDC:
             swap_ab._gdc_launch_dependents()
 
     @gluon.jit
     def _ws_second(ptrs, dims, bufs, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                    STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
-                   SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr):
+                   SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr):
         """A worker partition: the consumer of rows [64, 128)."""
         _ws_consume(ptrs, dims, bufs, 64, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
-                    CONSUMERS, OVERLAP)
+                    CONSUMERS)
 
     @gluon.jit
     def _ws_tile(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, K, stride_xm,
                  stride_om, stride_wn, stride_sn, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                  SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr,
-                 GDC: gl.constexpr, CONSUMERS: gl.constexpr, OVERLAP: gl.constexpr,
-                 COPY_REGS: gl.constexpr, MMA_REGS: gl.constexpr):
+                 GDC: gl.constexpr, CONSUMERS: gl.constexpr, COPY_REGS: gl.constexpr,
+                 MMA_REGS: gl.constexpr):
         """``CONSUMERS`` > 0: the CTA's tile of 64 * CONSUMERS weight rows by warp
         specialization. One copy warpgroup (``_ws_produce``) fills the ring; each MMA
         warpgroup (``_ws_consume``) decodes its 64 rows of every slot against the one batch
@@ -465,19 +452,19 @@ if gluon is not None:
         if CONSUMERS == 1:
             gl.warp_specialize([
                 (_ws_first, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
-                             CONSUMERS, OVERLAP)),
+                             CONSUMERS)),
                 (_ws_produce, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC,
-                               SPLIT_K, CONSUMERS, OVERLAP)),
+                               SPLIT_K, CONSUMERS)),
             ], [_WS_COPY_WARPS], [COPY_REGS])
         else:
             gl.static_assert(CONSUMERS == 2, "one or two MMA warpgroups")
             gl.warp_specialize([
                 (_ws_first, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
-                             CONSUMERS, OVERLAP)),
+                             CONSUMERS)),
                 (_ws_produce, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC,
-                               SPLIT_K, CONSUMERS, OVERLAP)),
+                               SPLIT_K, CONSUMERS)),
                 (_ws_second, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC,
-                              SPLIT_K, CONSUMERS, OVERLAP)),
+                              SPLIT_K, CONSUMERS)),
             ], [_WS_COPY_WARPS, 4], [COPY_REGS, MMA_REGS])
 
     @gluon.constexpr_function
@@ -499,8 +486,7 @@ if gluon is not None:
                      ASYNC: gl.constexpr = False, GDC: gl.constexpr = False,
                      ACT_RING: gl.constexpr = False, STREAM_K: gl.constexpr = 0,
                      ACT_ORDERED: gl.constexpr = False, CONSUMERS: gl.constexpr = 0,
-                     COPY_REGS: gl.constexpr = 64, MMA_REGS: gl.constexpr = 208,
-                     OVERLAP: gl.constexpr = False):
+                     COPY_REGS: gl.constexpr = 64, MMA_REGS: gl.constexpr = 208):
         # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
         # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
         # ahead (more bytes in flight per SM; on the H200 the tuner keeps it on some shapes
@@ -518,7 +504,7 @@ if gluon is not None:
                              "a warp-specialized tile: ordered ring, 64 rows per warpgroup")
             _ws_tile(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, K,
                      stride_xm, stride_om, stride_wn, stride_sn, BLOCK_K, BLOCK_B, SPLIT_K,
-                     FP8_CVT, STAGES, GDC, CONSUMERS, OVERLAP, COPY_REGS, MMA_REGS)
+                     FP8_CVT, STAGES, GDC, CONSUMERS, COPY_REGS, MMA_REGS)
             return
         MMA: gl.constexpr = _wgmma_layout(BLOCK_B, nw)
         XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
