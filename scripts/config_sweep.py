@@ -82,6 +82,27 @@ def parse_kernel(choice: str) -> dict | None:
             "maxnreg": meta.get("maxnreg")}
 
 
+def read_configs(record: str | None, configs: str | None) -> tuple[dict, list[dict]]:
+    """``--record`` and ``--configs`` -> ({(N, K, M): the config the tuner kept}, the config
+    lines of the file)."""
+    tuned: dict[tuple[int, int, int], dict] = {}
+    if record:
+        for r in json.loads(Path(record).read_text())["rows"]:
+            line = parse_kernel(r.get("triton_kernel") or "")
+            if line:
+                tuned[(r["n"], r["k"], r["m"])] = line
+    extra = []
+    if configs:
+        extra = [json.loads(t) for t in Path(configs).read_text().splitlines() if t.strip()]
+    return tuned, extra
+
+
+def lines_for(tuned: dict, extra: list[dict], n: int, k: int, m: int) -> list[dict]:
+    """The configs to run for one shape and M: the tuned one, then the file's lines for M."""
+    lines = [tuned[(n, k, m)]] if (n, k, m) in tuned else []
+    return lines + [e for e in extra if "m" not in e or m in e["m"]]
+
+
 def with_stream_k(line: dict, per_sm: list[int]) -> list[dict]:
     """The config line and its stream-K variants."""
     out = [line]
@@ -147,15 +168,7 @@ def main() -> int:
     dev = torch.device("cuda")
     ms = args.m
     per_sm = [int(v) for v in args.stream_k.split(",") if v]
-    tuned: dict[tuple[int, int, int], dict] = {}
-    if args.record:
-        for r in json.loads(Path(args.record).read_text())["rows"]:
-            line = parse_kernel(r.get("triton_kernel") or "")
-            if line:
-                tuned[(r["n"], r["k"], r["m"])] = line
-    extra = []
-    if args.configs:
-        extra = [json.loads(t) for t in Path(args.configs).read_text().splitlines() if t.strip()]
+    tuned, extra = read_configs(args.record, args.configs)
     gen = torch.Generator(device=dev).manual_seed(0)
     tri, deq = get_backend("triton"), get_backend("torch-dequant")
     out = Path(args.out)
@@ -173,8 +186,7 @@ def main() -> int:
         for m in ms:
             x = torch.randn(m, k, generator=gen, device=dev).to(torch.bfloat16)
             base = deq.run(pd, x, None).float()
-            lines = [tuned[(n, k, m)]] if (n, k, m) in tuned else []
-            lines += [e for e in extra if "m" not in e or m in e["m"]]
+            lines = lines_for(tuned, extra, n, k, m)
             todo = {label(v): v for line in lines for v in with_stream_k(line, per_sm)
                     if not (args.classic_only and v["kwargs"].get("STREAM_K"))}.values()
             for line in todo:

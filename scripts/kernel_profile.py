@@ -37,7 +37,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from config_sweep import label, launch, parse_kernel  # noqa: E402
+from config_sweep import label, launch, lines_for, read_configs  # noqa: E402
 from hopper_peers import _read, parse_gpu_args  # noqa: E402
 
 from harness.backends import LayerWeights, get_backend  # noqa: E402
@@ -135,15 +135,7 @@ def main() -> int:
             ap.error(f"--layers {args.layers!r} matches no layer of --models")
     peers = [get_backend(p) for p in args.peers.split(",") if p]
     dev = torch.device("cuda")
-    tuned: dict[tuple[int, int, int], dict] = {}
-    if args.record:
-        for r in json.loads(Path(args.record).read_text())["rows"]:
-            line = parse_kernel(r.get("triton_kernel") or "")
-            if line:
-                tuned[(r["n"], r["k"], r["m"])] = line
-    extra = []
-    if args.configs:
-        extra = [json.loads(t) for t in Path(args.configs).read_text().splitlines() if t.strip()]
+    tuned, extra = read_configs(args.record, args.configs)
     gen = torch.Generator(device=dev).manual_seed(0)
     tri, deq = get_backend("triton"), get_backend("torch-dequant")
     out = Path(args.out)
@@ -163,8 +155,7 @@ def main() -> int:
             x = torch.randn(m, k, generator=gen, device=dev).to(torch.bfloat16)
             gsf = torch.tensor(448 * 6 / float(x.abs().amax()), device=dev)
             base = deq.run(pd, x, None).float()
-            lines = [tuned[(n, k, m)]] if (n, k, m) in tuned else []
-            lines += [e for e in extra if "m" not in e or m in e["m"]]
+            lines = lines_for(tuned, extra, n, k, m)
             for line in {label(v): v for v in lines}.values():
                 name = f"{layer} M={m} {label(line)}"
                 got = launch(line, x, pt).float()
