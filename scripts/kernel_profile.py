@@ -41,6 +41,7 @@ from config_sweep import label, launch, lines_for, read_configs  # noqa: E402
 from hopper_peers import _read, parse_gpu_args  # noqa: E402
 
 from harness.backends import LayerWeights, get_backend  # noqa: E402
+from harness.models import UnknownNameError  # noqa: E402
 from harness.models.weights import synthetic_linear  # noqa: E402
 from harness.records import atomic_write_text  # noqa: E402
 
@@ -111,10 +112,19 @@ def summary(raw_csv: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def backends(text: str) -> list:
+    """``--peers``: comma-separated harness backend names."""
+    try:
+        return [get_backend(name) for name in text.split(",") if name]
+    except UnknownNameError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main() -> int:
     if "--summary" in sys.argv[1:2]:
-        if len(sys.argv) != 3:
-            print("usage: kernel_profile.py --summary RAW.csv", file=sys.stderr)
+        if len(sys.argv) != 3 or not Path(sys.argv[2]).is_file():
+            print("usage: kernel_profile.py --summary RAW.csv (ncu's --page raw --csv output)",
+                  file=sys.stderr)
             return 2
         print(summary(sys.argv[2]), end="")
         return 0
@@ -123,7 +133,8 @@ def main() -> int:
     ap.add_argument("--configs", help="JSON lines of configs, as config_sweep.py reads")
     ap.add_argument("--layers", default="",
                     help="comma-separated layer names to keep (default: every layer)")
-    ap.add_argument("--peers", default="", help="comma-separated harness backends to add")
+    ap.add_argument("--peers", default=[], type=backends,
+                    help="comma-separated harness backends to add (e.g. torch-fp8)")
     ap.add_argument("--read-only", action="store_true",
                     help="add the plain read of each layer's NVFP4 bytes")
     args, shapes = parse_gpu_args(ap, models="qwen3.6-27b", m="1,64")
@@ -133,7 +144,6 @@ def main() -> int:
                   if any(nm.split(":", 1)[1] in keep for nm in names)}
         if not shapes:
             ap.error(f"--layers {args.layers!r} matches no layer of --models")
-    peers = [get_backend(p) for p in args.peers.split(",") if p]
     dev = torch.device("cuda")
     tuned, extra = read_configs(args.record, args.configs)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -158,15 +168,19 @@ def main() -> int:
             lines = lines_for(tuned, extra, n, k, m)
             for line in {label(v): v for v in lines}.values():
                 name = f"{layer} M={m} {label(line)}"
-                got = launch(line, x, pt).float()
-                err = ((got - base).norm() / base.norm()).item()
-                entry = {"range": name, "n": n, "k": k, "m": m, "line": line, "rel_err": err}
-                if torch.isfinite(got).all() and err < 1e-2:
-                    profiled(name, lambda: launch(line, x, pt))
+                entry = {"range": name, "n": n, "k": k, "m": m, "line": line}
+                try:
+                    got = launch(line, x, pt).float()
+                except Exception as e:  # a config that does not compile or launch
+                    entry["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
                 else:
-                    entry["failed"] = f"relative error {err:.3g} or non-finite output"
+                    err = entry["rel_err"] = ((got - base).norm() / base.norm()).item()
+                    if torch.isfinite(got).all() and err < 1e-2:
+                        profiled(name, lambda: launch(line, x, pt))
+                    else:
+                        entry["failed"] = f"relative error {err:.3g} or non-finite output"
                 launches.append(entry)
-            for be in peers:
+            for be in args.peers:
                 p = be.prepare(lw)
                 name = f"{layer} M={m} {be.name}"
                 profiled(name, lambda: be.run(p, x, gsf))

@@ -227,3 +227,9 @@ def test_kernel_profile_summary_reads_ncus_raw_csv(tmp_path):
     done = subprocess.run([sys.executable, str(script), "--summary", str(raw)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "gpu__time_duration.sum" in done.stderr
+    done = subprocess.run([sys.executable, str(script), "--summary", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "usage" in done.stderr
+    done = subprocess.run([sys.executable, str(script), "--peers", "torch-fp8,nope"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "torch-fp8" in done.stderr and "nope" in done.stderr
