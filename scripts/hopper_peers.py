@@ -131,18 +131,29 @@ def _read(ptr, out, n, per_prog, BLOCK: tl.constexpr):
     tl.store(out + pid, tl.reduce(acc, 0, _xor))
 
 
+def read_buffer(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of random words on the GPU, for the read-only kernel."""
+    return torch.randint(-2**31, 2**31 - 1, (nbytes // 4,), dtype=torch.int32, device="cuda")
+
+
+def read_launch(buf: torch.Tensor, programs: int, block: int, warps: int):
+    """The read-only kernel over ``buf`` in about ``programs`` programs of whole ``block``s
+    -> (a call that launches it, the programs it launches)."""
+    n = buf.numel()
+    per = triton.cdiv(triton.cdiv(n, programs), block) * block
+    programs = triton.cdiv(n, per)
+    out = torch.empty(programs, dtype=torch.int32, device=buf.device)
+    return (lambda: _read[(programs,)](buf, out, n, per, BLOCK=block, num_warps=warps)), programs
+
+
 def read_ceiling_us(nbytes: int, timer=cold_us) -> tuple[float, str]:
-    n = nbytes // 4
-    buf = torch.randint(-2**31, 2**31 - 1, (n,), dtype=torch.int32, device="cuda")
+    buf = read_buffer(nbytes)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     best, how = math.inf, ""
     for mult in (1, 2, 4, 8):
         for block, warps in ((1024, 4), (2048, 8), (4096, 8)):
-            progs = sms * mult
-            per = triton.cdiv(triton.cdiv(n, progs), block) * block
-            progs = triton.cdiv(n, per)
-            out = torch.empty(progs, dtype=torch.int32, device="cuda")
-            t = timer(lambda: _read[(progs,)](buf, out, n, per, BLOCK=block, num_warps=warps))
+            call, progs = read_launch(buf, sms * mult, block, warps)
+            t = timer(call)
             if t < best:
                 best, how = t, f"{progs} programs x {block} words, {warps} warps"
     return best, how

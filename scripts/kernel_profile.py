@@ -35,10 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 
 from config_sweep import label, launch, lines_for, read_configs  # noqa: E402
-from hopper_peers import _read, parse_gpu_args  # noqa: E402
+from hopper_peers import parse_gpu_args, read_buffer, read_launch  # noqa: E402
 
 from harness.backends import LayerWeights, get_backend  # noqa: E402
 from harness.models import UnknownNameError  # noqa: E402
@@ -60,13 +59,8 @@ def profiled(name: str, fn) -> None:
 def read_only(nbytes: int, dev: torch.device):
     """The read of ``hopper_peers.read_ceiling_us``'s most common best shape: 2 programs per
     SM of 4096 words, 8 warps."""
-    n = nbytes // 4
-    buf = torch.randint(-2**31, 2**31 - 1, (n,), dtype=torch.int32, device=dev)
-    progs = 2 * torch.cuda.get_device_properties(dev).multi_processor_count
-    per = triton.cdiv(triton.cdiv(n, progs), 4096) * 4096
-    progs = triton.cdiv(n, per)
-    out = torch.empty(progs, dtype=torch.int32, device=dev)
-    return lambda: _read[(progs,)](buf, out, n, per, BLOCK=4096, num_warps=8)
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    return read_launch(read_buffer(nbytes), 2 * sms, 4096, 8)[0]
 
 
 # ncu --set full metrics of the summary: (column, metric, format).
