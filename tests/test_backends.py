@@ -233,3 +233,24 @@ def test_kernel_profile_summary_reads_ncus_raw_csv(tmp_path):
     done = subprocess.run([sys.executable, str(script), "--peers", "torch-fp8,nope"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "torch-fp8" in done.stderr and "nope" in done.stderr
+
+
+def test_kernel_profile_summary_of_a_real_ncu_report(tmp_path):
+    """The same on Nsight Compute 2025.3.1's own raw CSV of an H100 run (two of its kernels,
+    every column; ``tests/ncu``): the rows are those of the committed record that this run
+    made (``baselines/peers/h100-sm90/1e0ba0d1-kernel-profile.md``)."""
+    import gzip
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    raw = tmp_path / "raw.csv"
+    raw.write_bytes(gzip.decompress((root / "tests/ncu/raw-h100-2025.3.1.csv.gz").read_bytes()))
+    done = subprocess.run([sys.executable, str(root / "scripts/kernel_profile.py"), "--summary",
+                           str(raw)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()[2:]
+    record = (root / "baselines/peers/h100-sm90/1e0ba0d1-kernel-profile.md").read_text()
+    assert len(rows) == 2 and all(row in record.splitlines() for row in rows), rows
+    assert "| _read | 256 | 48 | 14 | 36.8 | 1.92 | 2.72 | 1 | 17 | 3.8 | 90 |" in rows[0]
