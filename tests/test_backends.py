@@ -187,6 +187,25 @@ def test_gpu_scripts_reject_bad_arguments_with_the_choices(script, argv, says):
     assert says in r.stderr
 
 
+def test_tuner_probe_rejects_bad_arguments_and_a_machine_without_gpu():
+    """``tuner_probe.py``: a missing or non-integer seed exits 2 with its usage; without a
+    CUDA GPU it exits 2 saying so, before any tuning."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torch = pytest.importorskip("torch")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "tuner_probe.py"
+    for argv, says in (([], "required: seed"), (["x"], "invalid int value: 'x'")):
+        r = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 2 and says in r.stderr, r.stderr
+    if not torch.cuda.is_available():
+        r = subprocess.run([sys.executable, str(script), "7"], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr, r.stderr
+
+
 def test_kernel_profile_summary_reads_ncus_raw_csv(tmp_path):
     """``kernel_profile.py --summary`` turns ncu's raw CSV (a header row, a units row, a row
     per kernel named "range/kernel") into one table row per kernel: its metrics, the share of

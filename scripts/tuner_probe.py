@@ -1,0 +1,81 @@
+"""What the ``triton`` backend's small-M tuning saw, per layer shape: a repeatability probe.
+
+    python scripts/tuner_probe.py SEED > probe.jsonl     # run it in several fresh processes
+
+For Qwen3.6-27B's gdn_in_proj_qkvz, qkv_proj, o_proj (M = 32 and 64) and down_proj shapes
+at M = 64 it tunes the backend once (``TritonW4A16.tune``: each small-M tuner's own search,
+then the path chooser's alternating timings) and prints one JSON line per shape:
+
+* ``paths``: the chooser's best time of each path (``mma``, ``wgmma``, ``wgmma-ordered``), in
+  ms as Triton's ``do_bench`` protocol returns them (the backend's own cold-L2 timer);
+* ``picked``: the path kept for each (N, K, M bucket);
+* per wgmma tuner, its four fastest configs with their times (the autotuner's
+  ``configs_timings`` of that shape's search).
+
+Run in several processes, the lines show whether the tuner's choices repeat; the weights
+come from ``SEED`` (one seed across processes: the same weights).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SHAPES = [(16384, 5120, 64), (14336, 5120, 64), (5120, 6144, 64), (5120, 6144, 32),
+          (5120, 17408, 64)]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("seed", type=int, help="seed of the synthetic weights and activations")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from harness.backends import LayerWeights, get_backend
+    from harness.backends import triton_w4a16 as tw
+    from harness.models.weights import synthetic_linear
+
+    if not torch.cuda.is_available():
+        print("tuner_probe.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    seen = []
+    chooser = tw._best_alternating
+
+    def recorded(*launches, rounds=3):
+        """The chooser's timings, kept for the report (the chooser itself is unchanged)."""
+        t = chooser(*launches, rounds=rounds)
+        seen.append(t)
+        return t
+
+    tw._best_alternating = recorded
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(args.seed)
+    for n, k, m in SHAPES:
+        lw = LayerWeights(fp4=synthetic_linear(n, k, gen, dev).fp4)
+        be = get_backend("triton")
+        p = be.prepare(lw, autotune=True)
+        x = torch.randn(m, k, generator=gen, device=dev).to(torch.bfloat16)
+        gsf = torch.tensor(448 * 6 / float(x.abs().amax()), device=dev)
+        seen.clear()
+        be.tune(p, x, gsf)
+        row = {"n": n, "k": k, "m": m,
+               "paths": dict(zip(("mma", "wgmma", "wgmma-ordered"), seen[0])) if seen else None,
+               "picked": {str(key): v for key, v in tw._SMALL_M_PATH.items()
+                          if key[0] == n and key[1] == k}}
+        for name, tuner in (("mma", tw._swap_ab_tuned()), ("wgmma", tw._wgmma_tuned()),
+                            ("wgmma-ordered", tw._wgmma_ordered_tuned())):
+            timings = getattr(tuner, "configs_timings", None) or {}
+            row[name] = sorted(((v[0] if isinstance(v, list) else v), str(c))
+                               for c, v in timings.items())[:4]
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
