@@ -205,9 +205,10 @@ def time_gpu(fn: Callable[[], object], *, samples: int = 100, warmup: int = 10,
                     fn()
             run = graph.replay
             method = "cuda-graph"
-        except Exception:  # noqa: BLE001 - some kernels refuse capture; time them eagerly
+        except Exception as exc:  # noqa: BLE001 - some kernels refuse capture; time them eagerly
             torch.cuda.synchronize()
             run = _repeat(fn, inner)
+            method = f"cuda-events (graph capture failed: {type(exc).__name__})"
     else:
         run = _repeat(fn, inner)
     run()

@@ -127,6 +127,31 @@ def test_tuned_choice_names_the_kernel_the_tuner_kept(monkeypatch):
     assert tw.tuned_choice(n, k, 1) == f"mma.sync swap-ab {mma}"
 
 
+def test_tuner_timer_warns_when_a_candidate_was_not_graph_timed(monkeypatch):
+    """The tuner ranks candidates by CUDA-graph replays; one that ``time_gpu`` could only
+    time eagerly (its capture failed) carries the host's launch overhead, so the tuner says
+    so instead of ranking it silently. Graph-timed candidates raise no warning."""
+    pytest.importorskip("triton")
+    import warnings
+
+    from harness import measure
+    from harness.backends import triton_w4a16 as tw
+
+    def timed(method):
+        def fake(fn, **kwargs):
+            return measure.Timing(samples_s=[3e-5, 1e-5, 2e-5], method=method, cold_l2=True)
+        return fake
+
+    monkeypatch.setattr(measure, "time_gpu",
+                        timed("cuda-events (graph capture failed: RuntimeError)+events"))
+    with pytest.warns(RuntimeWarning, match="without a CUDA graph.*graph capture failed"):
+        assert tw._gpu_do_bench(lambda: None) == pytest.approx(2e-2)
+    monkeypatch.setattr(measure, "time_gpu", timed("cuda-graph+events cold-L2(read)"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tw._gpu_do_bench(lambda: None, quantiles=[0.5, 0.0]) == pytest.approx([2e-2, 1e-2])
+
+
 def test_config_sweep_reads_what_the_tuner_kept():
     """scripts/config_sweep.py re-times the tuned configs of a hopper-peers record: every
     small-M entry of the committed records parses back to the config that was printed (the

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import warnings
 import weakref
 
 import torch
@@ -532,8 +533,14 @@ if triton is not None:
         span: their launch latency is the same for every config and needs no profiler."""
         from harness.measure import time_gpu
 
-        ms = sorted(t * 1e3 for t in time_gpu(fn, samples=15, warmup=3, cold_l2=True,
-                                               kernel_clock=False).samples_s)
+        timing = time_gpu(fn, samples=15, warmup=3, cold_l2=True, kernel_clock=False)
+        if not timing.method.startswith("cuda-graph"):
+            # Timed eagerly, the host's launch overhead is in the figure: not comparable with
+            # the graph-timed candidates it is ranked against.
+            warnings.warn(f"triton tuner: a candidate was timed without a CUDA graph "
+                          f"({timing.method}); its time includes host launch overhead",
+                          RuntimeWarning, stacklevel=2)
+        ms = sorted(t * 1e3 for t in timing.samples_s)
 
         def at(q):
             return ms[min(len(ms) - 1, int(q * len(ms)))]
