@@ -9,8 +9,8 @@ then the path chooser's alternating timings) and prints one JSON line per shape:
 * ``paths``: the chooser's best time of each path (``mma``, ``wgmma``, ``wgmma-ordered``), in
   ms as Triton's ``do_bench`` protocol returns them (the backend's own cold-L2 timer);
 * ``picked``: the path kept for each (N, K, M bucket);
-* per wgmma tuner, its four fastest configs with their times (the autotuner's
-  ``configs_timings`` of that shape's search).
+* per tuner (``mma``, ``wgmma``, ``wgmma-ordered``), its four fastest configs with their
+  times in ms (the autotuner's ``configs_timings`` of that shape's search).
 
 Run in several processes, the lines show whether the tuner's choices repeat; the weights
 come from ``SEED`` (one seed across processes: the same weights).
