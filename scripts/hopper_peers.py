@@ -270,6 +270,9 @@ def main() -> int:
                 row["eager_overhead_us"] = over
                 row["host_us"] = host
             row["triton_kernel"] = triton_w4a16.tuned_choice(n, k, m)
+            paths = triton_w4a16.path_times(n, k, m)
+            if paths is not None:  # why that kernel: each small-M path as the chooser timed it
+                row["triton_path_us"] = {name: t * 1e6 for name, t in paths.items()}
             t = row["us"]["triton"]
             row["triton_read_ceiling_frac"] = ceiling / t
             row["triton_copy_bw_frac"] = (nbytes / bw) / (t * 1e-6) if bw else None
@@ -359,9 +362,12 @@ def markdown(doc: dict) -> str:
                          f"{o['cached']:.1f} | {o['triton']:.1f} | {host} |")
     chosen = [r for r in rows if r.get("triton_kernel")]
     if chosen:
-        lines += ["", "What the tuned triton backend runs:", "",
-                  "| N x K | M | kernel and config |", "|---|---|---|"]
-        lines += [f"| {r['n']} x {r['k']} | {r['m']} | {r['triton_kernel']} |" for r in chosen]
+        lines += ["", "What the tuned triton backend runs (and, where it chose among the "
+                  "small-M paths, each path's time as the chooser's timer saw it, us):", "",
+                  "| N x K | M | kernel and config | paths |", "|---|---|---|---|"]
+        lines += [f"| {r['n']} x {r['k']} | {r['m']} | {r['triton_kernel']} | "
+                  + (", ".join(f"{name} {t:.1f}" for name, t in r["triton_path_us"].items())
+                     if r.get("triton_path_us") else "-") + " |" for r in chosen]
     if not doc.get("complete", True):
         lines += ["", "Incomplete: the run stopped before its last rows."]
     if doc["peers_skipped"]:

@@ -6,8 +6,9 @@ For Qwen3.6-27B's gdn_in_proj_qkvz, qkv_proj, o_proj (M = 32 and 64) and down_pr
 at M = 64 it tunes the backend once (``TritonW4A16.tune``: each small-M tuner's own search,
 then the path chooser's alternating timings) and prints one JSON line per shape:
 
-* ``paths``: the chooser's best time of each path (``mma``, ``wgmma``, ``wgmma-ordered``), in
-  ms as Triton's ``do_bench`` protocol returns them (the backend's own cold-L2 timer);
+* ``paths``: the chooser's best time of each path (``mma``, ``wgmma``, ``wgmma-ordered``;
+  ``triton_w4a16.path_times``), in ms as Triton's ``do_bench`` protocol returns them (the
+  backend's own cold-L2 timer);
 * ``picked``: the path kept for each (N, K, M bucket);
 * per tuner (``mma``, ``wgmma``, ``wgmma-ordered``), its four fastest configs with their
   times in ms (the autotuner's ``configs_timings`` of that shape's search).
@@ -44,16 +45,6 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("tuner_probe.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    seen = []
-    chooser = tw._best_alternating
-
-    def recorded(*launches, rounds=3):
-        """The chooser's timings, kept for the report (the chooser itself is unchanged)."""
-        t = chooser(*launches, rounds=rounds)
-        seen.append(t)
-        return t
-
-    tw._best_alternating = recorded
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     for n, k, m in SHAPES:
@@ -62,10 +53,10 @@ def main(argv=None) -> int:
         p = be.prepare(lw, autotune=True)
         x = torch.randn(m, k, generator=gen, device=dev).to(torch.bfloat16)
         gsf = torch.tensor(448 * 6 / float(x.abs().amax()), device=dev)
-        seen.clear()
         be.tune(p, x, gsf)
+        paths = tw.path_times(n, k, m)
         row = {"n": n, "k": k, "m": m,
-               "paths": dict(zip(("mma", "wgmma", "wgmma-ordered"), seen[0])) if seen else None,
+               "paths": {name: t * 1e3 for name, t in paths.items()} if paths else None,
                "picked": {str(key): v for key, v in tw._SMALL_M_PATH.items()
                           if key[0] == n and key[1] == k}}
         for name, tuner in (("mma", tw._swap_ab_tuned()), ("wgmma", tw._wgmma_tuned()),

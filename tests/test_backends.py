@@ -152,6 +152,47 @@ def test_tuner_timer_warns_when_a_candidate_was_not_graph_timed(monkeypatch):
         assert tw._gpu_do_bench(lambda: None, quantiles=[0.5, 0.0]) == pytest.approx([2e-2, 1e-2])
 
 
+def test_small_m_path_chooser_keeps_each_paths_time(monkeypatch):
+    """The small-M path chooser keeps, beside the path it picked, each path's time as it saw
+    it (``path_times``, per N, K and M bucket), and hopper_peers' record and table carry
+    them next to the kernel: a table's pick can be read against its rivals."""
+    pytest.importorskip("triton")
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from harness.backends import triton_w4a16 as tw
+
+    monkeypatch.setattr(tw, "_SMALL_M_PATH", {})
+    monkeypatch.setattr(tw, "_SMALL_M_PATH_S", {})
+    monkeypatch.setattr(tw, "_wgmma_ok", lambda x: True)
+    ran = []
+    monkeypatch.setattr(tw, "run_swap_ab", lambda *a, **kw: ran.append("mma"))
+    monkeypatch.setattr(tw, "run_wgmma", lambda *a, **kw: ran.append("wgmma"))
+    monkeypatch.setattr(tw, "run_wgmma_ordered", lambda *a, **kw: ran.append("wgmma-ordered"))
+    monkeypatch.setattr(tw, "_best_alternating", lambda *launches: (0.050, 0.043, 0.034))  # ms
+    n, k = 4096, 1536
+    args = (None,) * 7 + (64, n, k)
+    assert tw.path_times(n, k, 64) is None  # not chosen yet
+    tw.run_small_m(torch.zeros(64, k), None, args, True)
+    assert ran == ["mma", "wgmma", "wgmma-ordered", "wgmma-ordered"]  # searches, then the pick
+    assert tw._SMALL_M_PATH[(n, k, 64)] == "wgmma-ordered"
+    want = {"mma": 50e-6, "wgmma": 43e-6, "wgmma-ordered": 34e-6}
+    assert tw.path_times(n, k, 40) == pytest.approx(want)  # M 40 shares the bucket of 64
+    assert tw.path_times(n, k, 16) is None
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("hopper_peers", root / "scripts/hopper_peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    doc = json.loads((root / "baselines/peers/h100-sm90/f90cd3ba-hopper-peers.json").read_text())
+    doc["rows"][3]["triton_path_us"] = {name: t * 1e6 for name, t in want.items()}
+    table = peers.markdown(doc)
+    assert (f"| 34816 x 5120 | 64 | {doc['rows'][3]['triton_kernel']} | mma 50.0, wgmma 43.0, "
+            "wgmma-ordered 34.0 |") in table
+    assert f"| 34816 x 5120 | 1 | {doc['rows'][0]['triton_kernel']} | - |" in table
+
+
 def test_config_sweep_reads_what_the_tuner_kept():
     """scripts/config_sweep.py re-times the tuned configs of a hopper-peers record: every
     small-M entry of the committed records parses back to the config that was printed (the

@@ -750,6 +750,14 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
     return out
 
 
+def path_times(n: int, k: int, m: int) -> dict[str, float] | None:
+    """The small-M path chooser's time (s) of each path for this GEMM, the best of its
+    alternating rounds, or None where it has not chosen (M <= 8, no wgmma, not tuned yet):
+    beside ``tuned_choice``, why that path runs."""
+    times = _SMALL_M_PATH_S.get((n, k, _m_bucket(m)))
+    return dict(times) if times is not None else None
+
+
 def tuned_choice(n: int, k: int, m: int) -> str | None:
     """What the tuned ``triton`` backend runs for this GEMM once tuned, in words (kernel and
     config), or None before tuning: for the performance log next to the time."""
@@ -789,6 +797,8 @@ _M1_PATH: dict[tuple[int, int], str] = {}
 # (N, K, M bucket) -> "mma", "wgmma" or "wgmma-ordered": the fastest small-M path, after
 # each was tuned
 _SMALL_M_PATH: dict[tuple[int, int, int], str] = {}
+# The same key -> each path's time (s) as the chooser saw it: why that path was kept
+_SMALL_M_PATH_S: dict[tuple[int, int, int], dict[str, float]] = {}
 
 
 def _swap_ab_ok(x: torch.Tensor, m: int, k: int) -> bool:
@@ -824,6 +834,7 @@ def run_small_m(x, words, args, autotune: bool, launch: dict | None = None):
         times = _best_alternating(*paths.values())
         path = min(zip(times, paths))[1]
         _SMALL_M_PATH[key] = path
+        _SMALL_M_PATH_S[key] = {p: t * 1e-3 for p, t in zip(paths, times)}  # do_bench's ms
     return paths[path]()
 
 
