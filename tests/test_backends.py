@@ -152,6 +152,47 @@ def test_tuner_timer_warns_when_a_candidate_was_not_graph_timed(monkeypatch):
         assert tw._gpu_do_bench(lambda: None, quantiles=[0.5, 0.0]) == pytest.approx([2e-2, 1e-2])
 
 
+def test_ordered_tuner_times_each_candidate_behind_its_reorder(monkeypatch):
+    """The reordered-activation tuner runs the call's reorder kernel before every timed
+    launch of a candidate (its pre-hook, which Triton's autotuner calls in its benchmark
+    only): from the call's activations, into the candidate's buffer, with the call's launch
+    options. Outside a ``reorder_then`` call, and in the reset after the search, it does
+    nothing."""
+    pytest.importorskip("triton")
+    from harness.backends import triton_w4a16 as tw
+
+    assert tw._wgmma_ordered_tuned().pre_hook is tw._reorder_before_candidate
+    assert tw._wgmma_tuned().pre_hook is not tw._reorder_before_candidate
+    reorders = []
+    monkeypatch.setattr(tw.triton_wgmma, "launch_mma_k_order",
+                        lambda x, y, launch: reorders.append((x, y, launch)) or "reorder")
+    ordered = torch.empty(64, 256)
+
+    class Workspace:
+        def ordered_acts(self, device, m, k):
+            return ordered
+
+    def bench(kernel, block_b, x, words, args, launch):
+        # The autotuner's search: each candidate's launch follows the hook.
+        for _ in range(2):
+            tw._reorder_before_candidate({"x_ptr": x})
+            kernel.append(launch)
+        tw._reorder_before_candidate({"x_ptr": x}, reset_only=True)
+        return "gemm", (x,), launch, None
+
+    monkeypatch.setattr(tw, "_WORKSPACE", Workspace())
+    monkeypatch.setattr(tw, "_launch_swapped", bench)
+    x = torch.randn(64, 256)
+    launched = []
+    ran = tw.reorder_then(launched, 64, x, None, (x,) * 3, {"launch_pdl": True})
+    assert ran[-1] == "reorder" and ran[1][0] is ordered
+    assert [(r[0] is x, r[1] is ordered, r[2]) for r in reorders] == [
+        (True, True, {"launch_pdl": True})] * 3  # the call's own, then one per timing
+    assert launched == [{"launch_pdl": True, **tw.triton_wgmma.AFTER_REORDER}] * 2
+    tw._reorder_before_candidate({"x_ptr": ordered})  # no call under way: no reorder
+    assert len(reorders) == 3 and tw._REORDER_SOURCE == []
+
+
 def test_small_m_path_chooser_keeps_each_paths_time(monkeypatch):
     """The small-M path chooser keeps, beside the path it picked, each path's time as it saw
     it (``path_times``, per N, K and M bucket), and hopper_peers' record and table carry

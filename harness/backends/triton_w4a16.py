@@ -459,9 +459,13 @@ if triton is not None:
 
     @functools.lru_cache(maxsize=None)
     def _wgmma_ordered_tuned():
+        # Each candidate is timed behind its reorder kernel (``_reorder_before_candidate``),
+        # as every call runs it: timed alone, a tile that is fast on activations reordered
+        # beforehand was kept where it lost up to 12 us behind the reorder (docs/PERF.md).
         prune = _pruner(_prune_wgmma_ordered)
         return triton.autotune(_wgmma_ordered_space(), key=_KEY,
                                prune_configs_by={"early_config_prune": prune},
+                               pre_hook=_reorder_before_candidate,
                                **_tuning_bench())(triton_wgmma.wgmma_kernel)
 
     def _sms() -> int:
@@ -856,13 +860,36 @@ def reorder_then(kernel, block_b: int, x, words, args, launch: dict | None):
     """``x`` into the MMA's K order (``triton_wgmma.launch_mma_k_order``, into the
     workspace's buffer), then the ``ACT_ORDERED`` ``kernel`` on it, launched to start with the
     reorder (``triton_wgmma.AFTER_REORDER``). Returns the GEMM's (kernel, arguments,
-    keywords, grid) and the reorder's, as a fifth item."""
+    keywords, grid) and the reorder's, as a fifth item. While ``kernel`` (a tuner) searches,
+    it times each candidate behind a reorder of this ``x`` (``_reorder_before_candidate``)."""
     launch = launch or {}
     xo = _WORKSPACE.ordered_acts(x.device, *x.shape)
     reorder = triton_wgmma.launch_mma_k_order(x, xo, launch)
-    ran = _launch_swapped(kernel, block_b, xo, words, (xo, *args[1:]),
-                          {**launch, **triton_wgmma.AFTER_REORDER})
+    _REORDER_SOURCE.append((x, launch))
+    try:
+        ran = _launch_swapped(kernel, block_b, xo, words, (xo, *args[1:]),
+                              {**launch, **triton_wgmma.AFTER_REORDER})
+    finally:
+        _REORDER_SOURCE.pop()
     return (*ran, reorder)
+
+
+# The activations (physical K order) and launch options of the ``reorder_then`` call under
+# way: what the ordered tuner's candidates are timed behind.
+_REORDER_SOURCE: list[tuple] = []
+
+
+def _reorder_before_candidate(nargs: dict, reset_only: bool = False) -> None:
+    """The ordered tuner's hook, run before each timed launch of a candidate (Triton's
+    autotuner calls it in its benchmark only): the reorder kernel of the call being tuned,
+    into the candidate's activations and with the call's launch options, so the candidate is
+    timed as the call runs it, launched behind the reorder. Whether a tile keeps its speed
+    there depends on how its CTAs are placed while the reorder's still hold the SMs, which
+    timing it alone does not show. ``reset_only`` (after the search): nothing to reset."""
+    if reset_only or not _REORDER_SOURCE:
+        return
+    x, launch = _REORDER_SOURCE[-1]
+    triton_wgmma.launch_mma_k_order(x, nargs["x_ptr"], launch)
 
 
 def run_swap_ab(x, words, args, autotune: bool, launch: dict | None = None):
