@@ -83,3 +83,36 @@ def test_word_layout_round_trips_every_code_and_matches_the_ptx_recipe():
             half = ((bits >> (16 * lane)) & 0xFFFF).to(torch.int16).view(torch.bfloat16).float()
             # bf16 -> fp32 keeps subnormals on the CPU: the codes 0.5 and 0 round-trip too
             assert torch.equal(half * 2.0 ** 126, signed[codes[..., 2 * q + lane]]), (q, lane)
+
+
+def test_triton_autotuner_runs_the_reorder_hook_before_each_timed_candidate(monkeypatch):
+    """Triton's own autotuner, with the ordered tuner's pre-hook: during its search the hook
+    reorders the call's activations into the candidate's ``x_ptr`` before every timed launch
+    (two per candidate with the interpreter's timer), with the call's launch options; after
+    the search and on a cached call it launches nothing."""
+    import triton.language as tl
+
+    from harness.backends import triton_w4a16 as tw
+
+    @triton.jit
+    def copy_kernel(x_ptr, y_ptr, N, BLOCK: tl.constexpr):
+        r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(y_ptr + r, tl.load(x_ptr + r, mask=r < N), mask=r < N)
+
+    reorders = []
+
+    def reorder(x, y, launch):  # stands in for the reorder kernel: y <- x in MMA order
+        reorders.append(launch)
+        y.copy_(x.flip(0))
+
+    monkeypatch.setattr(tw.triton_wgmma, "launch_mma_k_order", reorder)
+    tuned = triton.autotune([triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 32})],
+                            key=["N"], pre_hook=tw._reorder_before_candidate,
+                            do_bench=tw._cpu_do_bench)(copy_kernel)
+    x, xo, y = torch.arange(64.0), torch.zeros(64), torch.zeros(64)
+    monkeypatch.setattr(tw, "_REORDER_SOURCE", [(x, {"launch_pdl": True})])
+    tuned[lambda meta: (triton.cdiv(64, meta["BLOCK"]),)](xo, y, 64)
+    assert reorders == [{"launch_pdl": True}] * 4
+    assert torch.equal(y, x.flip(0))  # the candidates read what the hook wrote
+    tuned[lambda meta: (triton.cdiv(64, meta["BLOCK"]),)](xo, y, 64)
+    assert len(reorders) == 4
