@@ -18,15 +18,17 @@ record: what the tuner kept per shape and M) and from ``--configs`` (JSON lines
 stream-K variants (``SPLIT_K`` 1, ``STREAM_K`` programs per SM). ``--harness DIR`` imports the
 kernels from another checkout (an A/B of two trees on one machine; its classic configs only
 under ``--classic-only``). An ``ACT_ORDERED`` config (activations read in MMA K order) is
-timed three times: as the backend runs it (its reorder kernel, then the GEMM launched behind
-it), alone on activations reordered beforehand (as a kernel that writes them so would leave
-them), and with the reorder as a torch copy (``in_mma_k_order``) in the call.
+timed four times: as the backend runs it (its reorder kernel, then the GEMM launched behind
+it by PDL), alone on activations reordered beforehand (as a kernel that writes them so would
+leave them), with the reorder as a torch copy (``in_mma_k_order``) in the call, and behind the
+reorder kernel without PDL (stream order): what the programmatic launch costs or saves.
 Writes ``config-sweep[-LABEL].{json,md}`` under ``--out`` after every row.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -121,12 +123,14 @@ def label(line: dict) -> str:
     return f"{line['kernel']} {' '.join(parts)} w={line['num_warps']}{cap}"
 
 
-def launch(line: dict, x, prepared, ordered=None, torch_reorder=False) -> torch.Tensor:
+def launch(line: dict, x, prepared, ordered=None, torch_reorder=False,
+           pdl=True) -> torch.Tensor:
     """One forced launch through the backend's own small-M launch path. An ``ACT_ORDERED``
     config reads the activations in MMA K order: ``ordered`` if given (reordered before, as
     by the kernel that writes them), else reordered in the call as the backend does it (its
-    reorder kernel, the GEMM launched behind it: ``triton_w4a16.reorder_then``), or with
-    ``torch_reorder`` (or on a tree without that kernel) by a torch copy."""
+    reorder kernel, the GEMM launched behind it: ``triton_w4a16.reorder_then``; ``pdl=False``:
+    launched after it in stream order, not programmatically), or with ``torch_reorder`` (or
+    on a tree without that kernel) by a torch copy."""
     m, k = x.shape
     reorder_then = getattr(triton_w4a16, "reorder_then", None)
     in_call = False
@@ -149,7 +153,7 @@ def launch(line: dict, x, prepared, ordered=None, torch_reorder=False) -> torch.
                else triton_w4a16._block_b(m))
     kernel = triton_w4a16._fixed(KERNELS[line["kernel"]], config)
     if in_call:
-        reorder_then(kernel, block_b, x, words, args, {})
+        reorder_then(kernel, block_b, x, words, args, {}, **({} if pdl else {"pdl": False}))
     else:
         triton_w4a16._launch_swapped(kernel, block_b, x, words, args, {})
     return out
@@ -214,6 +218,11 @@ def main() -> int:
                             if hasattr(triton_w4a16, "reorder_then"):  # and by a torch copy
                                 row["us_torch_reorder"] = read_flush_us(
                                     lambda: launch(line, x, pt, torch_reorder=True))
+                            if "pdl" in inspect.signature(triton_w4a16.reorder_then).parameters:
+                                # The reorder kernel, then the GEMM without PDL: what the
+                                # programmatic launch behind it costs or saves.
+                                row["us_reorder_no_pdl"] = read_flush_us(
+                                    lambda: launch(line, x, pt, pdl=False))
                 except Exception as e:  # a config that does not compile or launch
                     row["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
                 rows.append(row)
@@ -241,6 +250,8 @@ def markdown(doc: dict) -> str:
             us += f" ({r['us_x_ordered_before']:.1f} with x reordered before"
             if "us_torch_reorder" in r:
                 us += f", {r['us_torch_reorder']:.1f} reordered by a torch copy"
+            if "us_reorder_no_pdl" in r:
+                us += f", {r['us_reorder_no_pdl']:.1f} behind the reorder kernel without PDL"
             us += ")"
         err = f"{r['rel_err']:.2e}" if "rel_err" in r else "-"
         lines.append(f"| {', '.join(r['layers'])} | {r['n']} x {r['k']} | {r['m']} | "

@@ -191,6 +191,10 @@ def test_ordered_tuner_times_each_candidate_behind_its_reorder(monkeypatch):
     assert launched == [{"launch_pdl": True, **tw.triton_wgmma.AFTER_REORDER}] * 2
     tw._reorder_before_candidate({"x_ptr": ordered})  # no call under way: no reorder
     assert len(reorders) == 3 and tw._REORDER_SOURCE == []
+    # pdl=False (config_sweep's diagnostic): the GEMM gets the caller's options only.
+    launched.clear()
+    tw.reorder_then(launched, 64, x, None, (x,) * 3, {}, pdl=False)
+    assert launched == [{}] * 2 and len(reorders) == 6
 
 
 def test_small_m_path_chooser_keeps_each_paths_time(monkeypatch):
@@ -271,6 +275,18 @@ def test_config_sweep_reads_what_the_tuner_kept():
         for m in line["m"]:
             fits = tw._wgmma_fits if line["kernel"] == "wgmma" else tw._swap_ab_fits
             assert fits(line["kwargs"], line["num_warps"], m, 5120), line
+    for text in (root / "scripts/sweeps/warp-specialized-2x2-per-sm.jsonl").read_text(
+            ).splitlines():
+        line = json.loads(text)
+        assert all(tw._wgmma_fits(line["kwargs"], line["num_warps"], m, 5120) for m in (33, 64))
+    # An ordered config's row shows its four timings, each named.
+    row = {"layers": ["qwen3.6-27b:qkv_proj"], "n": 14336, "k": 5120, "m": 64,
+           "config": "wgmma ...", "rel_err": 2e-3, "us": 36.7, "us_x_ordered_before": 31.7,
+           "us_torch_reorder": 36.2, "us_reorder_no_pdl": 34.0}
+    table = sweep.markdown({"device": "d", "torch": "t", "triton": "3", "harness": "h",
+                            "method": "m", "rows": [row]})
+    assert ("| 36.7 (31.7 with x reordered before, 36.2 reordered by a torch copy, 34.0 behind "
+            "the reorder kernel without PDL) | 2.00e-03 |") in table
 
 
 @pytest.mark.parametrize("script", ["hopper_peers.py", "config_sweep.py", "kernel_profile.py"])

@@ -856,19 +856,22 @@ def run_wgmma_ordered(x, words, args, launch: dict | None = None):
                         launch)
 
 
-def reorder_then(kernel, block_b: int, x, words, args, launch: dict | None):
+def reorder_then(kernel, block_b: int, x, words, args, launch: dict | None,
+                 pdl: bool = True):
     """``x`` into the MMA's K order (``triton_wgmma.launch_mma_k_order``, into the
     workspace's buffer), then the ``ACT_ORDERED`` ``kernel`` on it, launched to start with the
-    reorder (``triton_wgmma.AFTER_REORDER``). Returns the GEMM's (kernel, arguments,
-    keywords, grid) and the reorder's, as a fifth item. While ``kernel`` (a tuner) searches,
-    it times each candidate behind a reorder of this ``x`` (``_reorder_before_candidate``)."""
+    reorder (``triton_wgmma.AFTER_REORDER``; ``pdl=False``: launched with ``launch`` only,
+    in stream order behind it, a diagnostic of ``scripts/config_sweep.py``). Returns the
+    GEMM's (kernel, arguments, keywords, grid) and the reorder's, as a fifth item. While
+    ``kernel`` (a tuner) searches, it times each candidate behind a reorder of this ``x``
+    (``_reorder_before_candidate``)."""
     launch = launch or {}
     xo = _WORKSPACE.ordered_acts(x.device, *x.shape)
     reorder = triton_wgmma.launch_mma_k_order(x, xo, launch)
     _REORDER_SOURCE.append((x, launch))
     try:
         ran = _launch_swapped(kernel, block_b, xo, words, (xo, *args[1:]),
-                              {**launch, **triton_wgmma.AFTER_REORDER})
+                              {**launch, **triton_wgmma.AFTER_REORDER} if pdl else launch)
     finally:
         _REORDER_SOURCE.pop()
     return (*ran, reorder)
