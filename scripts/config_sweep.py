@@ -19,9 +19,10 @@ stream-K variants (``SPLIT_K`` 1, ``STREAM_K`` programs per SM). ``--harness DIR
 kernels from another checkout (an A/B of two trees on one machine; its classic configs only
 under ``--classic-only``). An ``ACT_ORDERED`` config (activations read in MMA K order) is
 timed four times: as the backend runs it (its reorder kernel, then the GEMM launched behind
-it by PDL), alone on activations reordered beforehand (as a kernel that writes them so would
-leave them), with the reorder as a torch copy (``in_mma_k_order``) in the call, and behind the
-reorder kernel without PDL (stream order): what the programmatic launch costs or saves.
+it with the backend's hand-off, ``triton_w4a16.ORDERED_HANDOFF_PDL``), alone on activations
+reordered beforehand (as a kernel that writes them so would leave them), with the reorder as a
+torch copy (``in_mma_k_order``) in the call, and behind the reorder kernel with the other
+hand-off (PDL or stream order): what the programmatic launch costs or saves.
 Writes ``config-sweep[-LABEL].{json,md}`` under ``--out`` after every row.
 """
 
@@ -124,13 +125,13 @@ def label(line: dict) -> str:
 
 
 def launch(line: dict, x, prepared, ordered=None, torch_reorder=False,
-           pdl=True) -> torch.Tensor:
+           pdl: bool | None = None) -> torch.Tensor:
     """One forced launch through the backend's own small-M launch path. An ``ACT_ORDERED``
     config reads the activations in MMA K order: ``ordered`` if given (reordered before, as
     by the kernel that writes them), else reordered in the call as the backend does it (its
-    reorder kernel, the GEMM launched behind it: ``triton_w4a16.reorder_then``; ``pdl=False``:
-    launched after it in stream order, not programmatically), or with ``torch_reorder`` (or
-    on a tree without that kernel) by a torch copy."""
+    reorder kernel, the GEMM launched behind it: ``triton_w4a16.reorder_then``, with ``pdl``
+    its hand-off, None: the backend's), or with ``torch_reorder`` (or on a tree without that
+    kernel) by a torch copy."""
     m, k = x.shape
     reorder_then = getattr(triton_w4a16, "reorder_then", None)
     in_call = False
@@ -153,7 +154,7 @@ def launch(line: dict, x, prepared, ordered=None, torch_reorder=False,
                else triton_w4a16._block_b(m))
     kernel = triton_w4a16._fixed(KERNELS[line["kernel"]], config)
     if in_call:
-        reorder_then(kernel, block_b, x, words, args, {}, **({} if pdl else {"pdl": False}))
+        reorder_then(kernel, block_b, x, words, args, {}, **({} if pdl is None else {"pdl": pdl}))
     else:
         triton_w4a16._launch_swapped(kernel, block_b, x, words, args, {})
     return out
@@ -183,6 +184,7 @@ def main() -> int:
            "triton": triton.__version__, "harness": str(_harness_root()),
            "method": "each config forced, CUDA graph of one call, harness.measure.time_gpu "
                      "(median of 50, a read of twice the L2 before each replay, CUDA events)",
+           "ordered_handoff_pdl": getattr(triton_w4a16, "ORDERED_HANDOFF_PDL", True),
            "rows": rows}
     for (n, k), names in shapes.items():
         lw = LayerWeights(fp4=synthetic_linear(n, k, gen, dev).fp4)
@@ -219,10 +221,12 @@ def main() -> int:
                                 row["us_torch_reorder"] = read_flush_us(
                                     lambda: launch(line, x, pt, torch_reorder=True))
                             if "pdl" in inspect.signature(triton_w4a16.reorder_then).parameters:
-                                # The reorder kernel, then the GEMM without PDL: what the
+                                # The reorder kernel, then the GEMM with the other hand-off
+                                # (PDL or stream order) than the backend's: what the
                                 # programmatic launch behind it costs or saves.
-                                row["us_reorder_no_pdl"] = read_flush_us(
-                                    lambda: launch(line, x, pt, pdl=False))
+                                other = not getattr(triton_w4a16, "ORDERED_HANDOFF_PDL", True)
+                                row["us_reorder_pdl" if other else "us_reorder_no_pdl"] = (
+                                    read_flush_us(lambda: launch(line, x, pt, pdl=other)))
                 except Exception as e:  # a config that does not compile or launch
                     row["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
                 rows.append(row)
@@ -252,6 +256,8 @@ def markdown(doc: dict) -> str:
                 us += f", {r['us_torch_reorder']:.1f} reordered by a torch copy"
             if "us_reorder_no_pdl" in r:
                 us += f", {r['us_reorder_no_pdl']:.1f} behind the reorder kernel without PDL"
+            if "us_reorder_pdl" in r:
+                us += f", {r['us_reorder_pdl']:.1f} behind the reorder kernel with PDL"
             us += ")"
         err = f"{r['rel_err']:.2e}" if "rel_err" in r else "-"
         lines.append(f"| {', '.join(r['layers'])} | {r['n']} x {r['k']} | {r['m']} | "

@@ -188,13 +188,20 @@ def test_ordered_tuner_times_each_candidate_behind_its_reorder(monkeypatch):
     assert ran[-1] == "reorder" and ran[1][0] is ordered
     assert [(r[0] is x, r[1] is ordered, r[2]) for r in reorders] == [
         (True, True, {"launch_pdl": True})] * 3  # the call's own, then one per timing
+    # The backend's hand-off (ORDERED_HANDOFF_PDL on): the GEMM starts with the reorder.
+    assert tw.ORDERED_HANDOFF_PDL
     assert launched == [{"launch_pdl": True, **tw.triton_wgmma.AFTER_REORDER}] * 2
     tw._reorder_before_candidate({"x_ptr": ordered})  # no call under way: no reorder
     assert len(reorders) == 3 and tw._REORDER_SOURCE == []
-    # pdl=False (config_sweep's diagnostic): the GEMM gets the caller's options only.
-    launched.clear()
-    tw.reorder_then(launched, 64, x, None, (x,) * 3, {}, pdl=False)
-    assert launched == [{}] * 2 and len(reorders) == 6
+    # The other hand-off (config_sweep's last column): the caller's options only, so the
+    # GEMM runs behind the reorder in stream order; and back with the switch flipped.
+    for pdl_switch, kw, want in ((True, {"pdl": False}, {}), (False, {}, {}),
+                                 (False, {"pdl": True}, tw.triton_wgmma.AFTER_REORDER)):
+        monkeypatch.setattr(tw, "ORDERED_HANDOFF_PDL", pdl_switch)
+        launched.clear()
+        tw.reorder_then(launched, 64, x, None, (x,) * 3, {}, **kw)
+        assert launched == [want] * 2
+    assert len(reorders) == 12
 
 
 def test_small_m_path_chooser_keeps_each_paths_time(monkeypatch):
@@ -287,6 +294,10 @@ def test_config_sweep_reads_what_the_tuner_kept():
                             "method": "m", "rows": [row]})
     assert ("| 36.7 (31.7 with x reordered before, 36.2 reordered by a torch copy, 34.0 behind "
             "the reorder kernel without PDL) | 2.00e-03 |") in table
+    row["us_reorder_pdl"] = row.pop("us_reorder_no_pdl")  # a tree whose hand-off is stream order
+    table = sweep.markdown({"device": "d", "torch": "t", "triton": "3", "harness": "h",
+                            "method": "m", "rows": [row]})
+    assert "36.2 reordered by a torch copy, 34.0 behind the reorder kernel with PDL)" in table
 
 
 @pytest.mark.parametrize("script", ["hopper_peers.py", "config_sweep.py", "kernel_profile.py"])

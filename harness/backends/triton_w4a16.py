@@ -856,16 +856,29 @@ def run_wgmma_ordered(x, words, args, launch: dict | None = None):
                         launch)
 
 
+# Whether the ordered GEMM starts with its reorder kernel (programmatic dependent launch,
+# ``triton_wgmma.AFTER_REORDER``) or after it in stream order. Forced single GEMMs at M = 64
+# on the H100 favour stream order where the grid has fewer CTAs than the GPU has slots for
+# them (10-33 us lost with PDL on the 27B gdn_in and both down shapes, as if its CTAs were
+# packed onto the SMs the reorder left; ~2.5 us, the reorder's time, without) and PDL by up
+# to 2.6 us elsewhere (``scripts/config_sweep.py``'s last two columns). It stays PDL until a
+# decode A/B agrees: a launch order that wins alone has lost in the decode graph before
+# (docs/PERF.md, "The reorder's hand-off in stream order").
+ORDERED_HANDOFF_PDL = True
+
+
 def reorder_then(kernel, block_b: int, x, words, args, launch: dict | None,
-                 pdl: bool = True):
+                 pdl: bool | None = None):
     """``x`` into the MMA's K order (``triton_wgmma.launch_mma_k_order``, into the
-    workspace's buffer), then the ``ACT_ORDERED`` ``kernel`` on it, launched to start with the
-    reorder (``triton_wgmma.AFTER_REORDER``; ``pdl=False``: launched with ``launch`` only,
-    in stream order behind it, a diagnostic of ``scripts/config_sweep.py``). Returns the
-    GEMM's (kernel, arguments, keywords, grid) and the reorder's, as a fifth item. While
-    ``kernel`` (a tuner) searches, it times each candidate behind a reorder of this ``x``
+    workspace's buffer), then the ``ACT_ORDERED`` ``kernel`` on it: with ``pdl`` launched to
+    start with the reorder (``triton_wgmma.AFTER_REORDER``), else with the caller's ``launch``
+    options behind it (in stream order unless they ask for PDL, as a batch-1 decode's do);
+    ``None``: ``ORDERED_HANDOFF_PDL``. Returns the GEMM's
+    (kernel, arguments, keywords, grid) and the reorder's, as a fifth item. While ``kernel``
+    (a tuner) searches, it times each candidate behind a reorder of this ``x``
     (``_reorder_before_candidate``)."""
     launch = launch or {}
+    pdl = ORDERED_HANDOFF_PDL if pdl is None else pdl
     xo = _WORKSPACE.ordered_acts(x.device, *x.shape)
     reorder = triton_wgmma.launch_mma_k_order(x, xo, launch)
     _REORDER_SOURCE.append((x, launch))
