@@ -124,6 +124,17 @@ def label(line: dict) -> str:
     return f"{line['kernel']} {' '.join(parts)} w={line['num_warps']}{cap}"
 
 
+def other_handoff(backend) -> bool | None:
+    """The hand-off behind the reorder kernel that ``backend`` (``triton_w4a16`` of the tree
+    under test) does not use, as ``reorder_then``'s ``pdl``: True where it hands off in stream
+    order, False where by PDL (every tree before the switch); None on a tree whose
+    ``reorder_then`` takes no ``pdl``, or that has none."""
+    reorder_then = getattr(backend, "reorder_then", None)
+    if reorder_then is None or "pdl" not in inspect.signature(reorder_then).parameters:
+        return None
+    return not getattr(backend, "ORDERED_HANDOFF_PDL", True)
+
+
 def launch(line: dict, x, prepared, ordered=None, torch_reorder=False,
            pdl: bool | None = None) -> torch.Tensor:
     """One forced launch through the backend's own small-M launch path. An ``ACT_ORDERED``
@@ -180,11 +191,12 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = "config-sweep" + (f"-{args.label}" if args.label else "")
     rows: list[dict] = []
+    other = other_handoff(triton_w4a16)
     doc = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__,
            "triton": triton.__version__, "harness": str(_harness_root()),
            "method": "each config forced, CUDA graph of one call, harness.measure.time_gpu "
                      "(median of 50, a read of twice the L2 before each replay, CUDA events)",
-           "ordered_handoff_pdl": getattr(triton_w4a16, "ORDERED_HANDOFF_PDL", True),
+           "ordered_handoff_pdl": None if other is None else not other,
            "rows": rows}
     for (n, k), names in shapes.items():
         lw = LayerWeights(fp4=synthetic_linear(n, k, gen, dev).fp4)
@@ -220,11 +232,10 @@ def main() -> int:
                             if hasattr(triton_w4a16, "reorder_then"):  # and by a torch copy
                                 row["us_torch_reorder"] = read_flush_us(
                                     lambda: launch(line, x, pt, torch_reorder=True))
-                            if "pdl" in inspect.signature(triton_w4a16.reorder_then).parameters:
+                            if other is not None:
                                 # The reorder kernel, then the GEMM with the other hand-off
                                 # (PDL or stream order) than the backend's: what the
                                 # programmatic launch behind it costs or saves.
-                                other = not getattr(triton_w4a16, "ORDERED_HANDOFF_PDL", True)
                                 row["us_reorder_pdl" if other else "us_reorder_no_pdl"] = (
                                     read_flush_us(lambda: launch(line, x, pt, pdl=other)))
                 except Exception as e:  # a config that does not compile or launch

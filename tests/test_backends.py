@@ -1,5 +1,7 @@
 """Backends: reference math and availability reasons (the FlashInfer contract: test_flashinfer.py)."""
 
+import types
+
 import pytest
 import torch
 
@@ -294,6 +296,15 @@ def test_config_sweep_reads_what_the_tuner_kept():
                             "method": "m", "rows": [row]})
     assert ("| 36.7 (31.7 with x reordered before, 36.2 reordered by a torch copy, 34.0 behind "
             "the reorder kernel without PDL) | 2.00e-03 |") in table
+    # Which hand-off the last column times, per tree: none without reorder_then or its pdl.
+    assert sweep.other_handoff(tw) is (not tw.ORDERED_HANDOFF_PDL)
+    assert sweep.other_handoff(types.SimpleNamespace()) is None
+    def no_pdl_reorder_then(kernel, block_b, x, words, args, launch):  # a tree before the pdl
+        return None
+    assert sweep.other_handoff(types.SimpleNamespace(reorder_then=no_pdl_reorder_then)) is None
+    assert sweep.other_handoff(types.SimpleNamespace(reorder_then=tw.reorder_then)) is False
+    assert sweep.other_handoff(types.SimpleNamespace(reorder_then=tw.reorder_then,
+                                                     ORDERED_HANDOFF_PDL=False)) is True
     row["us_reorder_pdl"] = row.pop("us_reorder_no_pdl")  # a tree whose hand-off is stream order
     table = sweep.markdown({"device": "d", "torch": "t", "triton": "3", "harness": "h",
                             "method": "m", "rows": [row]})
