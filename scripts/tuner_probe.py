@@ -1,10 +1,11 @@
 """What the ``triton`` backend's small-M tuning saw, per layer shape: a repeatability probe.
 
-    python scripts/tuner_probe.py SEED > probe.jsonl     # run it in several fresh processes
+    python scripts/tuner_probe.py SEED [--models qwen3.6-27b] [--m 32,64] > probe.jsonl
+                                      # run it in several fresh processes
 
-For Qwen3.6-27B's gdn_in_proj_qkvz, qkv_proj, o_proj (M = 32 and 64) and down_proj shapes
-at M = 64 it tunes the backend once (``TritonW4A16.tune``: each small-M tuner's own search,
-then the path chooser's alternating timings) and prints one JSON line per shape:
+For each layer shape of ``--models`` at each ``--m`` it tunes the backend once
+(``TritonW4A16.tune``: each small-M tuner's own search, then, for 8 < M <= 64 on SM90, the
+path chooser's alternating timings) and prints one JSON line per shape and M:
 
 * ``paths``: the chooser's best time of each path (``mma``, ``wgmma``, ``wgmma-ordered``;
   ``triton_w4a16.path_times``), in ms as Triton's ``do_bench`` protocol returns them (the
@@ -24,18 +25,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SHAPES = [(16384, 5120, 64), (14336, 5120, 64), (5120, 6144, 64), (5120, 6144, 32),
-          (5120, 17408, 64)]
+from hopper_peers import batch_sizes, layer_shapes  # noqa: E402
+
+from harness.models import MODELS, UnknownNameError  # noqa: E402
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> tuple[argparse.Namespace, list[tuple[int, int, int]]]:
+    """-> (arguments, the (N, K, M) to probe). Exits 2 on a bad value, with the choices."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("seed", type=int, help="seed of the synthetic weights and activations")
-    return ap.parse_args(argv)
+    ap.add_argument("--models", default="qwen3.6-27b",
+                    help=f"comma-separated, of: {', '.join(MODELS)} (default qwen3.6-27b)")
+    ap.add_argument("--m", default=batch_sizes("32,64"), type=batch_sizes,
+                    help="comma-separated GEMM M (default 32,64; the path chooser runs for "
+                         "8 < M <= 64)")
+    args = ap.parse_args(argv)
+    try:
+        shapes = layer_shapes(args.models)
+    except UnknownNameError as e:
+        ap.error(str(e))
+    return args, [(n, k, m) for n, k in shapes for m in args.m]
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args, probes = parse_args(argv)
     import torch
 
     from harness.backends import LayerWeights, get_backend
@@ -47,7 +60,7 @@ def main(argv=None) -> int:
         return 2
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(args.seed)
-    for n, k, m in SHAPES:
+    for n, k, m in probes:
         lw = LayerWeights(fp4=synthetic_linear(n, k, gen, dev).fp4)
         be = get_backend("triton")
         p = be.prepare(lw, autotune=True)

@@ -333,15 +333,18 @@ def test_gpu_scripts_reject_bad_arguments_with_the_choices(script, argv, says):
 
 
 def test_tuner_probe_rejects_bad_arguments_and_a_machine_without_gpu():
-    """``tuner_probe.py``: a missing or non-integer seed exits 2 with its usage; without a
-    CUDA GPU it exits 2 saying so, before any tuning."""
+    """``tuner_probe.py``: a missing or non-integer seed, an unknown model or a bad ``--m``
+    exits 2 with its usage (the models to choose from named); without a CUDA GPU it exits 2
+    saying so, before any tuning."""
     import subprocess
     import sys
     from pathlib import Path
 
     torch = pytest.importorskip("torch")
     script = Path(__file__).resolve().parent.parent / "scripts" / "tuner_probe.py"
-    for argv, says in (([], "required: seed"), (["x"], "invalid int value: 'x'")):
+    for argv, says in (([], "required: seed"), (["x"], "invalid int value: 'x'"),
+                       (["7", "--models", "qwen9"], "qwen3.6-27b"),
+                       (["7", "--m", "0,64"], "expected positive integers")):
         r = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True,
                            timeout=300)
         assert r.returncode == 2 and says in r.stderr, r.stderr
