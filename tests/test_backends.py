@@ -190,13 +190,14 @@ def test_ordered_tuner_times_each_candidate_behind_its_reorder(monkeypatch):
     assert ran[-1] == "reorder" and ran[1][0] is ordered
     assert [(r[0] is x, r[1] is ordered, r[2]) for r in reorders] == [
         (True, True, {"launch_pdl": True})] * 3  # the call's own, then one per timing
-    # The backend's hand-off (ORDERED_HANDOFF_PDL on): the GEMM starts with the reorder.
-    assert tw.ORDERED_HANDOFF_PDL
-    assert launched == [{"launch_pdl": True, **tw.triton_wgmma.AFTER_REORDER}] * 2
+    # The backend's hand-off (ORDERED_HANDOFF_PDL off): the caller's options only, so the
+    # GEMM runs behind the reorder in stream order unless the caller asks for PDL, as here.
+    assert not tw.ORDERED_HANDOFF_PDL
+    assert launched == [{"launch_pdl": True}] * 2
     tw._reorder_before_candidate({"x_ptr": ordered})  # no call under way: no reorder
     assert len(reorders) == 3 and tw._REORDER_SOURCE == []
-    # The other hand-off (config_sweep's last column): the caller's options only, so the
-    # GEMM runs behind the reorder in stream order; and back with the switch flipped.
+    # Per call and with the switch flipped: PDL puts AFTER_REORDER in; without it an empty
+    # launch stays empty (stream order).
     for pdl_switch, kw, want in ((True, {"pdl": False}, {}), (False, {}, {}),
                                  (False, {"pdl": True}, tw.triton_wgmma.AFTER_REORDER)):
         monkeypatch.setattr(tw, "ORDERED_HANDOFF_PDL", pdl_switch)

@@ -857,14 +857,12 @@ def run_wgmma_ordered(x, words, args, launch: dict | None = None):
 
 
 # Whether the ordered GEMM starts with its reorder kernel (programmatic dependent launch,
-# ``triton_wgmma.AFTER_REORDER``) or after it in stream order. Forced single GEMMs at M = 64
-# on the H100 favour stream order where the grid has fewer CTAs than the GPU has slots for
-# them (10-33 us lost with PDL on the 27B gdn_in and both down shapes, as if its CTAs were
-# packed onto the SMs the reorder left; ~2.5 us, the reorder's time, without) and PDL by up
-# to 2.6 us elsewhere (``scripts/config_sweep.py``'s last two columns). It stays PDL until a
-# decode A/B agrees: a launch order that wins alone has lost in the decode graph before
+# ``triton_wgmma.AFTER_REORDER``) or after it in stream order. Stream order: in the decode
+# graph it gave batch 64 +1.7% and batch 32 the same (Qwen3.6-27B, H100, two runs each),
+# though a single GEMM of the same config alone is ~1 us slower without PDL's overlap, and
+# the forced configs that PDL had cost 10-33 us are not the ones the tuner keeps
 # (docs/PERF.md, "The reorder's hand-off in stream order").
-ORDERED_HANDOFF_PDL = True
+ORDERED_HANDOFF_PDL = False
 
 
 def reorder_then(kernel, block_b: int, x, words, args, launch: dict | None,
