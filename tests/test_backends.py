@@ -198,13 +198,14 @@ def test_ordered_tuner_times_each_candidate_behind_its_reorder(monkeypatch):
     assert len(reorders) == 3 and tw._REORDER_SOURCE == []
     # Per call and with the switch flipped: PDL puts AFTER_REORDER in; without it an empty
     # launch stays empty (stream order).
-    for pdl_switch, kw, want in ((True, {"pdl": False}, {}), (False, {}, {}),
+    for pdl_switch, kw, want in ((True, {}, tw.triton_wgmma.AFTER_REORDER),
+                                 (True, {"pdl": False}, {}), (False, {}, {}),
                                  (False, {"pdl": True}, tw.triton_wgmma.AFTER_REORDER)):
         monkeypatch.setattr(tw, "ORDERED_HANDOFF_PDL", pdl_switch)
         launched.clear()
         tw.reorder_then(launched, 64, x, None, (x,) * 3, {}, **kw)
         assert launched == [want] * 2
-    assert len(reorders) == 12
+    assert len(reorders) == 15
 
 
 def test_small_m_path_chooser_keeps_each_paths_time(monkeypatch):
