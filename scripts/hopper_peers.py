@@ -171,22 +171,30 @@ def batch_sizes(text: str) -> list[int]:
     return ms
 
 
+def parse_shape_args(ap: argparse.ArgumentParser, models: str, m: str, argv=None
+                     ) -> tuple[argparse.Namespace, dict[tuple[int, int], list[str]]]:
+    """Adds ``--models`` and ``--m`` to ``ap``, parses ``argv`` -> (arguments,
+    ``layer_shapes`` of ``--models``). Exits 2 on a bad value, with the valid choices."""
+    ap.add_argument("--models", default=models,
+                    help=f"comma-separated, of: {', '.join(MODELS)} (default {models})")
+    ap.add_argument("--m", default=batch_sizes(m), type=batch_sizes,
+                    help=f"comma-separated GEMM M (default {m})")
+    args = ap.parse_args(argv)
+    try:
+        shapes = layer_shapes(args.models)
+    except UnknownNameError as e:
+        ap.error(str(e))
+    return args, shapes
+
+
 def parse_gpu_args(ap: argparse.ArgumentParser, models: str,
                    m: str) -> tuple[argparse.Namespace, dict[tuple[int, int], list[str]]]:
     """Adds the arguments this script and ``config_sweep.py`` share (``--models``, ``--m``,
     ``--out``) to ``ap``, parses them -> (arguments, ``layer_shapes`` of ``--models``).
     Exits 2 on a bad value (with the valid choices) or on a machine without a GPU."""
-    ap.add_argument("--models", default=models,
-                    help=f"comma-separated, of: {', '.join(MODELS)} (default {models})")
-    ap.add_argument("--m", default=batch_sizes(m), type=batch_sizes,
-                    help=f"comma-separated GEMM M (default {m})")
     ap.add_argument("--out", default=os.environ.get("OUT", "."),
                     help="where the records go (default $OUT, else .)")
-    args = ap.parse_args()
-    try:
-        shapes = layer_shapes(args.models)
-    except UnknownNameError as e:
-        ap.error(str(e))
+    args, shapes = parse_shape_args(ap, models, m)
     if not torch.cuda.is_available():
         print(f"{ap.prog}: needs an NVIDIA GPU; torch sees none", file=sys.stderr)
         raise SystemExit(2)

@@ -25,25 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hopper_peers import batch_sizes, layer_shapes  # noqa: E402
-
-from harness.models import MODELS, UnknownNameError  # noqa: E402
+from hopper_peers import parse_shape_args  # noqa: E402
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[tuple[int, int, int]]]:
     """-> (arguments, the (N, K, M) to probe). Exits 2 on a bad value, with the choices."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("seed", type=int, help="seed of the synthetic weights and activations")
-    ap.add_argument("--models", default="qwen3.6-27b",
-                    help=f"comma-separated, of: {', '.join(MODELS)} (default qwen3.6-27b)")
-    ap.add_argument("--m", default=batch_sizes("32,64"), type=batch_sizes,
-                    help="comma-separated GEMM M (default 32,64; the path chooser runs for "
-                         "8 < M <= 64)")
-    args = ap.parse_args(argv)
-    try:
-        shapes = layer_shapes(args.models)
-    except UnknownNameError as e:
-        ap.error(str(e))
+    args, shapes = parse_shape_args(ap, models="qwen3.6-27b", m="32,64", argv=argv)
     return args, [(n, k, m) for n, k in shapes for m in args.m]
 
 
