@@ -14,6 +14,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 SHAPES = sorted({(s.n, s.k) for name in ("qwen3.6-27b", "qwen3-32b")
                  for s in get_model(name).linear_layers()})
+EXTREME_SHAPES = [SHAPES[0], SHAPES[-1]]  # the smallest and the largest N
 # 64: the last M of the swapped-operand path; 127 and 2001 run the plain tensor-core path.
 RAGGED_M = (1, 3, 7, 33, 64, 127, 2001)
 
@@ -23,7 +24,7 @@ def _cases():
         yield n, k, False
     # Tuning searches every M bucket (minutes on a GPU), so it runs on the two extreme
     # shapes only, with the slow tests.
-    for n, k in (SHAPES[0], SHAPES[-1]):
+    for n, k in EXTREME_SHAPES:
         yield pytest.param(n, k, True, marks=pytest.mark.slow)
 
 
@@ -31,8 +32,7 @@ def _config_sweep_shapes(*edges):
     """Shapes of a per-config sweep: the edge shapes (partial tiles, split-K ranges past the
     end of K) in the quick check, the two extreme model shapes with the slow tests. Every
     (config, shape) compiles its own kernels: this file averaged about 3.5 s a test on an H100."""
-    slow = [pytest.param(n, k, marks=pytest.mark.slow) for n, k in (SHAPES[0], SHAPES[-1])]
-    return [*edges, *slow]
+    return [*edges, *(pytest.param(n, k, marks=pytest.mark.slow) for n, k in EXTREME_SHAPES)]
 
 
 @pytest.mark.parametrize("n,k,autotune", list(_cases()))
@@ -53,7 +53,7 @@ def test_triton_matches_torch_dequant(n, k, autotune):
         assert err_ref < 1e-2, (n, k, m, err_ref)
 
 
-@pytest.mark.parametrize("n,k", [SHAPES[0], SHAPES[-1]])
+@pytest.mark.parametrize("n,k", EXTREME_SHAPES)
 def test_swapped_operand_path_without_the_fp8_convert(n, k, monkeypatch):
     """SM80/SM86 have no e4m3 -> f16 convert: the scale goes through fp16 bit moves there.
     Forced here on a newer GPU, the result must match the same reference."""
@@ -79,7 +79,7 @@ STAGED = [({"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 4, "STAGES": 2}, 2),
           ({"BLOCK_N": 128, "BLOCK_K": 256, "SPLIT_K": 1, "STAGES": 4}, 2)]
 
 
-@pytest.mark.parametrize("n,k", [SHAPES[0], SHAPES[-1], (1000, 1280)])
+@pytest.mark.parametrize("n,k", _config_sweep_shapes((1000, 1280)))
 @pytest.mark.parametrize("config,warps", STAGED)
 def test_shared_memory_ring_path(n, k, config, warps, monkeypatch):
     """The ``STAGES > 0`` path (weight, scales and activations streamed through a ring of
