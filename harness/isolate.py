@@ -3,8 +3,9 @@
 Cells of one (backend, autotune) pair run in their own process, so a tactic tuned for
 ``on`` can never leak into the ``off`` numbers, and a crash (a CUDA fault, a segfault in a
 native library) costs only the cell in flight: the parent marks it failed, starts a fresh
-worker for the rest, and keeps every finished cell (each one is appended to a JSONL file
-the moment it finishes).
+worker for the rest, and keeps every finished cell: the worker appends each one to a JSONL
+file the moment it finishes, and the parent hands it on (to ``record``'s journal) while the
+worker still runs, so killing the parent loses no finished cell either.
 """
 
 from __future__ import annotations
@@ -62,8 +63,13 @@ def die_with_parent():
     return preexec
 
 
+POLL_S = 0.5  # how often a worker's finished cells are handed on while it runs
+
+
 def _spawn(kind: str, cells: list[Cell], options: dict, out_path: Path,
-           log: Callable[[str], None]) -> tuple[int, list[str]]:
+           log: Callable[[str], None], poll: Callable[[], None]) -> tuple[int, list[str]]:
+    """Run one worker to its end, calling ``poll`` every ``POLL_S`` while it runs; the worker
+    is killed if the parent leaves early (an exception, Ctrl-C)."""
     spec_fd, spec_path = tempfile.mkstemp(suffix=".json", prefix=f"nvfp4-{kind}-spec-")
     with os.fdopen(spec_fd, "w") as f:
         json.dump({"options": options, "cells": [cell_to_json(c) for c in cells]}, f)
@@ -79,7 +85,17 @@ def _spawn(kind: str, cells: list[Cell], options: dict, out_path: Path,
                 log(line.rstrip())
         t = threading.Thread(target=pump, daemon=True)
         t.start()
-        rc = proc.wait()
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=POLL_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    poll()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         t.join(timeout=5)
         return rc, list(tail)
     finally:
@@ -111,18 +127,28 @@ def run_isolated(kind: str, cells: list[Cell], options: dict,
             continue
         remaining = list(group)
         while remaining:
+            pending = {c.key: c for c in remaining}
             with tempfile.TemporaryDirectory(prefix=f"nvfp4-{kind}-") as tmp:
                 out_path = Path(tmp) / "cells.jsonl"
-                rc, tail = _spawn(kind, remaining, options, out_path, log)
-                finished = {}
-                for d in read_jsonl(out_path):
-                    c = cell_from_json(d)
-                    finished[c.key] = c
-            for c in remaining:
-                if c.key in finished:
-                    copy_into(c, finished[c.key])
-                    on_cell(c)
-            remaining = [c for c in remaining if c.key not in finished]
+                read_size = [0]
+
+                def hand_on() -> None:
+                    # Read again only when the file grew (one stat a poll, not a parse);
+                    # whole lines only (read_jsonl leaves out the one being written); a cell
+                    # handed on once is not handed on again.
+                    size = out_path.stat().st_size if out_path.exists() else 0
+                    if size == read_size[0]:
+                        return
+                    read_size[0] = size
+                    for d in read_jsonl(out_path):
+                        got = cell_from_json(d)
+                        c = pending.pop(got.key, None)
+                        if c is not None:
+                            copy_into(c, got)
+                            on_cell(c)
+                rc, tail = _spawn(kind, remaining, options, out_path, log, hand_on)
+                hand_on()
+            remaining = [c for c in remaining if c.key in pending]
             if not remaining:
                 break
             # The worker died (or exited early) while running the first unfinished cell.

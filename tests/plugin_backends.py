@@ -1,6 +1,7 @@
 """Misbehaving backends for tests, loaded through NVFP4_BENCH_PLUGINS (workers too)."""
 
 import os
+import time
 
 from harness.backends import register
 from harness.backends.torch_bf16 import TorchBF16
@@ -22,8 +23,10 @@ class _Broken(TorchBF16):
             os._exit(7)  # a native-library crash: no exception, the process is gone
         elif self.mode == "raise" and x.shape[0] == 3:
             raise RuntimeError("kernel launch failed")
+        elif self.mode == "hang" and x.shape[0] == 3:
+            time.sleep(600)  # a kernel that never returns: only a kill ends this worker
         return out
 
 
-for mode in ("nan", "zero", "inf", "crash", "raise"):
+for mode in ("nan", "zero", "inf", "crash", "raise", "hang"):
     register(_Broken(f"test-{mode}", mode))

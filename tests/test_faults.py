@@ -1,5 +1,6 @@
-"""Nothing lost, nothing confusing: torn journals, full disks, shards, concurrent records,
-bad history files, unwritable outputs, a closed stdout, bad numbers, orphaned workers."""
+"""Nothing lost, nothing confusing: torn journals, full disks, killed records, shards,
+concurrent records, bad history files, unwritable outputs, a closed stdout, bad numbers,
+orphaned workers."""
 
 import errno
 import json
@@ -8,13 +9,16 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
 from harness import cli, record, records, store
 from harness import gemm as gemm_mod
 from harness.records import append_jsonl, read_jsonl, read_run
-from procs import alive, gone
+import worker_env
+from procs import alive, children, gone
 from test_store import project  # noqa: F401 - the git repository + asv config fixture
 
 SUITE = textwrap.dedent('''
@@ -105,8 +109,8 @@ def test_garbage_in_the_journal_is_dropped_not_fatal(tmp_path):
     assert p.read_text() == '{"a": 1}\n{"a": 2}\n'  # appends now start on a clean line
 
 
-def test_full_disk_while_recording_keeps_finished_cells(project, suite, measured, monkeypatch,
-                                                        capsys):  # noqa: F811
+def test_full_disk_while_recording_keeps_finished_cells(
+        project, suite, measured, monkeypatch, capsys):  # noqa: F811
     conf, base, _ = project
     real, count = records.append_jsonl, [0]
 
@@ -124,6 +128,43 @@ def test_full_disk_while_recording_keeps_finished_cells(project, suite, measured
     monkeypatch.setattr(record, "append_jsonl", real)
     rec = record.record(suite, conf, commit=base)
     assert rec.resumed == 2 and rec.results_path.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_record_keeps_the_cells_its_worker_finished(project, tmp_path):  # noqa: F811
+    """A record killed (a CI timeout, an OOM kill) while its worker is inside a cell keeps
+    the cells that worker finished before: they reach the journal while the worker runs."""
+    conf, base, _ = project
+    hang = tmp_path / "hang.toml"
+    hang.write_text(textwrap.dedent('''
+        [[gemm]]
+        model = "tiny"
+        m = [1, 3]
+        layers = ["o_proj"]
+        backends = ["test-hang"]
+        autotune = ["off"]
+        samples = 3
+        warmup = 0
+    '''))  # M=1 finishes, M=3 never returns
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, NVFP4_BENCH_PLUGINS="plugin_backends",
+               PYTHONPATH=worker_env.pythonpath(tests.parent, tests))
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "record", "--suite", str(hang),
+                             "--config", str(conf.path), "--commit", base], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, journal = time.monotonic() + 120, []
+        while not journal and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            journal = [d for f in conf.partial_dir.rglob("*.jsonl") for d in read_jsonl(f)]
+        assert proc.poll() is None, proc.stderr.read()
+        workers = children(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [(d["m"], d["status"]) for d in journal] == [(1, "ok")]
+    assert workers and gone(workers)
+    assert [d["m"] for f in conf.partial_dir.rglob("*.jsonl") for d in read_jsonl(f)] == [1]
 
 
 def test_shards_of_one_commit_make_one_run_record(project, suite, measured):  # noqa: F811
@@ -227,8 +268,8 @@ def test_a_run_that_cannot_be_saved_after_measuring_is_kept(tmp_path, monkeypatc
     os.unlink(kept)
 
 
-def test_filesystem_errors_and_closed_stdout_are_one_line(project, suite, measured, tmp_path,
-                                                           monkeypatch, capsys):  # noqa: F811
+def test_filesystem_errors_and_closed_stdout_are_one_line(
+        project, suite, measured, tmp_path, monkeypatch, capsys):  # noqa: F811
     conf, base, head = project
     _two_commits(conf, base, head, suite)
     from harness import report

@@ -408,13 +408,22 @@ def test_import_pytest_benchmark(project, tmp_path):
 
 
 def test_committed_h200_baselines_pass_the_gate(capsys):
-    """The recorded H200 history under baselines/ is readable and its SM90 claims hold."""
-    verdicts = {v.claim.id: v for v in gate.gate(store.load_config(results=PROJECT / "baselines" / "results"))}
+    """The recorded H200 history under baselines/ is readable and its SM90 claims hold; with
+    the H100 history beside it, a command that reads one machine asks which."""
+    results = str(PROJECT / "baselines" / "results")
+    conf = store.load_config(results=PROJECT / "baselines" / "results")
+    assert store.machines(conf) == ["h100-80gb-hbm3-sm90", "h200-sm90"]
+    verdicts = {v.claim.id: v for v in gate.gate(conf, machine="h200-sm90")}
     assert verdicts["triton-autotune-decode"].verdict == gate.PASS
     assert verdicts["sglang-pr26496"].verdict == gate.NA and "SM90" in verdicts["sglang-pr26496"].reason
-    assert main(["gate", "--results", str(PROJECT / "baselines" / "results")]) == 0
-    assert main(["compare", "ce228aa1", "d8591b4b", "--results",
-                 str(PROJECT / "baselines" / "results")]) in (0, 1)
+    assert main(["gate", "--results", results, "--machine", "h200-sm90"]) == 0
+    assert main(["compare", "ce228aa1", "d8591b4b", "--results", results,
+                 "--machine", "h200-sm90"]) in (0, 1)
+    capsys.readouterr()
+    assert main(["gate", "--results", results]) == 2
+    assert "several machines" in capsys.readouterr().err
+    h100 = {v.claim.id: v for v in gate.gate(conf, machine="h100-80gb-hbm3-sm90")}
+    assert h100["triton-autotune-gemm"].verdict == gate.PASS
 
 
 @pytest.mark.slow
