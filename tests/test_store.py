@@ -407,7 +407,7 @@ def test_import_pytest_benchmark(project, tmp_path):
     assert main(["import-pytest-benchmark", str(out), "--config", str(conf.path)]) == 2
 
 
-def test_committed_h200_baselines_pass_the_gate(capsys):
+def test_committed_baselines_pass_the_gate(capsys):
     """The recorded H200 history under baselines/ is readable and its SM90 claims hold; with
     the H100 history beside it, a command that reads one machine asks which."""
     results = str(PROJECT / "baselines" / "results")
