@@ -16,7 +16,7 @@ import torch
 from harness import health as health_mod
 from harness import isolate
 from harness import nvfp4
-from harness.backends import GemmBackend, LayerWeights, fp8, get_backend
+from harness.backends import GemmBackend, LayerWeights, fp8, get_backend, triton_w4a8
 from harness.backends.flashinfer_lib import BackendRefused
 from harness.hardware import copy_bandwidth, default_device
 from harness.measure import time_fn
@@ -94,6 +94,8 @@ def reference(math: str, weights: LayerWeights, x: torch.Tensor, x_gsf: torch.Te
         return x.float() @ weights.bf16.float().T
     if math == "w8a8":
         return fp8.w8a8_reference(weights, x, x_gsf)
+    if math == "w4a8":
+        return triton_w4a8.w4a8_reference(weights, x, x_gsf)
     raise ValueError(f"unknown math {math!r}")
 
 

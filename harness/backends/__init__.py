@@ -13,6 +13,7 @@ from harness.backends.torch_bf16 import TorchBF16
 from harness.backends.torch_dequant import TorchDequant
 from harness.backends.torch_ref import TorchRef
 from harness.backends.triton_w4a16 import TritonW4A16
+from harness.backends.triton_w4a8 import TritonW4A8
 from harness.models.configs import UnknownNameError
 
 BACKENDS: dict[str, GemmBackend] = {
@@ -22,6 +23,7 @@ BACKENDS: dict[str, GemmBackend] = {
         TorchBF16(),
         TorchDequant(),
         TritonW4A16(),
+        TritonW4A8(),
         FlashInferFP4("cudnn"),
         FlashInferFP4("cutlass"),
         FlashInferFP4("b12x"),

@@ -55,7 +55,9 @@ class GemmBackend:
 
     ``math`` names what the backend computes, so health is checked against the exact
     reference of that math: ``w4a4`` (activations quantized to NVFP4 too), ``w4a16``
-    (NVFP4 weight, bf16 activation) or ``bf16`` (the unquantized weight).
+    (NVFP4 weight, bf16 activation), ``w4a8`` (the NVFP4 weight and the activation each
+    rounded to e4m3), ``w8a8`` (FP8 weight and activation) or ``bf16`` (the unquantized
+    weight).
     """
 
     name: str = ""

@@ -227,36 +227,75 @@ if triton is not None:
                      stride_om, pid_n, pid_k, SPLIT_K)
 
     @triton.jit
+    def _tile_span(M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+        """A (M, N, split-K) grid program's batch rows, weight rows, K range
+        ``[k_lo, k_lo + k_chunk)`` and output tile index."""
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        k_chunk = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
+        return rm, rn, tl.program_id(2) * k_chunk, k_chunk, pid_m * tl.num_programs(1) + pid_n
+
+    @triton.jit
+    def _weight_tile(w_row, s_ptr, rn, n_ok, k0, KW, K, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, SCALE_WORDS: tl.constexpr, USE_ASM: tl.constexpr):
+        """Rows ``rn`` (``n_ok``: inside N) x K ``[k0, k0 + BLOCK_K)`` of the weight, decoded
+        (``_decode_tile``); ``w_row``: each row's first word, ``KW``: words per row (K / 8)."""
+        W: tl.constexpr = BLOCK_K // 8
+        kw = k0 // 8 + tl.arange(0, W)
+        w_mask = n_ok[:, None] & (kw < KW)[None, :]
+        wv = tl.load(w_row + kw[None, :], mask=w_mask, other=0)
+        sb = _block_scales(s_ptr, rn, n_ok, k0, kw, w_mask, K, BLOCK_N, W, SCALE_WORDS)
+        return _decode_tile(wv, sb, BLOCK_N, W, USE_ASM)
+
+    @triton.jit
+    def _block_scales(s_ptr, rn, n_ok, k0, kw, w_mask, K, BLOCK_N: tl.constexpr,
+                      W: tl.constexpr, SCALE_WORDS: tl.constexpr):
+        """The e4m3 block scale byte (int32) of each word of a [BLOCK_N, W] tile of words
+        ``kw``, rows ``rn``: one byte per two words, [N, K/16] bytes at ``s_ptr``.
+
+        Triton's pipeline copies a load ahead of its use only in pieces of 4 bytes or more;
+        byte loads stay synchronous and stalled every K step on DRAM. With ``SCALE_WORDS``
+        (K a multiple of 64, so each row's scales start on a 4-byte boundary) the scales are
+        read as int32 words of four, each word once where the tile spans whole ones, and
+        spread over their 8 weight words in registers."""
+        if SCALE_WORDS:
+            s_row = (s_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+                     + rn.to(tl.int64)[:, None] * (K // 64))
+            if W >= 8:
+                sj = k0 // 64 + tl.arange(0, W // 8)
+                sw = tl.load(s_row + sj[None, :], mask=n_ok[:, None] & (sj < K // 64)[None, :],
+                             other=0)
+                sw = tl.reshape(tl.broadcast_to(sw[:, :, None], [BLOCK_N, W // 8, 8]),
+                                [BLOCK_N, W])
+            else:
+                sw = tl.load(s_row + (kw // 8)[None, :], mask=w_mask, other=0)
+            sb = (sw >> ((kw // 2) % 4 * 8)[None, :]) & 0xFF
+        else:
+            s_row = s_ptr + rn.to(tl.int64)[:, None] * (K // 16)
+            sb = tl.load(s_row + (kw // 2)[None, :], mask=w_mask, other=0).to(tl.int32)
+        return sb
+
+    @triton.jit
     def _gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
                      M, N, K, stride_xm, stride_om, M_BUCKET,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr = False,
-                     GDC: tl.constexpr = False):
+                     GDC: tl.constexpr = False, SCALE_WORDS: tl.constexpr = False):
         if GDC:  # a PDL launch (harness.pdl): the previous kernel wrote x
             gdc_wait()
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        pid_k = tl.program_id(2)
-        W: tl.constexpr = BLOCK_K // 8
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        j = tl.arange(0, W)
+        rm, rn, k_lo, k_chunk, tile = _tile_span(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
         kk = tl.arange(0, BLOCK_K)
         m_ok = rm < M
         n_ok = rn < N
-        k_chunk = (K + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K) * BLOCK_K
-        k_lo = pid_k * k_chunk
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         w_row = w_ptr + rn.to(tl.int64)[:, None] * (K // 8)
-        s_row = s_ptr + rn.to(tl.int64)[:, None] * (K // 16)
         xt_col = x_ptr + rm.to(tl.int64)[None, :] * stride_xm
         for k0 in range(k_lo, k_lo + k_chunk, BLOCK_K):
-            kw = k0 // 8 + j
-            w_mask = n_ok[:, None] & (kw < K // 8)[None, :]
-            wv = tl.load(w_row + kw[None, :], mask=w_mask, other=0)
-            # the block scale of each word (one byte per two words; the repeat hits the cache)
-            sb = tl.load(s_row + (kw // 2)[None, :], mask=w_mask, other=0).to(tl.int32)
-            w = _decode_tile(wv, sb, BLOCK_N, W, USE_ASM)
+            w = _weight_tile(w_row, s_ptr, rn, n_ok, k0, K // 8, K, BLOCK_N, BLOCK_K,
+                             SCALE_WORDS, USE_ASM)
             # out^T = W x^T: the decoded tile is the A operand as it is (a transposed register
             # tile trips Triton's dot-operand pass on SM90), x^T is loaded transposed.
             xt = tl.load(xt_col + k0 + kk[:, None], mask=m_ok[None, :] & ((k0 + kk) < K)[:, None],
@@ -265,9 +304,8 @@ if triton is not None:
         if GDC:  # the next kernel may launch while this one finishes
             gdc_launch_dependents()
         scale = tl.load(scale_ptr)
-        tile = pid_m * tl.num_programs(1) + pid_n
         _finish_tile(tl.trans(acc), ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
-                     tile, pid_k, SPLIT_K)
+                     tile, tl.program_id(2), SPLIT_K)
 
     # ---- configurations ----------------------------------------------------------------
 
@@ -700,6 +738,7 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
     args = (x, words, scales_u8, out, ws, cnt, epilogue_scale, m, n, k, x.stride(0),
             out.stride(0), _m_bucket(m))
     use_asm = not _interpreting()
+    scale_words = k % 64 == 0  # the block scales of each row start on a 4-byte boundary
     launch = pdl.launch_options(x.device)
 
     def gemv_grid(meta):
@@ -713,8 +752,8 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
         return gemv, (*args, words.stride(0)), dict(launch), gemv_grid
 
     def run_gemm():
-        gemm[gemm_grid](*args, USE_ASM=use_asm, **launch)
-        return gemm, args, dict(USE_ASM=use_asm, **launch), gemm_grid
+        gemm[gemm_grid](*args, USE_ASM=use_asm, SCALE_WORDS=scale_words, **launch)
+        return gemm, args, dict(USE_ASM=use_asm, SCALE_WORDS=scale_words, **launch), gemm_grid
 
     if config is None and _swap_ab_ok(x, m, k):
         ran = run_small_m(x, words, args, autotune, launch)
