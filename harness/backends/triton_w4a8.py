@@ -176,7 +176,7 @@ def quantize_activations(x: torch.Tensor, x_global_scale: torch.Tensor) -> torch
         return fp8.quantize(x, fp8.activation_scale(x_global_scale))
     a8 = torch.empty(x.shape, dtype=fp8.E4M3, device=x.device)
     n = x.numel()
-    _quantize_kernel[(triton.cdiv(n, 4096),)](x, a8, x_global_scale, n, BLOCK=4096)
+    _quantize_kernel[(triton.cdiv(n, 4096),)](x, a8, x_global_scale.float(), n, BLOCK=4096)
     return a8
 
 
