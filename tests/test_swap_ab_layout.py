@@ -12,6 +12,7 @@ import itertools
 import pytest
 
 from harness.backends import triton_swap_ab as sab
+from sm90_compile import run_compile as _run_compile
 
 gluon_ir = pytest.importorskip("triton._C.libtriton.gluon_ir")
 pytest.importorskip("triton.experimental.gluon")
@@ -279,26 +280,6 @@ def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, asyn
     if sass:
         return out["sass"]
     return out["ptx"], out["report"], out["shared"]
-
-
-def _run_compile(script: str, arg):
-    """Run a compile script (``_COMPILE``, ``_COMPILE_REORDER``) in a fresh interpreter
-    without TRITON_INTERPRET, this checkout importable, ``arg`` as its JSON argument ->
-    the JSON of its last output line."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    import worker_env
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = worker_env.pythonpath(root)
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(arg)], env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("block_n,block_k,block_b,num_warps", [

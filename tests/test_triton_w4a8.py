@@ -167,3 +167,67 @@ def test_gpu_activation_quantization_is_fp8_quantize():
     gsf = nvfp4.global_scale_for(x) * 4  # some values saturate at 448
     got = t8.quantize_activations(x, gsf)
     assert torch.equal(got.float(), fp8.quantize(x, fp8.activation_scale(gsf)).float())
+
+
+_COMPILE_PLAIN = r"""
+import json, subprocess, sys, tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
+from triton.compiler import ASTSource
+
+from harness.backends import triton_w4a8, triton_w4a16
+
+name, scale_words, block_m, block_n, block_k, num_warps, stages = json.loads(sys.argv[1])
+types = {"w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16", "ws_ptr": "*fp32",
+         "cnt_ptr": "*i32", "scale_ptr": "*fp32", "xgsf_ptr": "*fp32", "w_scale_ptr": "*fp32",
+         "to_e4m3": "fp32"}
+if name == "w4a16":
+    fn, types["x_ptr"] = triton_w4a16._gemm_kernel, "*bf16"
+    const = {"USE_ASM": True, "GDC": False}
+else:
+    fn, types["a_ptr"] = triton_w4a8._w4a8_kernel, "*fp8e4nv"
+    const = {"USE_ASM": True}
+const.update(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=1,
+             SCALE_WORDS=scale_words)
+sig = {a: "constexpr" if a in const else types.get(a, "i32") for a in fn.arg_names}
+aligned = [a for a in sig if a.endswith("_ptr") or a in ("N", "K", "KW", "stride_xm",
+                                                          "stride_am", "stride_om")]
+src = ASTSource(fn=fn, signature=sig,
+                constexprs={(fn.arg_names.index(n),): v for n, v in const.items()},
+                attrs={(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned})
+kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                        options={"num_warps": num_warps, "num_stages": stages})
+with tempfile.TemporaryDirectory() as tmp:
+    with open(f"{tmp}/k.ptx", "w") as f:
+        f.write(kernel.asm["ptx"])
+    report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", f"{tmp}/k.ptx", "-o",
+                             f"{tmp}/k.o"], capture_output=True, text=True, check=True)
+print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr}))
+"""
+
+
+@pytest.mark.parametrize("kernel", ["w4a16", "w4a8"])
+@pytest.mark.parametrize("scale_words", [True, False])
+def test_plain_tensor_core_kernels_copy_their_block_scales_ahead(kernel, scale_words):
+    """Compiled for sm_90a here (no GPU): the K loop of the plain tensor-core kernels (the
+    ``triton`` backend's M > 64 path and ``triton-w4a8``) reads the block scales in 4-byte
+    words, which Triton's pipeline copies ahead like the weight, so no load of the loop is
+    left synchronous (only the epilogue's scalar scales remain) and nothing spills. Read
+    byte by byte (``SCALE_WORDS`` off, as before) the byte gathers are there: each one
+    waited on DRAM every K step, half of W4A8's time on an H100 (docs/PERF.md)."""
+    import re
+
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    from sm90_compile import run_compile
+
+    out = run_compile(_COMPILE_PLAIN, [kernel, scale_words, 64, 64, 128, 4, 3])
+    byte_loads = re.findall(r"ld\.global[.a-z0-9]*\.[ub]8\b", out["ptx"])
+    loads = re.findall(r"\bld\.global", out["ptx"])
+    if scale_words:
+        assert not byte_loads
+        assert len(loads) <= (1 if kernel == "w4a16" else 2), loads  # the epilogue's scales
+    else:
+        assert len(byte_loads) >= 8
+    assert "0 bytes spill stores" in out["report"], out["report"]
