@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hopper_peers import parse_gpu_args, read_flush_us  # noqa: E402
 
-from harness.backends import LayerWeights, fp8, get_backend, triton_w4a8  # noqa: E402
+from harness.backends import LayerWeights, fp8, get_backend, triton_w4a8, triton_w4a16  # noqa: E402
 from harness.gemm import reference  # noqa: E402
 from harness.models.weights import synthetic_linear  # noqa: E402
 from harness.records import atomic_write_text  # noqa: E402
@@ -36,41 +36,6 @@ from harness.records import atomic_write_text  # noqa: E402
 
 def config_dict(c: triton.Config) -> dict:
     return {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}
-
-
-def launch_w4a8(a8, gsf, prepared, conf: dict, scale_words: bool) -> torch.Tensor:
-    """The ``triton-w4a8`` GEMM with one config, its scales read in words or bytes."""
-    from harness.backends import triton_w4a16 as tw
-
-    m, k = a8.shape
-    n = prepared["words"].shape[0]
-    meta = dict(conf)
-    warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
-    out = torch.empty((m, n), dtype=torch.bfloat16, device=a8.device)
-    ws, cnt = tw._WORKSPACE.get(a8.device, m, n)
-    grid = (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
-    triton_w4a8._w4a8_kernel[grid](
-        a8, prepared["words"], prepared["scales"], out, ws, cnt, gsf.float().reshape(1),
-        prepared["w_scale"], m, n, k, k // 8, a8.stride(0), out.stride(0), tw._m_bucket(m),
-        prepared["to_e4m3"], SCALE_WORDS=scale_words, USE_ASM=True, num_warps=warps,
-        num_stages=stages, **meta)
-    return out
-
-
-def launch_w4a16_gemm(x, prepared, conf: dict, scale_words: bool) -> torch.Tensor:
-    """The ``triton`` backend's ``tl.dot`` path with one config (4 warps, 3 stages)."""
-    from harness.backends import triton_w4a16 as tw
-
-    m, k = x.shape
-    n = prepared["words"].shape[0]
-    out = torch.empty((m, n), dtype=torch.bfloat16, device=x.device)
-    ws, cnt = tw._WORKSPACE.get(x.device, m, n)
-    grid = (triton.cdiv(m, conf["BLOCK_M"]), triton.cdiv(n, conf["BLOCK_N"]), 1)
-    tw._gemm_kernel[grid](
-        x, prepared["words"], prepared["scales"], out, ws, cnt, prepared["epilogue"], m, n, k,
-        x.stride(0), out.stride(0), tw._m_bucket(m), SPLIT_K=1, USE_ASM=True,
-        SCALE_WORDS=scale_words, num_warps=4, num_stages=3, **conf)
-    return out
 
 
 def main() -> int:
@@ -126,17 +91,20 @@ def main() -> int:
             row["call_us"] = read_flush_us(
                 lambda: triton_w4a8.w4a8_gemm(triton_w4a8.quantize_activations(x, gsf), gsf,
                                               p8, best["config"]))
-            row["best_bytes_us"] = read_flush_us(lambda: launch_w4a8(a8, gsf, p8, best["config"],
-                                                                      scale_words=False))
+            by_byte = {**best["config"], "SCALE_WORDS": False}
+            row["best_bytes_us"] = read_flush_us(
+                lambda: triton_w4a8.w4a8_gemm(a8, gsf, p8, by_byte))
             if m > 64:
                 row["w4a16_gemm_us"] = {}
                 pt = get_backend("triton").prepare(lw)
-                for conf in ({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128},
-                             {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128}):
+                for tile in (64, 128):
                     for words in (True, False):
-                        key = f"{conf['BLOCK_M']}x{conf['BLOCK_N']} words={words}"
-                        row["w4a16_gemm_us"][key] = read_flush_us(
-                            lambda: launch_w4a16_gemm(x, pt, conf, words))
+                        conf = {"BLOCK_M": tile, "BLOCK_N": tile, "BLOCK_K": 128, "SPLIT_K": 1,
+                                "num_warps": 4, "num_stages": 3, "SCALE_WORDS": words}
+                        row["w4a16_gemm_us"][f"{tile}x{tile} words={words}"] = read_flush_us(
+                            lambda: triton_w4a16.w4a16_matmul(
+                                x, pt["words"], pt["scales"], pt["epilogue"], autotune=False,
+                                config=conf))
             rows.append(row)
             print(json.dumps({"n": n, "k": k, "m": m, "fp8_alone": round(row["fp8_alone_us"], 1),
                               "bf16": round(row["bf16_us"], 1),

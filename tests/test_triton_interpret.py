@@ -13,15 +13,12 @@ triton = pytest.importorskip("triton")
 from harness.backends import get_backend  # noqa: E402
 from harness.backends.triton_w4a16 import w4a16_matmul  # noqa: E402
 from harness.gemm import make_activations, make_weights, reference  # noqa: E402
+from numerics import rel_err  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="the interpreter runs where there is no GPU (set before triton "
                                 "is imported); on a GPU see tests/test_triton_gpu.py")
 CPU = torch.device("cpu")
-
-
-def _err(out, ref):
-    return ((out.float() - ref).norm() / ref.norm()).item()
 
 
 @pytest.mark.parametrize("n,k", [(64, 256), (48, 96), (80, 192)])
@@ -32,7 +29,7 @@ def test_default_configs_match_w4a16_reference(n, k, m):
     x = make_activations(m, k, seed=m, device=CPU)
     out = b.run(b.prepare(w), x, None)
     assert not torch.isnan(out).any()
-    assert _err(out, reference("w4a16", w, x, None)) < 1e-2
+    assert rel_err(out, reference("w4a16", w, x, None)) < 1e-2
 
 
 @pytest.mark.parametrize("m,config", [
@@ -48,7 +45,7 @@ def test_split_k_configs(m, config):
     p = b.prepare(w)
     x = make_activations(m, k, seed=2, device=CPU)
     out = w4a16_matmul(x, p["words"], p["scales"], p["epilogue"], autotune=False, config=config)
-    assert _err(out, reference("w4a16", w, x, None)) < 1e-2
+    assert rel_err(out, reference("w4a16", w, x, None)) < 1e-2
     again = w4a16_matmul(x, p["words"], p["scales"], p["epilogue"], autotune=False, config=config)
     assert torch.equal(out, again)  # counters reset: a second launch is identical
 
@@ -60,7 +57,7 @@ def test_autotune_path_and_negative_weights():
     for m in (1, 4):
         x = make_activations(m, 128, seed=m, device=CPU)
         b.tune(p, x, None)
-        assert _err(b.run(p, x, None), reference("w4a16", w, x, None)) < 1e-2
+        assert rel_err(b.run(p, x, None), reference("w4a16", w, x, None)) < 1e-2
 
 
 def test_word_layout_round_trips_every_code_and_matches_the_ptx_recipe():

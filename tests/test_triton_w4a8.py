@@ -10,23 +10,15 @@ from harness import nvfp4
 from harness.backends import fp8, get_backend
 from harness.backends import triton_w4a8 as t8
 from harness.gemm import make_activations, make_weights, reference
+from numerics import rel_err
 
 CPU = torch.device("cpu")
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 GPU = torch.cuda.is_available()
 
 
-def _err(out, ref):
-    return ((out.float() - ref).norm() / ref.norm()).item()
-
-
-def _layer(n, k, seed, device=CPU, std=0.02):
-    w = make_weights(n, k, seed=seed, device=device, std=std)
-    return w
-
-
 def test_weight_exponent_keeps_the_largest_product_in_e4m3():
-    w = _layer(64, 256, seed=3)
+    w = make_weights(64, 256, seed=3, device=CPU, std=0.02)
     e = t8.weight_exponent(w.fp4.scales)
     top = nvfp4.E2M1_MAX * float(w.fp4.scales.float().max())
     assert top * 2.0 ** e <= fp8.E4M3_MAX < top * 2.0 ** (e + 1)
@@ -41,7 +33,7 @@ def test_w4a8_reference_rounds_the_weight_once_and_only_once():
     the W4A8 weight equals the W4A16 one and only the activation rounding differs."""
     import dataclasses
 
-    w = _layer(32, 128, seed=5)
+    w = make_weights(32, 128, seed=5, device=CPU, std=0.02)
     w.fp4 = dataclasses.replace(w.fp4, scales=torch.full_like(w.fp4.scales, 4.0))
     w8, e = t8.weight_e4m3(w)
     exact = nvfp4.dequantize_unscaled(w.fp4) * 2.0 ** e
@@ -54,10 +46,10 @@ def test_w4a8_reference_rounds_the_weight_once_and_only_once():
 
 
 def test_w4a8_math_is_visibly_not_w4a16():
-    w = _layer(64, 256, seed=7)
+    w = make_weights(64, 256, seed=7, device=CPU, std=0.02)
     x = make_activations(4, 256, seed=2, device=CPU)
     gsf = nvfp4.global_scale_for(x)
-    gap = _err(reference("w4a8", w, x, gsf), reference("w4a16", w, x, gsf))
+    gap = rel_err(reference("w4a8", w, x, gsf), reference("w4a16", w, x, gsf))
     assert 1e-3 < gap < 0.1  # FP8 error, not a wrong scale
 
 
@@ -79,13 +71,13 @@ interpreted = pytest.mark.skipif(not INTERPRETING, reason="the interpreter runs 
 @pytest.mark.parametrize("n,k", [(64, 256), (48, 96), (80, 192)])
 @pytest.mark.parametrize("m", [1, 3, 33])
 def test_default_config_matches_the_w4a8_reference(n, k, m):
-    w = _layer(n, k, seed=n + k)
+    w = make_weights(n, k, seed=n + k, device=CPU, std=0.02)
     b = get_backend("triton-w4a8")
     x = make_activations(m, k, seed=m, device=CPU)
     gsf = nvfp4.global_scale_for(x)
     out = b.run(b.prepare(w), x, gsf)
     assert torch.isfinite(out).all()
-    assert _err(out, reference("w4a8", w, x, gsf)) < 1e-2
+    assert rel_err(out, reference("w4a8", w, x, gsf)) < 1e-2
 
 
 @interpreted
@@ -96,26 +88,53 @@ def test_default_config_matches_the_w4a8_reference(n, k, m):
 ])
 def test_split_k_and_ragged_tiles(m, config):
     n, k = 40, 320  # K not a multiple of SPLIT_K * BLOCK_K: some programs get no work
-    w = _layer(n, k, seed=1, std=0.05)
+    w = make_weights(n, k, seed=1, std=0.05, device=CPU)
     b = get_backend("triton-w4a8")
     p = b.prepare(w)
     x = make_activations(m, k, seed=2, device=CPU)
     gsf = nvfp4.global_scale_for(x)
     out = t8.w4a8_matmul(x, gsf, p, config)
-    assert _err(out, reference("w4a8", w, x, gsf)) < 1e-2
+    assert rel_err(out, reference("w4a8", w, x, gsf)) < 1e-2
     assert torch.equal(out, t8.w4a8_matmul(x, gsf, p, config))  # counters reset
 
 
 @interpreted
+@pytest.mark.parametrize("kernel", ["w4a16", "w4a8"])
+def test_block_scales_read_in_words_or_by_byte_give_the_same_output(kernel):
+    """K a multiple of 64: the scales are read as int32 words of four by default; forced off,
+    byte by byte. Both must give the same bits and the reference (rows and K ragged to the
+    tile, so the words' masks matter)."""
+    from harness.backends.triton_w4a16 import w4a16_matmul
+
+    n, k, m = 40, 384, 20
+    w = make_weights(n, k, seed=4, device=CPU, std=0.05)
+    x = make_activations(m, k, seed=5, device=CPU)
+    gsf = nvfp4.global_scale_for(x)
+    config = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 2}
+    if kernel == "w4a16":
+        p = get_backend("triton").prepare(w)
+        outs = [w4a16_matmul(x, p["words"], p["scales"], p["epilogue"], autotune=False,
+                             config={**config, "SCALE_WORDS": words}) for words in (True, False)]
+        ref = reference("w4a16", w, x, None)
+    else:
+        p = get_backend("triton-w4a8").prepare(w)
+        outs = [t8.w4a8_matmul(x, gsf, p, {**config, "SCALE_WORDS": words})
+                for words in (True, False)]
+        ref = reference("w4a8", w, x, gsf)
+    assert torch.equal(outs[0], outs[1])
+    assert rel_err(outs[0], ref) < 1e-2
+
+
+@interpreted
 def test_autotune_path_with_large_negative_weights():
-    w = _layer(32, 128, seed=9, std=1.0)
+    w = make_weights(32, 128, seed=9, std=1.0, device=CPU)
     b = get_backend("triton-w4a8")
     p = b.prepare(w, autotune=True)
     for m in (1, 20):
         x = make_activations(m, 128, seed=m, device=CPU)
         gsf = nvfp4.global_scale_for(x)
         b.tune(p, x, gsf)
-        assert _err(b.run(p, x, gsf), reference("w4a8", w, x, gsf)) < 1e-2
+        assert rel_err(b.run(p, x, gsf), reference("w4a8", w, x, gsf)) < 1e-2
 
 
 @interpreted
@@ -150,14 +169,14 @@ def test_gpu_matches_the_w4a8_reference(n, k):
     b = get_backend("triton-w4a8")
     if not b.availability(dev).ok:
         pytest.skip(b.availability(dev).reason)
-    w = _layer(n, k, seed=n + k, device=dev)
+    w = make_weights(n, k, seed=n + k, device=dev, std=0.02)
     p = b.prepare(w)
     for m in (1, 7, 33, 64, 127, 300):
         x = make_activations(m, k, seed=m, device=dev)
         gsf = nvfp4.global_scale_for(x)
         out = b.run(p, x, gsf)
         assert torch.isfinite(out).all()
-        assert _err(out, reference("w4a8", w, x, gsf)) < 1e-2, (n, k, m)
+        assert rel_err(out, reference("w4a8", w, x, gsf)) < 1e-2, (n, k, m)
 
 
 @gpu
@@ -216,7 +235,8 @@ def test_plain_tensor_core_kernels_copy_their_block_scales_ahead(kernel, scale_w
     words, which Triton's pipeline copies ahead like the weight, so no load of the loop is
     left synchronous (only the epilogue's scalar scales remain) and nothing spills. Read
     byte by byte (``SCALE_WORDS`` off, as before) the byte gathers are there: each one
-    waited on DRAM every K step, half of W4A8's time on an H100 (docs/PERF.md)."""
+    waited on DRAM every K step, half of W4A8's time on an H100 (docs/PERF.md). The weight
+    words are copied in 16-byte pieces (K / 8 passed as its own argument)."""
     import re
 
     pytest.importorskip("triton.backends.nvidia.compiler")
@@ -225,9 +245,14 @@ def test_plain_tensor_core_kernels_copy_their_block_scales_ahead(kernel, scale_w
     out = run_compile(_COMPILE_PLAIN, [kernel, scale_words, 64, 64, 128, 4, 3])
     byte_loads = re.findall(r"ld\.global[.a-z0-9]*\.[ub]8\b", out["ptx"])
     loads = re.findall(r"\bld\.global", out["ptx"])
+    copies = re.findall(r"cp\.async\.c[ga]\.shared\.global(?:\.L2::\w+)?\s*\[[^\]]*\],\s*"
+                        r"\[[^\]]*\],\s*(0x\w+|\d+)", out["ptx"])
     if scale_words:
         assert not byte_loads
         assert len(loads) <= (1 if kernel == "w4a16" else 2), loads  # the epilogue's scales
+        # KW passed on its own: the weight words (and the activations) in 16-byte pieces,
+        # the scale words in 4; no 8-byte copies of half a weight row's piece
+        assert copies and set(copies) <= {"0x10", "0x4"}, copies
     else:
         assert len(byte_loads) >= 8
     assert "0 bytes spill stores" in out["report"], out["report"]

@@ -280,10 +280,13 @@ if triton is not None:
 
     @triton.jit
     def _gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
-                     M, N, K, stride_xm, stride_om, M_BUCKET,
+                     M, N, K, stride_xm, stride_om, M_BUCKET, KW,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr = False,
                      GDC: tl.constexpr = False, SCALE_WORDS: tl.constexpr = False):
+        # KW = K / 8 words per weight row, an argument of its own so that Triton sees its
+        # divisibility and loads whole rows of a tile in 16-byte pieces (from K // 8 it
+        # cannot tell, and loads 8 bytes at a time).
         if GDC:  # a PDL launch (harness.pdl): the previous kernel wrote x
             gdc_wait()
         rm, rn, k_lo, k_chunk, tile = _tile_span(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
@@ -291,10 +294,10 @@ if triton is not None:
         m_ok = rm < M
         n_ok = rn < N
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        w_row = w_ptr + rn.to(tl.int64)[:, None] * (K // 8)
+        w_row = w_ptr + rn.to(tl.int64)[:, None] * KW
         xt_col = x_ptr + rm.to(tl.int64)[None, :] * stride_xm
         for k0 in range(k_lo, k_lo + k_chunk, BLOCK_K):
-            w = _weight_tile(w_row, s_ptr, rn, n_ok, k0, K // 8, K, BLOCK_N, BLOCK_K,
+            w = _weight_tile(w_row, s_ptr, rn, n_ok, k0, KW, K, BLOCK_N, BLOCK_K,
                              SCALE_WORDS, USE_ASM)
             # out^T = W x^T: the decoded tile is the A operand as it is (a transposed register
             # tile trips Triton's dot-operand pass on SM90), x^T is loaded transposed.
@@ -529,27 +532,31 @@ if triton is not None:
                 keep.append(c)
         return keep or [GEMV_DEFAULT]
 
+    def plain_grid_ok(kw: dict, m: int, n: int, k: int, sms: int, min_programs: int,
+                      top_split: int) -> bool:
+        """The rules of a (M, N, split-K) grid of the plain ``tl.dot`` kernels (this
+        backend's M > 64 path and ``triton-w4a8``): a grid under ``min_programs`` programs is
+        dropped where a larger split (up to ``top_split``) would fill the SMs."""
+        bm, sk = kw["BLOCK_M"], kw["SPLIT_K"]
+        bucket = _m_bucket(m)
+        if bm > 16 and bm >= 2 * bucket:
+            return False  # mostly padding
+        if bm < min(bucket, 64) // 2:
+            return False  # decodes the weight too often
+        if sk > 1 and m > SPLIT_K_MAX_M:
+            return False
+        if kw["BLOCK_K"] * sk > k:
+            return False
+        progs = triton.cdiv(m, bm) * triton.cdiv(n, kw["BLOCK_N"]) * sk
+        if progs < min_programs and sk < top_split and m <= SPLIT_K_MAX_M:
+            return False
+        return not (sk > 1 and progs > 16 * sms)
+
     def _prune_gemm(configs, named_args):
         m, n, k = named_args["M"], named_args["N"], named_args["K"]
         sms = _sms()
-        keep = []
-        for c in configs:
-            kw = c.kwargs
-            bm, sk = kw["BLOCK_M"], kw["SPLIT_K"]
-            if bm > 16 and bm >= 2 * _m_bucket(m):
-                continue  # mostly padding
-            if bm < min(_m_bucket(m), 64) // 2:
-                continue  # re-reads the weight too often
-            if sk > 1 and m > SPLIT_K_MAX_M:
-                continue
-            if kw["BLOCK_K"] * sk > k:
-                continue
-            progs = triton.cdiv(m, bm) * triton.cdiv(n, kw["BLOCK_N"]) * sk
-            if progs < sms // 2 and sk < MAX_SPLIT_K and m <= SPLIT_K_MAX_M:
-                continue
-            if sk > 1 and progs > 16 * sms:
-                continue
-            keep.append(c)
+        keep = [c for c in configs
+                if plain_grid_ok(c.kwargs, m, n, k, sms, sms // 2, MAX_SPLIT_K)]
         return keep or [GEMM_DEFAULT]
 
     _KEY = ["N", "K", "M_BUCKET"]
@@ -699,7 +706,10 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
                  config: dict | None = None) -> torch.Tensor:
     """``x[M, K] bf16 @ dequant(W)[N, K]^T`` -> bf16 [M, N].
 
-    ``config`` forces one kernel config (the meta-parameters of the path M selects).
+    ``config`` forces one kernel config: the meta-parameters of the plain path M selects
+    (the gemv at M = 1, the ``tl.dot`` kernel above), with ``num_warps`` (4) and
+    ``num_stages`` (2), and for the ``tl.dot`` kernel ``SCALE_WORDS`` (on where K allows it:
+    off reads the block scales by byte, as before they were read in words).
     """
     if words.dtype != torch.int32:
         raise ValueError("the triton backend takes its own word layout (shuffle_words)")
@@ -728,8 +738,12 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
         return out
     ws, cnt = _WORKSPACE.get(x.device, m, n)
     gemv, gemm = _kernels(autotune)
+    scale_words = k % 64 == 0  # the block scales of each row start on a 4-byte boundary
     if config is not None:
-        forced = triton.Config(dict(config), num_warps=4, num_stages=2)
+        meta = dict(config)
+        scale_words = scale_words and bool(meta.pop("SCALE_WORDS", True))
+        warps, stages = meta.pop("num_warps", 4), meta.pop("num_stages", 2)
+        forced = triton.Config(meta, num_warps=warps, num_stages=stages)
         gemv = gemm = None
         if m == 1:
             gemv = _fixed(_gemv_kernel, forced)
@@ -738,7 +752,6 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
     args = (x, words, scales_u8, out, ws, cnt, epilogue_scale, m, n, k, x.stride(0),
             out.stride(0), _m_bucket(m))
     use_asm = not _interpreting()
-    scale_words = k % 64 == 0  # the block scales of each row start on a 4-byte boundary
     launch = pdl.launch_options(x.device)
 
     def gemv_grid(meta):
@@ -752,8 +765,10 @@ def w4a16_matmul(x: torch.Tensor, words: torch.Tensor, scales_u8: torch.Tensor,
         return gemv, (*args, words.stride(0)), dict(launch), gemv_grid
 
     def run_gemm():
-        gemm[gemm_grid](*args, USE_ASM=use_asm, SCALE_WORDS=scale_words, **launch)
-        return gemm, args, dict(USE_ASM=use_asm, SCALE_WORDS=scale_words, **launch), gemm_grid
+        gemm_args = (*args, k // 8)  # words contiguous: K / 8 a row
+        gemm[gemm_grid](*gemm_args, USE_ASM=use_asm, SCALE_WORDS=scale_words, **launch)
+        return (gemm, gemm_args, dict(USE_ASM=use_asm, SCALE_WORDS=scale_words, **launch),
+                gemm_grid)
 
     if config is None and _swap_ab_ok(x, m, k):
         ran = run_small_m(x, words, args, autotune, launch)

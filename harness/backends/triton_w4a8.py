@@ -137,27 +137,12 @@ if triton is not None:
     def _prune_w4a8(configs, named_args):
         m, n, k = named_args["M"], named_args["N"], named_args["K"]
         sms = triton_w4a16._sms()
-        bucket = triton_w4a16._m_bucket(m)
-        keep = []
-        for c in configs:
-            kw = c.kwargs
-            bm, bn, bk, sk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], kw["SPLIT_K"]
-            if bm > 16 and bm >= 2 * bucket:
-                continue  # mostly padding
-            if bm < min(bucket, 64) // 2:
-                continue  # decodes the weight too often
-            if sk > 1 and m > triton_w4a16.SPLIT_K_MAX_M:
-                continue
-            if bk * sk > k:
-                continue
-            if c.num_warps == 8 and bm * bn < 64 * 128:
-                continue  # too little MMA per warp
-            progs = triton.cdiv(m, bm) * triton.cdiv(n, bn) * sk
-            if progs < sms and sk < 8 and m <= triton_w4a16.SPLIT_K_MAX_M:
-                continue  # leaves SMs idle where splitting K would not
-            if sk > 1 and progs > 16 * sms:
-                continue
-            keep.append(c)
+        # The plain tl.dot grid rules, a grid under one wave kept only at split 8; 8 warps
+        # only where each still has enough MMA (64 x 128 tiles or more).
+        keep = [c for c in configs
+                if triton_w4a16.plain_grid_ok(c.kwargs, m, n, k, sms, sms, 8)
+                and (c.num_warps == 4
+                     or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] >= 64 * 128)]
         return keep or [W4A8_DEFAULT]
 
     @functools.lru_cache(maxsize=None)
@@ -194,7 +179,8 @@ def w4a8_gemm(a8: torch.Tensor, x_global_scale: torch.Tensor, prepared: dict,
               config: dict | None = None) -> torch.Tensor:
     """The GEMM alone, on activations already in e4m3 (``quantize_activations``).
     ``config`` forces one kernel config (its meta-parameters, plus ``num_warps`` and
-    ``num_stages``)."""
+    ``num_stages``, and ``SCALE_WORDS``: on where K allows it, off reads the block scales by
+    byte)."""
     words = prepared["words"]
     m, k = a8.shape
     n = words.shape[0]
@@ -202,10 +188,12 @@ def w4a8_gemm(a8: torch.Tensor, x_global_scale: torch.Tensor, prepared: dict,
     if m == 0:
         return out
     ws, cnt = triton_w4a16._WORKSPACE.get(a8.device, m, n)
+    scale_words = k % 64 == 0  # the block scales of each row start on a 4-byte boundary
     if config is None:
         kernel = _kernel(prepared["autotune"])
     else:
         meta = dict(config)
+        scale_words = scale_words and bool(meta.pop("SCALE_WORDS", True))
         warps, stages = meta.pop("num_warps", 4), meta.pop("num_stages", 3)
         kernel = triton_w4a16._fixed(_w4a8_kernel, triton.Config(meta, num_warps=warps,
                                                                   num_stages=stages))
@@ -216,7 +204,7 @@ def w4a8_gemm(a8: torch.Tensor, x_global_scale: torch.Tensor, prepared: dict,
     kernel[grid](a8, words, prepared["scales"], out, ws, cnt,
                  x_global_scale.float().reshape(1), prepared["w_scale"], m, n, k, k // 8,
                  a8.stride(0), out.stride(0), triton_w4a16._m_bucket(m), prepared["to_e4m3"],
-                 SCALE_WORDS=k % 64 == 0, USE_ASM=not triton_w4a16._interpreting())
+                 SCALE_WORDS=scale_words, USE_ASM=not triton_w4a16._interpreting())
     return out
 
 
