@@ -9,6 +9,7 @@ import torch
 from harness import nvfp4
 from harness.backends import fp8, get_backend
 from harness.backends import triton_w4a8 as t8
+from harness.backends import triton_w4a16 as t16
 from harness.gemm import make_activations, make_weights, reference
 from numerics import rel_err
 
@@ -147,7 +148,7 @@ def test_interpreter_rounding_matches_torchs_e4m3_cast():
     @triton.jit
     def kernel(v_ptr, o_ptr, N: tl.constexpr):
         r = tl.arange(0, N)
-        tl.store(o_ptr + r, t8._round_e4m3(tl.load(v_ptr + r)))
+        tl.store(o_ptr + r, t16._round_e4m3(tl.load(v_ptr + r)))
 
     g = torch.Generator().manual_seed(0)
     v = torch.cat([torch.randn(2048, generator=g) * 40,

@@ -279,16 +279,30 @@ if triton is not None:
         return sb
 
     @triton.jit
-    def _gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
-                     M, N, K, stride_xm, stride_om, M_BUCKET, KW,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr = False,
-                     GDC: tl.constexpr = False, SCALE_WORDS: tl.constexpr = False):
-        # KW = K / 8 words per weight row, an argument of its own so that Triton sees its
-        # divisibility and loads whole rows of a tile in 16-byte pieces (from K // 8 it
-        # cannot tell, and loads 8 bytes at a time).
-        if GDC:  # a PDL launch (harness.pdl): the previous kernel wrote x
-            gdc_wait()
+    def _round_e4m3(v):
+        """fp32 -> the nearest e4m3 value (ties to even), still fp32. Only for the
+        interpreter, whose fp32 -> fp8 cast truncates a carry out of the mantissa
+        (1.96 -> 1.0); on the GPU the cast is ``cvt.rn.satfinite``."""
+        # Normal range: Veltkamp's split keeps the top 4 significant bits, rounded.
+        c = v * 1048577.0  # 2^20 + 1: 24 - 4 bits split off
+        hi = c - (c - v)
+        # Subnormal range (|v| < 2^-6): multiples of 2^-9, by adding and removing 1.5 * 2^14.
+        lo = (v + 24576.0) - 24576.0
+        return tl.where(tl.abs(v) < 0.015625, lo, hi)
+
+    @triton.jit
+    def _plain_tile(x_ptr, w_ptr, s_ptr, M, N, K, KW, stride_xm, to_e4m3,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    SPLIT_K: tl.constexpr, SCALE_WORDS: tl.constexpr, USE_ASM: tl.constexpr,
+                    E4M3: tl.constexpr):
+        """The K loop of one (M, N, split-K) program of the plain tensor-core kernels (this
+        backend's M > 64 path; ``triton-w4a8`` with ``E4M3``) -> (the fp32 [BLOCK_N, BLOCK_M]
+        tile of out^T = W x^T over the program's K range, rm, rn, tile) for ``_finish_tile``.
+
+        ``KW`` = K / 8 words per weight row, an argument of its own so that Triton sees its
+        divisibility and copies whole rows of a tile in 16-byte pieces (from K // 8 it cannot
+        tell, and copies 8 bytes at a time). With ``E4M3`` the decoded weight is scaled by
+        ``to_e4m3`` and rounded to e4m3, and x is already e4m3: an FP8 dot."""
         rm, rn, k_lo, k_chunk, tile = _tile_span(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
         kk = tl.arange(0, BLOCK_K)
         m_ok = rm < M
@@ -299,11 +313,33 @@ if triton is not None:
         for k0 in range(k_lo, k_lo + k_chunk, BLOCK_K):
             w = _weight_tile(w_row, s_ptr, rn, n_ok, k0, KW, K, BLOCK_N, BLOCK_K,
                              SCALE_WORDS, USE_ASM)
-            # out^T = W x^T: the decoded tile is the A operand as it is (a transposed register
-            # tile trips Triton's dot-operand pass on SM90), x^T is loaded transposed.
+            if E4M3:
+                w = w.to(tl.float32) * to_e4m3
+                if not USE_ASM:
+                    w = _round_e4m3(w)
+            # out^T = W x^T: the decoded tile is the A operand as it is, K-major as the MMA
+            # wants it (a transposed register tile trips Triton's dot-operand pass on SM90);
+            # x^T [BK, BM] is K-contiguous in memory, the B operand's order.
             xt = tl.load(xt_col + k0 + kk[:, None], mask=m_ok[None, :] & ((k0 + kk) < K)[:, None],
                          other=0.0)
-            acc = tl.dot(w, xt.to(w.dtype), acc)
+            if E4M3:
+                acc = tl.dot(w.to(tl.float8e4nv), xt, acc)
+            else:
+                acc = tl.dot(w, xt.to(w.dtype), acc)
+        return acc, rm, rn, tile
+
+    @triton.jit
+    def _gemm_kernel(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr,
+                     M, N, K, stride_xm, stride_om, M_BUCKET, KW,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr = False,
+                     GDC: tl.constexpr = False, SCALE_WORDS: tl.constexpr = False):
+        # KW = K / 8 words per weight row (see ``_plain_tile``).
+        if GDC:  # a PDL launch (harness.pdl): the previous kernel wrote x
+            gdc_wait()
+        acc, rm, rn, tile = _plain_tile(x_ptr, w_ptr, s_ptr, M, N, K, KW, stride_xm, 1.0,
+                                        BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, SCALE_WORDS, USE_ASM,
+                                        False)
         if GDC:  # the next kernel may launch while this one finishes
             gdc_launch_dependents()
         scale = tl.load(scale_ptr)

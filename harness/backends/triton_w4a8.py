@@ -70,19 +70,7 @@ def w4a8_reference(weights: LayerWeights, x: torch.Tensor, x_global_scale: torch
 
 
 if triton is not None:
-    from harness.backends.triton_w4a16 import _finish_tile, _tile_span, _weight_tile
-
-    @triton.jit
-    def _round_e4m3(v):
-        """fp32 -> the nearest e4m3 value (ties to even), still fp32. Only for the
-        interpreter, whose fp32 -> fp8 cast truncates a carry out of the mantissa
-        (1.96 -> 1.0); on the GPU the cast is ``cvt.rn.satfinite``."""
-        # Normal range: Veltkamp's split keeps the top 4 significant bits, rounded.
-        c = v * 1048577.0  # 2^20 + 1: 24 - 4 bits split off
-        hi = c - (c - v)
-        # Subnormal range (|v| < 2^-6): multiples of 2^-9, by adding and removing 1.5 * 2^14.
-        lo = (v + 24576.0) - 24576.0
-        return tl.where(tl.abs(v) < 0.015625, lo, hi)
+    from harness.backends.triton_w4a16 import _finish_tile, _plain_tile
 
     @triton.jit
     def _quantize_kernel(x_ptr, a_ptr, xgsf_ptr, n, BLOCK: tl.constexpr):
@@ -101,25 +89,10 @@ if triton is not None:
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      SPLIT_K: tl.constexpr, SCALE_WORDS: tl.constexpr = False,
                      USE_ASM: tl.constexpr = False):
-        # KW = K / 8 words per weight row, an argument of its own so that Triton sees its
-        # divisibility and loads whole rows of a tile in 16-byte pieces.
-        rm, rn, k_lo, k_chunk, tile = _tile_span(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
-        kk = tl.arange(0, BLOCK_K)
-        m_ok = rm < M
-        n_ok = rn < N
-        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        w_row = w_ptr + rn.to(tl.int64)[:, None] * KW
-        at_col = a_ptr + rm.to(tl.int64)[None, :] * stride_am
-        for k0 in range(k_lo, k_lo + k_chunk, BLOCK_K):
-            w = _weight_tile(w_row, s_ptr, rn, n_ok, k0, KW, K, BLOCK_N, BLOCK_K, SCALE_WORDS,
-                             USE_ASM).to(tl.float32) * to_e4m3
-            if not USE_ASM:
-                w = _round_e4m3(w)
-            # out^T = W a^T: the decoded weight is the A operand, in registers, K-major as
-            # FP8 MMA wants it; a^T [BK, BM] is K-contiguous in memory, the B operand's order.
-            at = tl.load(at_col + k0 + kk[:, None],
-                         mask=m_ok[None, :] & ((k0 + kk) < K)[:, None], other=0.0)
-            acc = tl.dot(w.to(tl.float8e4nv), at, acc)
+        # KW = K / 8 words per weight row (see ``_plain_tile``).
+        acc, rm, rn, tile = _plain_tile(a_ptr, w_ptr, s_ptr, M, N, K, KW, stride_am, to_e4m3,
+                                        BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, SCALE_WORDS, USE_ASM,
+                                        True)
         scale = 6.0 / tl.load(xgsf_ptr) * tl.load(w_scale_ptr)
         _finish_tile(tl.trans(acc), ws_ptr, cnt_ptr, out_ptr, scale, rm, rn, M, N, stride_om,
                      tile, tl.program_id(2), SPLIT_K)
