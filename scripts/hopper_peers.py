@@ -8,7 +8,7 @@ backend tunes there), captured in a CUDA graph, and its replays timed by
 (autotune on), ``torch-bf16`` (cuBLAS), ``torch-fp8`` and FlashInfer's ``mm_fp8``
 (``flashinfer-fp8-cublas`` / ``-auto``, tuned by FlashInfer's autotuner), each through the
 harness's own backend (FP8 paths include their activation quantization, as a user's call
-does); FlashInfer's ``mm_fp8`` also alone, on an activation already in e4m3. Also, per
+does); each FP8 GEMM also alone, on an activation already in e4m3. Also, per
 shape, the time of a plain read-only kernel of the layer's NVFP4 bytes (best of 12 launch
 shapes, same method; on the H200 it stays well above the read ceilings of
 docs/PERF.md, so it is a lower bar, not a ceiling) and, at M=1, the eager call overhead of
@@ -44,7 +44,7 @@ import triton.testing
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.backends import LayerWeights, get_backend  # noqa: E402
-from harness.backends import flashinfer_lib, triton_launch, triton_w4a16  # noqa: E402
+from harness.backends import flashinfer_lib, fp8, triton_launch, triton_w4a16  # noqa: E402
 from harness.gemm import why_skipped  # noqa: E402
 from harness.hardware import copy_bandwidth  # noqa: E402
 from harness.measure import time_gpu  # noqa: E402
@@ -251,13 +251,10 @@ def main() -> int:
                     be.tune(p, x, gsf)
                 row["us"][b] = cold_us(lambda: be.run(p, x, gsf))
                 row["us_read_flush"][b] = read_flush_us(lambda: be.run(p, x, gsf))
-                if hasattr(be, "arguments"):  # FlashInfer's GEMM alone, x already in FP8
-                    fi_args, fi_kw = be.arguments(p, x, gsf)
-                    fi = flashinfer_lib.module()
-                    row.setdefault("gemm_alone_us", {})[b] = cold_us(
-                        lambda: flashinfer_lib.call(fi, be.api, *fi_args, **fi_kw))
-                    row.setdefault("gemm_alone_read_flush_us", {})[b] = read_flush_us(
-                        lambda: flashinfer_lib.call(fi, be.api, *fi_args, **fi_kw))
+                alone = gemm_alone(be, p, x, gsf)
+                if alone is not None:
+                    row.setdefault("gemm_alone_us", {})[b] = cold_us(alone)
+                    row.setdefault("gemm_alone_read_flush_us", {})[b] = read_flush_us(alone)
             if m == 1:
                 be, p, _ = prepared["triton"]
 
@@ -290,6 +287,22 @@ def main() -> int:
     write(out, doc, complete=True)
     print(markdown(doc))
     return 0
+
+
+def gemm_alone(be, prepared, x, gsf):
+    """A call of an FP8 peer's GEMM alone, on ``x`` quantized to e4m3 beforehand (as by a
+    previous kernel that writes FP8), or None for a path without one: FlashInfer's
+    ``mm_fp8`` on its own arguments, torch's ``_scaled_mm`` (so the table keeps an FP8 GEMM
+    alone where FlashInfer is not installed)."""
+    if hasattr(be, "arguments"):
+        fi_args, fi_kw = be.arguments(prepared, x, gsf)
+        fi = flashinfer_lib.module()
+        return lambda: flashinfer_lib.call(fi, be.api, *fi_args, **fi_kw)
+    if hasattr(be, "gemm_alone"):
+        a_scale = fp8.activation_scale(gsf)
+        a8 = fp8.quantize(x, a_scale)
+        return lambda: be.gemm_alone(prepared, a8, a_scale)
+    return None
 
 
 def write(out: Path, doc: dict, complete: bool) -> None:
@@ -330,8 +343,9 @@ def markdown(doc: dict) -> str:
                      f"{r['read_ceiling_us']:.1f} | {r['triton_read_ceiling_frac']:.0%} |")
     alone = sorted({b for r in rows for b in r.get("gemm_alone_us", {})})
     if alone:
-        lines += ["", "FlashInfer's FP8 GEMM alone (the activation already in e4m3, as from a "
-                  "fused quantization in the previous kernel), us:", "",
+        lines += ["", "FP8's GEMM alone (FlashInfer's `mm_fp8`, torch's `_scaled_mm`; the "
+                  "activation already in e4m3, as from a fused quantization in the previous "
+                  "kernel), us:", "",
                   "| layers | M | triton | " + " | ".join(alone) + " |",
                   "|---" * (len(alone) + 3) + "|"]
         for r in rows:

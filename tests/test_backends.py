@@ -249,6 +249,39 @@ def test_small_m_path_chooser_keeps_each_paths_time(monkeypatch):
     assert f"| 34816 x 5120 | 1 | {doc['rows'][0]['triton_kernel']} | - |" in table
 
 
+def test_hopper_peers_times_torch_fp8_gemm_alone_without_flashinfer(layer):
+    """The issue table's strictest FP8 peer, the GEMM on activations already in e4m3, comes
+    from torch's ``_scaled_mm`` too, so a machine without FlashInfer still has it: the call
+    hopper_peers times gives torch-fp8's own output bits, a path with no FP8 GEMM alone gets
+    none, and the table names the column and its ratio."""
+    pytest.importorskip("triton")
+    import importlib.util
+    from pathlib import Path
+
+    w, x, gsf = layer
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("hopper_peers", root / "scripts/hopper_peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    fp8 = get_backend("torch-fp8")
+    p = fp8.prepare(w)
+    alone = peers.gemm_alone(fp8, p, x, gsf)
+    assert torch.equal(alone(), fp8.run(p, x, gsf))
+    bf16 = get_backend("torch-bf16")
+    assert peers.gemm_alone(bf16, bf16.prepare(w), x, gsf) is None
+    row = {"layers": ["m:o_proj"], "n": 96, "k": 128, "m": 5, "nvfp4_bytes": 1,
+           "read_ceiling_us": 5.0, "read_ceiling_kernel": "k", "triton_read_ceiling_frac": 0.5,
+           "us": {"triton": 10.0, "torch-fp8": 30.0}, "gemm_alone_us": {"torch-fp8": 20.0},
+           "read_ceiling_read_flush_us": 4.0, "gemm_alone_read_flush_us": {"torch-fp8": 16.0},
+           "us_read_flush": {"triton": 8.0, "torch-fp8": 24.0}}
+    table = peers.markdown({"device": "d", "torch": "t", "triton": "3", "method": "m",
+                            "method_read_flush": "rf", "peers_skipped": {}, "rows": [row]})
+    assert "| layers | M | triton | torch-fp8 |\n" in table
+    assert "| m:o_proj | 5 | 10.0 | 20.0 |" in table
+    assert "torch-fp8 GEMM alone x2.00 (min x2.00)" in table  # do_bench: 20 / 10
+    assert "| m:o_proj | 5 | 8.0 | 24.0 | 16.0 | 4.0 | 50% |" in table  # read flush
+
+
 def test_config_sweep_reads_what_the_tuner_kept():
     """scripts/config_sweep.py re-times the tuned configs of a hopper-peers record: every
     small-M entry of the committed records parses back to the config that was printed (the
