@@ -11,6 +11,7 @@ from harness.backends import flashinfer_lib
 from harness.backends.flashinfer_fp4 import FlashInferFP4
 from harness.gemm import make_activations, make_weights, reference
 from harness.models import UnknownNameError
+from script_modules import ROOT, load_script
 
 CPU = torch.device("cpu")
 
@@ -213,9 +214,7 @@ def test_small_m_path_chooser_keeps_each_paths_time(monkeypatch):
     it (``path_times``, per N, K and M bucket), and hopper_peers' record and table carry
     them next to the kernel: a table's pick can be read against its rivals."""
     pytest.importorskip("triton")
-    import importlib.util
     import json
-    from pathlib import Path
 
     from harness.backends import triton_w4a16 as tw
 
@@ -237,11 +236,8 @@ def test_small_m_path_chooser_keeps_each_paths_time(monkeypatch):
     assert tw.path_times(n, k, 40) == pytest.approx(want)  # M 40 shares the bucket of 64
     assert tw.path_times(n, k, 16) is None
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("hopper_peers", root / "scripts/hopper_peers.py")
-    peers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(peers)
-    doc = json.loads((root / "baselines/peers/h100-sm90/f90cd3ba-hopper-peers.json").read_text())
+    peers = load_script("hopper_peers")
+    doc = json.loads((ROOT / "baselines/peers/h100-sm90/f90cd3ba-hopper-peers.json").read_text())
     doc["rows"][3]["triton_path_us"] = {name: t * 1e6 for name, t in want.items()}
     table = peers.markdown(doc)
     assert (f"| 34816 x 5120 | 64 | {doc['rows'][3]['triton_kernel']} | mma 50.0, wgmma 43.0, "
@@ -255,14 +251,8 @@ def test_hopper_peers_times_torch_fp8_gemm_alone_without_flashinfer(layer):
     hopper_peers times gives torch-fp8's own output bits, a path with no FP8 GEMM alone gets
     none, and the table names the column and its ratio."""
     pytest.importorskip("triton")
-    import importlib.util
-    from pathlib import Path
-
     w, x, gsf = layer
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("hopper_peers", root / "scripts/hopper_peers.py")
-    peers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(peers)
+    peers = load_script("hopper_peers")
     fp8 = get_backend("torch-fp8")
     p = fp8.prepare(w)
     alone = peers.gemm_alone(fp8, p, x, gsf)
@@ -288,18 +278,13 @@ def test_config_sweep_reads_what_the_tuner_kept():
     plain kernels' entries to None), its stream-K variants keep the tile, and the committed
     sweep lines are configs the backend's fit rules accept."""
     pytest.importorskip("triton")
-    import importlib.util
     import json
-    from pathlib import Path
 
     from harness.backends import triton_w4a16 as tw
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("config_sweep", root / "scripts/config_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = load_script("config_sweep")
     seen = 0
-    for record in sorted(root.glob("baselines/peers/*/*-hopper-peers.json")):
+    for record in sorted(ROOT.glob("baselines/peers/*/*-hopper-peers.json")):
         for row in json.loads(record.read_text())["rows"]:
             choice = row.get("triton_kernel") or ""
             line = sweep.parse_kernel(choice)
@@ -314,12 +299,12 @@ def test_config_sweep_reads_what_the_tuner_kept():
             assert [v["kwargs"].get("STREAM_K") for v in variants] == [kw.get("STREAM_K"), 1, 3]
             assert all(v["kwargs"]["BLOCK_N"] == kw["BLOCK_N"] for v in variants)
     assert seen > 20
-    for text in (root / "scripts/sweeps/stream-k.jsonl").read_text().splitlines():
+    for text in (ROOT / "scripts/sweeps/stream-k.jsonl").read_text().splitlines():
         line = json.loads(text)
         for m in line["m"]:
             fits = tw._wgmma_fits if line["kernel"] == "wgmma" else tw._swap_ab_fits
             assert fits(line["kwargs"], line["num_warps"], m, 5120), line
-    for text in (root / "scripts/sweeps/warp-specialized-2x2-per-sm.jsonl").read_text(
+    for text in (ROOT / "scripts/sweeps/warp-specialized-2x2-per-sm.jsonl").read_text(
             ).splitlines():
         line = json.loads(text)
         assert all(tw._wgmma_fits(line["kwargs"], line["num_warps"], m, 5120) for m in (33, 64))

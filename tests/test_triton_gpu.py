@@ -9,6 +9,7 @@ import torch
 from harness.backends import get_backend
 from harness.gemm import make_activations, make_weights, reference
 from harness.models import get_model
+from script_modules import load_script
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -322,14 +323,7 @@ def test_wgmma_path_matches_torch_dequant(n, k, bn, bk, sk, warps, stages, mode,
 def _config_sweep():
     """``scripts/config_sweep.py`` as a module: its ``launch`` forces a config through the
     backend's own small-M launch path (the ordered path's reorder included)."""
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("config_sweep", root / "scripts/config_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
-    return sweep
+    return load_script("config_sweep")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available()
