@@ -2,7 +2,8 @@
 
     python scripts/config_sweep.py [--models qwen3.6-27b] [--m 1,16,32,64]
         [--record HOPPER-PEERS.json] [--configs FILE] [--stream-k 1,2,4]
-        [--classic-only] [--harness DIR] [--label NAME] [--out DIR]
+        [--with KEY=V1,V2] [--call-only] [--classic-only] [--harness DIR] [--label NAME]
+        [--out DIR]
 
 What the tuner would compare, side by side in one process, as the performance log's
 "each config forced" tables need: for every layer shape of the models and every M, each
@@ -15,14 +16,17 @@ Configs come from ``--record`` (the ``triton_kernel`` column of a ``hopper_peers
 record: what the tuner kept per shape and M) and from ``--configs`` (JSON lines
 ``{"kernel": "mma" | "wgmma", "kwargs": {...}, "num_warps": W, "maxnreg": R, "m": [..]}``;
 ``m`` optional: the Ms the line applies to). ``--stream-k`` adds, for each config, its
-stream-K variants (``SPLIT_K`` 1, ``STREAM_K`` programs per SM). ``--harness DIR`` imports the
+stream-K variants (``SPLIT_K`` 1, ``STREAM_K`` programs per SM); ``--with KEY=V1,V2`` adds,
+for each config that takes it, its variants with that kernel option set to each value (e.g.
+``L2_AHEAD=8,64``). ``--harness DIR`` imports the
 kernels from another checkout (an A/B of two trees on one machine; its classic configs only
 under ``--classic-only``). An ``ACT_ORDERED`` config (activations read in MMA K order) is
 timed four times: as the backend runs it (its reorder kernel, then the GEMM launched behind
 it with the backend's hand-off, ``triton_w4a16.ORDERED_HANDOFF_PDL``), alone on activations
 reordered beforehand (as a kernel that writes them so would leave them), with the reorder as a
 torch copy (``in_mma_k_order``) in the call, and behind the reorder kernel with the other
-hand-off (PDL or stream order): what the programmatic launch costs or saves.
+hand-off (PDL or stream order): what the programmatic launch costs or saves;
+``--call-only`` times it as the backend runs it only.
 Writes ``config-sweep[-LABEL].{json,md}`` under ``--out`` after every row.
 """
 
@@ -115,10 +119,35 @@ def with_stream_k(line: dict, per_sm: list[int]) -> list[dict]:
     return out
 
 
+def parse_with(text: str) -> tuple[str, list[int]] | None:
+    """``--with KEY=V1,V2`` -> (KEY, [V1, V2]); None for ''."""
+    if not text:
+        return None
+    key, sep, values = text.partition("=")
+    if not sep or not key.isidentifier() or not values:
+        raise ValueError(f"--with takes KEY=V1,V2 (integers), got {text!r}")
+    return key, [int(v) for v in values.split(",")]
+
+
+def with_option(line: dict, option: tuple[str, list[int]] | None) -> list[dict]:
+    """The config line and its variants with ``option``'s kernel keyword set to each value:
+    ``L2_AHEAD`` only on the ring configs that take it (``STAGES`` > 0, and ``ACT_RING`` on
+    the wgmma kernel)."""
+    if option is None:
+        return [line]
+    key, values = option
+    kw = line["kwargs"]
+    if key == "L2_AHEAD" and not (kw.get("STAGES") and (line["kernel"] == "mma"
+                                                        or kw.get("ACT_RING"))):
+        return [line]
+    return [line] + [dict(line, kwargs=dict(kw, **{key: v})) for v in values
+                     if kw.get(key) != v]
+
+
 def label(line: dict) -> str:
     kw = line["kwargs"]
     keys = ("BLOCK_N", "BLOCK_K", "SPLIT_K", "STAGES", "PREFETCH", "ACT_RING", "ACT_ORDERED",
-            "ASYNC", "STREAM_K", "CONSUMERS")
+            "ASYNC", "STREAM_K", "CONSUMERS", "L2_AHEAD")
     parts = [f"{k}={kw[k]}" for k in keys if k in kw and kw[k] not in (False, None, 0)]
     cap = f" maxnreg={line['maxnreg']}" if line.get("maxnreg") else ""
     return f"{line['kernel']} {' '.join(parts)} w={line['num_warps']}{cap}"
@@ -176,6 +205,10 @@ def main() -> int:
     ap.add_argument("--record", help="a hopper_peers.py record: its tuned configs")
     ap.add_argument("--configs", help="JSON lines of configs")
     ap.add_argument("--stream-k", default="", help="programs per SM of stream-K variants")
+    ap.add_argument("--with", dest="with_option", default="",
+                    help="KEY=V1,V2: each config also with that kernel option at each value")
+    ap.add_argument("--call-only", action="store_true",
+                    help="time ordered configs as the backend runs them only")
     ap.add_argument("--classic-only", action="store_true",
                     help="leave out stream-K configs (a tree without them)")
     ap.add_argument("--harness", help="import the kernels from this checkout")
@@ -184,6 +217,10 @@ def main() -> int:
     dev = torch.device("cuda")
     ms = args.m
     per_sm = [int(v) for v in args.stream_k.split(",") if v]
+    try:
+        option = parse_with(args.with_option)
+    except ValueError as e:
+        ap.error(str(e))
     tuned, extra = read_configs(args.record, args.configs)
     gen = torch.Generator(device=dev).manual_seed(0)
     tri, deq = get_backend("triton"), get_backend("torch-dequant")
@@ -205,7 +242,8 @@ def main() -> int:
             x = torch.randn(m, k, generator=gen, device=dev).to(torch.bfloat16)
             base = deq.run(pd, x, None).float()
             lines = lines_for(tuned, extra, n, k, m)
-            todo = {label(v): v for line in lines for v in with_stream_k(line, per_sm)
+            todo = {label(v): v for line in lines for o in with_option(line, option)
+                    for v in with_stream_k(o, per_sm)
                     if not (args.classic_only and v["kwargs"].get("STREAM_K"))}.values()
             for line in todo:
                 row = {"layers": names, "n": n, "k": k, "m": m, "config": label(line),
@@ -225,7 +263,8 @@ def main() -> int:
                         row["failed"] = f"relative error {err:.3g} or non-finite output"
                     else:
                         row["us"] = read_flush_us(lambda: launch(line, x, pt))
-                        if kw.get("ACT_ORDERED"):  # the GEMM alone, x reordered beforehand
+                        if kw.get("ACT_ORDERED") and not args.call_only:
+                            # The GEMM alone, x reordered beforehand
                             xo = triton_wgmma.in_mma_k_order(x)
                             row["us_x_ordered_before"] = read_flush_us(
                                 lambda: launch(line, x, pt, xo))
