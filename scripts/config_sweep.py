@@ -17,8 +17,9 @@ record: what the tuner kept per shape and M) and from ``--configs`` (JSON lines
 ``{"kernel": "mma" | "wgmma", "kwargs": {...}, "num_warps": W, "maxnreg": R, "m": [..]}``;
 ``m`` optional: the Ms the line applies to). ``--stream-k`` adds, for each config, its
 stream-K variants (``SPLIT_K`` 1, ``STREAM_K`` programs per SM); ``--with KEY=V1,V2`` adds,
-for each config that takes it, its variants with that kernel option set to each value (e.g.
-``L2_AHEAD=8,64``). ``--harness DIR`` imports the
+for each config, its variants with that integer kernel option set to each value (e.g.
+``SPLIT_K=2,4``, or an option under trial in the tree under test; a kernel that takes no
+such option fails the row). ``--harness DIR`` imports the
 kernels from another checkout (an A/B of two trees on one machine; its classic configs only
 under ``--classic-only``). An ``ACT_ORDERED`` config (activations read in MMA K order) is
 timed four times: as the backend runs it (its reorder kernel, then the GEMM launched behind
@@ -130,16 +131,12 @@ def parse_with(text: str) -> tuple[str, list[int]] | None:
 
 
 def with_option(line: dict, option: tuple[str, list[int]] | None) -> list[dict]:
-    """The config line and its variants with ``option``'s kernel keyword set to each value:
-    ``L2_AHEAD`` only on the ring configs that take it (``STAGES`` > 0, and ``ACT_RING`` on
-    the wgmma kernel)."""
+    """The config line and its variants with ``option``'s kernel keyword set to each value
+    (a value the line has already is not repeated)."""
     if option is None:
         return [line]
     key, values = option
     kw = line["kwargs"]
-    if key == "L2_AHEAD" and not (kw.get("STAGES") and (line["kernel"] == "mma"
-                                                        or kw.get("ACT_RING"))):
-        return [line]
     return [line] + [dict(line, kwargs=dict(kw, **{key: v})) for v in values
                      if kw.get(key) != v]
 
@@ -147,7 +144,9 @@ def with_option(line: dict, option: tuple[str, list[int]] | None) -> list[dict]:
 def label(line: dict) -> str:
     kw = line["kwargs"]
     keys = ("BLOCK_N", "BLOCK_K", "SPLIT_K", "STAGES", "PREFETCH", "ACT_RING", "ACT_ORDERED",
-            "ASYNC", "STREAM_K", "CONSUMERS", "L2_AHEAD")
+            "ASYNC", "STREAM_K", "CONSUMERS")
+    # Options outside the known keys (``--with``) are named too, so variants stay apart.
+    keys += tuple(k for k in kw if k not in keys and k not in ("COPY_REGS", "MMA_REGS"))
     parts = [f"{k}={kw[k]}" for k in keys if k in kw and kw[k] not in (False, None, 0)]
     cap = f" maxnreg={line['maxnreg']}" if line.get("maxnreg") else ""
     return f"{line['kernel']} {' '.join(parts)} w={line['num_warps']}{cap}"

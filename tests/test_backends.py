@@ -299,21 +299,18 @@ def test_config_sweep_reads_what_the_tuner_kept():
             assert [v["kwargs"].get("STREAM_K") for v in variants] == [kw.get("STREAM_K"), 1, 3]
             assert all(v["kwargs"]["BLOCK_N"] == kw["BLOCK_N"] for v in variants)
     assert seen > 20
-    # --with: variants of the ring configs with a kernel option set; L2_AHEAD leaves the
-    # configs without a ring (STAGES 0, or the wgmma kernel's register-staged batch tile).
-    option = sweep.parse_with("L2_AHEAD=4,16")
-    assert option == ("L2_AHEAD", [4, 16])
-    ring = {"kernel": "wgmma", "kwargs": {"BLOCK_N": 64, "STAGES": 3, "ACT_RING": True},
+    # --with: each config's variants with one integer kernel option set, named in the label.
+    option = sweep.parse_with("SPLIT_K=2,4")
+    assert option == ("SPLIT_K", [2, 4])
+    ring = {"kernel": "wgmma", "kwargs": {"BLOCK_N": 64, "SPLIT_K": 2, "STAGES": 3},
             "num_warps": 4}
-    assert [v["kwargs"].get("L2_AHEAD") for v in sweep.with_option(ring, option)] == [None, 4, 16]
-    assert "L2_AHEAD=16" in sweep.label(sweep.with_option(ring, option)[2])
-    for plain in (dict(ring, kwargs={"BLOCK_N": 64, "STAGES": 0}),
-                  dict(ring, kwargs={"BLOCK_N": 64, "STAGES": 4, "ACT_RING": False})):
-        assert sweep.with_option(plain, option) == [plain]
-    mma = {"kernel": "mma", "kwargs": {"BLOCK_N": 128, "STAGES": 2}, "num_warps": 4}
-    assert len(sweep.with_option(mma, option)) == 3
+    variants = sweep.with_option(ring, option)
+    assert [v["kwargs"]["SPLIT_K"] for v in variants] == [2, 4]  # 2 is the line itself
+    assert variants[0] is ring and "SPLIT_K=4" in sweep.label(variants[1])
+    trial = sweep.with_option(ring, sweep.parse_with("TRIAL=8"))[1]
+    assert "TRIAL=8" in sweep.label(trial) and "TRIAL" not in sweep.label(ring)
     assert sweep.with_option(ring, None) == [ring]
-    for bad in ("L2_AHEAD", "L2_AHEAD=", "=4", "L2_AHEAD=x"):
+    for bad in ("SPLIT_K", "SPLIT_K=", "=4", "SPLIT_K=x", "1X=2"):
         with pytest.raises(ValueError):
             sweep.parse_with(bad)
     for text in (ROOT / "scripts/sweeps/stream-k.jsonl").read_text().splitlines():

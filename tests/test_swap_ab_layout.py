@@ -232,14 +232,13 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from harness.backends import triton_swap_ab, triton_wgmma
 
 (name, block_n, block_k, block_b, split_k, num_warps, stages, async_mma, ring, stream_k,
- maxnreg, ordered, consumers, copy_regs, l2_ahead) = json.loads(sys.argv[1])
+ maxnreg, ordered, consumers, copy_regs) = json.loads(sys.argv[1])
 sig = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*u8", "out_ptr": "*bf16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32", "scale_ptr": "*fp32"}
 sig.update({a: "i32" for a in ("M", "N", "K", "stride_xm", "stride_om", "stride_wn",
                                "stride_sn", "M_BUCKET")})
 const = {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_B": block_b, "SPLIT_K": split_k,
-         "FP8_CVT": True, "STAGES": stages, "GDC": False, "STREAM_K": stream_k,
-         "L2_AHEAD": l2_ahead}
+         "FP8_CVT": True, "STAGES": stages, "GDC": False, "STREAM_K": stream_k}
 if name == "wgmma":
     fn = triton_wgmma.wgmma_kernel
     # The register split's defaults too: an ASTSource takes no defaults for constexprs.
@@ -271,13 +270,13 @@ print(json.dumps({"ptx": kernel.asm["ptx"], "report": report.stderr, "sass": sas
 
 def _compile_wgmma(block_n, block_k, block_b, split_k, num_warps, stages=0, async_mma=False,
                    ring=False, kernel="wgmma", stream_k=0, maxnreg=None, ordered=False,
-                   consumers=0, copy_regs=64, sass=False, l2_ahead=0):
+                   consumers=0, copy_regs=64, sass=False):
     """Compile the kernel (``wgmma_kernel``, or ``swap_ab_kernel`` for ``kernel="mma"``) for
     sm_90a here (no GPU needed) -> (PTX, ptxas -v report, bytes of shared memory), or with
     ``sass`` its SASS (cuobjdump beside Triton's ptxas)."""
     out = _run_compile(_COMPILE, [kernel, block_n, block_k, block_b, split_k, num_warps,
                                   stages, async_mma, ring, stream_k, maxnreg, ordered,
-                                  consumers, copy_regs, l2_ahead])
+                                  consumers, copy_regs])
     if sass:
         return out["sass"]
     return out["ptx"], out["report"], out["shared"]
@@ -324,27 +323,6 @@ def test_async_wgmma_pipeline_and_shared_memory(block_n, block_b, num_warps, sta
     sync = dict(kw, ASYNC=False)
     assert triton_w4a16._wgmma_smem(sync, block_b) == _compile_wgmma(
         block_n, 128, block_b, 1, num_warps, stages, False)[2]
-
-
-@pytest.mark.parametrize("kernel,block_n,block_k,block_b,stages,consumers", [
-    ("mma", 128, 256, 8, 2, 0), ("wgmma", 64, 128, 64, 3, 0), ("wgmma", 64, 128, 64, 3, 1)])
-def test_l2_ahead_adds_bulk_prefetches_of_the_weight_rows(kernel, block_n, block_k, block_b,
-                                                          stages, consumers):
-    """L2_AHEAD compiles, on each ring path (the ``mma.sync`` ring, the wgmma ordered ring,
-    the warp-specialized tile's copy warpgroup), to bulk L2 prefetches of the weight rows:
-    words and scales before the loop and again inside it, each predicated on a non-empty
-    range; without it there are none; the registers stay within the tile's budget (no
-    spills; at three CTAs per SM, ``maxnreg`` 80)."""
-    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
-    ws = {"consumers": consumers, "copy_regs": 40, "maxnreg": 80} if consumers else {}
-    ring = {} if kernel == "mma" else {"ring": True, "ordered": True}
-    for ahead, expected in ((0, 0), (8, 4)):
-        ptx, report, _ = _compile_wgmma(block_n, block_k, block_b, 2, 4, stages, kernel=kernel,
-                                        l2_ahead=ahead, **ring, **ws)
-        prefetches = [line for line in ptx.splitlines() if "cp.async.bulk.prefetch.L2" in line]
-        assert len(prefetches) == expected, prefetches
-        assert all(line.strip().startswith("@p ") for line in prefetches), prefetches
-        assert "0 bytes spill stores" in report, report
 
 
 @pytest.mark.parametrize("block_n,block_k,block_b,num_warps,stages", [

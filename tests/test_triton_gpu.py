@@ -406,44 +406,6 @@ def test_warp_specialized_tile_matches_the_ring_kernel(consumers, sk, stages, pe
 
 @pytest.mark.skipif(not torch.cuda.is_available()
                     or torch.cuda.get_device_capability() != (9, 0),
-                    reason="cp.async.bulk.prefetch.L2 and the warpgroup-MMA kernel need SM90")
-@pytest.mark.parametrize("line,ms", [
-    ({"kernel": "mma", "kwargs": {"BLOCK_N": 128, "BLOCK_K": 256, "SPLIT_K": 2, "STAGES": 2,
-                                  "PREFETCH": False}, "num_warps": 4}, (1, 7, 16)),
-    ({"kernel": "wgmma", "kwargs": {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 8, "STAGES": 3,
-                                    "ACT_RING": True, "ACT_ORDERED": True}, "num_warps": 4},
-     (9, 33, 64)),
-    ({"kernel": "wgmma", "kwargs": {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 2, "STAGES": 3,
-                                    "ACT_RING": True, "ACT_ORDERED": True, "CONSUMERS": 1,
-                                    "COPY_REGS": 40}, "num_warps": 4, "maxnreg": 80},
-     (33, 64))])
-def test_l2_prefetch_ahead_of_the_ring_keeps_the_bits(line, ms):
-    """L2_AHEAD (bulk L2 prefetches of the weight rows ahead of each ring) changes where the
-    bytes wait, not what is computed: the same bits as the config without it, on a partial
-    row tile, splits past the end of K (K = 1280 is five or ten steps) and a window both
-    shorter (4) and longer (64) than a split, and from a graph replay."""
-    sweep = _config_sweep()
-    dev = torch.device("cuda")
-    tri = get_backend("triton")
-    for n, k in ((1000, 1280), (5120, 6144)):
-        pt = tri.prepare(make_weights(n, k, seed=n + 5 * k, device=dev, std=0.02))
-        for m in ms:
-            x = make_activations(m, k, seed=m + 17, device=dev)
-            plain = sweep.launch(line, x, pt)
-            assert torch.isfinite(plain).all()
-            for ahead in (4, 64):
-                ahead_line = dict(line, kwargs=dict(line["kwargs"], L2_AHEAD=ahead))
-                assert torch.equal(sweep.launch(ahead_line, x, pt), plain), (n, k, m, ahead)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                replayed = sweep.launch(ahead_line, x, pt)
-            graph.replay()
-            torch.cuda.synchronize()
-            assert torch.equal(replayed, plain), (n, k, m)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available()
-                    or torch.cuda.get_device_capability() != (9, 0),
                     reason="the reorder kernel signals PDL dependents (SM90)")
 @pytest.mark.parametrize("pdl_on", [False, True])
 def test_reorder_kernel_is_in_mma_k_order(pdl_on):

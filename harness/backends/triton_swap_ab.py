@@ -55,8 +55,6 @@ else:
     async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 
 K_GROUP = 128  # elements of K per lane-quad layout unit (16 words per row)
-# K steps per L2 prefetch request inside the loop (``L2_AHEAD``).
-L2_CHUNK = 4
 MAX_M = 64  # above this the M x N tiles of the plain tensor-core path fill the GPU
 # Scale operand of the decode: bf16 S = sf * 2^119, so that S times the masked bits
 # (e2m1 * 2^-126) is e2m1 * sf * 2^-7. sf * 2^119 is at most 448 * 2^119 < 2^128.
@@ -229,7 +227,6 @@ if gluon is not None:
                                          instr_shape=[16, 8])
 
     _DECODE_ASM = gl.constexpr(DECODE_ASM)
-    _L2_CHUNK = gl.constexpr(L2_CHUNK)
     _S_BIAS = gl.constexpr(S_BIAS)
     _S_BIAS_SM80 = gl.constexpr(2.0 ** 127)
 
@@ -277,57 +274,6 @@ if gluon is not None:
         """Wait for the previous kernel in the stream to finish (PDL; see ``harness.pdl``)."""
         gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32,
                                   is_pure=False, pack=1)
-
-    # One bulk L2 prefetch (sm_90): the bytes [$1, $1 + $2) widened to 16-byte bounds, none
-    # when $2 <= 0. The widening stays inside a torch allocation (16-byte aligned starts,
-    # 512-byte blocks); the hint never faults.
-    _L2_PREFETCH_ASM = gl.constexpr("""
-{
-.reg .pred p;
-.reg .b64 a, e;
-setp.gt.s32 p, $2, 0;
-and.b64 a, $1, -16;
-cvt.s64.s32 e, $2;
-add.s64 e, e, $1;
-add.s64 e, e, 15;
-and.b64 e, e, -16;
-sub.s64 e, e, a;
-cvt.u32.u64 $0, e;
-@p cp.async.bulk.prefetch.L2.global [a], $0;
-}
-""")
-
-    @gluon.jit
-    def _bulk_prefetch_l2(ptrs, nbytes):
-        """Ask L2 for ``nbytes`` from each of ``ptrs`` (``_L2_PREFETCH_ASM``)."""
-        gl.inline_asm_elementwise(_L2_PREFETCH_ASM, "=r,l,r", [ptrs.to(gl.int64), nbytes],
-                                  dtype=gl.int32, is_pure=False, pack=1)
-
-    @gluon.jit
-    def prefetch_rows_l2(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, lo, hi,
-                         BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr):
-        """``L2_AHEAD``: K steps [lo, hi) of the tile's weight rows (words and scales) into
-        L2, one bulk request per row and tensor, so that the ring's copies of those steps
-        find them there instead of waiting on DRAM. Nothing lands in shared memory or
-        registers: the steps in flight are not bounded by the ring's slots."""
-        RL: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
-        r = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=RL), N - 1).to(gl.int64)
-        steps = gl.full([BLOCK_N], 0, gl.int32, layout=RL) + (hi - lo)
-        _bulk_prefetch_l2(w_ptr + r * stride_wn + lo * (BLOCK_K // 8), steps * (BLOCK_K // 2))
-        _bulk_prefetch_l2(s_ptr + r * stride_sn + lo * (BLOCK_K // 16), steps * (BLOCK_K // 16))
-
-    @gluon.jit
-    def l2_ahead_step(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, i, step, last,
-                      BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, L2_AHEAD: gl.constexpr):
-        """Inside a K loop with ``L2_AHEAD`` > 0: every ``L2_CHUNK`` steps, the prefetch of
-        the chunk ``L2_AHEAD`` steps ahead (the first ``L2_AHEAD`` steps were asked for
-        before the loop, by ``prefetch_rows_l2``)."""
-        if L2_AHEAD > 0:
-            if i % _L2_CHUNK == 0:
-                lo = step + L2_AHEAD
-                if lo < last:
-                    prefetch_rows_l2(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, lo,
-                                     gl.minimum(lo + _L2_CHUNK, last), BLOCK_N, BLOCK_K)
 
     @gluon.jit
     def _read_slot(w_smem, s_smem, slot, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr):
@@ -411,8 +357,7 @@ cvt.u32.u64 $0, e;
     def _staged_loop(w_ptr, stride_wn, x_ptr, stride_xm, M, pid_b, s_ptr, stride_sn, pid_n, N,
                      first, last, acc,
                      BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
-                     STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
-                     L2_AHEAD: gl.constexpr = 0):
+                     STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr):
         """The K loop with the weight streamed through a ring of ``STAGES`` shared-memory
         slots by ``cp.async``: ``STAGES - 1`` steps of words and scales are in flight while
         one decodes, without the registers a register pipeline of that depth would need.
@@ -425,8 +370,7 @@ cvt.u32.u64 $0, e;
 
         Under PDL the words and scales of the first ``STAGES - 1`` steps are requested before
         the wait for the previous kernel (nothing writes them); they join the first commit
-        group, so step 0's wait covers them. ``L2_AHEAD`` (steps; 0: off): the weight rows
-        that many steps ahead are asked into L2 beside the ring (``prefetch_rows_l2``)."""
+        group, so step 0's wait covers them."""
         nw: gl.constexpr = gl.num_warps()
         XL: gl.constexpr = _act_layout(BLOCK_B, BLOCK_K, nw)
         MMA: gl.constexpr = _mma_layout(nw)
@@ -445,9 +389,6 @@ cvt.u32.u64 $0, e;
                                            gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
         for j in gl.static_range(STAGES - 1):
             _issue_weights(w_smem, s_smem, w_src, s_src, j, first + j, first + j < last, BLOCK_K)
-        if L2_AHEAD > 0:
-            prefetch_rows_l2(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, first,
-                             gl.minimum(first + L2_AHEAD, last), BLOCK_N, BLOCK_K)
         if GDC:
             _gdc_wait()
         for j in gl.static_range(STAGES - 1):
@@ -458,8 +399,6 @@ cvt.u32.u64 $0, e;
             # ...everyone's (a warp reads activations the others copied), and slot
             # (i - 1) % STAGES is read by all.
             cta_barrier()
-            l2_ahead_step(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, i, step, last, BLOCK_N,
-                          BLOCK_K, L2_AHEAD)
             ahead = step + STAGES - 1
             slot_ahead = (i + STAGES - 1) % STAGES
             _issue_weights(w_smem, s_smem, w_src, s_src, slot_ahead, ahead, ahead < last, BLOCK_K)
@@ -553,7 +492,7 @@ cvt.u32.u64 $0, e;
     def _swap_ab_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn, pid_b,
                       pid_n, steps, first, last, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
                       BLOCK_B: gl.constexpr, PREFETCH: gl.constexpr, FP8_CVT: gl.constexpr,
-                      STAGES: gl.constexpr, GDC: gl.constexpr, L2_AHEAD: gl.constexpr):
+                      STAGES: gl.constexpr, GDC: gl.constexpr):
         """K steps ``[first, last)`` of the [BLOCK_N, BLOCK_B] tile (pid_n, pid_b) of out^T
         -> its fp32 accumulator (layout ``_mma_layout``)."""
         nw: gl.constexpr = gl.num_warps()
@@ -580,7 +519,7 @@ cvt.u32.u64 $0, e;
         if STAGES > 0:
             acc = _staged_loop(w_ptr, stride_wn, x_ptr, stride_xm, M, pid_b, s_ptr, stride_sn,
                                pid_n, N, first, last, acc, BLOCK_N, BLOCK_K, BLOCK_B, STAGES,
-                               FP8_CVT, GDC, L2_AHEAD)
+                               FP8_CVT, GDC)
         elif PREFETCH:
             # Software pipeline in registers: the loads of step i + 1 are in flight while step
             # i decodes (Triton pipelines loads only through shared memory, for dot operands).
@@ -619,16 +558,13 @@ cvt.u32.u64 $0, e;
                        BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                        SPLIT_K: gl.constexpr, PREFETCH: gl.constexpr, FP8_CVT: gl.constexpr,
                        STAGES: gl.constexpr = 0, GDC: gl.constexpr = False,
-                       STREAM_K: gl.constexpr = 0, L2_AHEAD: gl.constexpr = 0):
+                       STREAM_K: gl.constexpr = 0):
         # GDC: grid-dependency control for a PDL launch (``harness.pdl``): wait for the
         # previous kernel before the first activation load; let the next one launch once
         # the K loop is done.
-        # L2_AHEAD (K steps; 0: off; with STAGES > 0): the weight rows that far ahead of the
-        # ring are requested into L2 (``prefetch_rows_l2``).
         # STREAM_K (programs per SM; 0: off): a one-dimensional grid of programs that each
         # take an equal share of the (tile, K step) iterations, crossing tiles where a share
         # does (``stream_k_segments``), so no partly filled last wave of programs.
-        gl.static_assert(L2_AHEAD == 0 or STAGES > 0, "L2_AHEAD is a ring option")
         MMA: gl.constexpr = _mma_layout(gl.num_warps())
         if STREAM_K:
             b_tiles, tiles, steps, it, end, per, units = stream_k_range(M, N, K, BLOCK_B,
@@ -643,7 +579,7 @@ cvt.u32.u64 $0, e;
                 cta_barrier()  # every warp is done with the last unit's ring slots
                 acc = _swap_ab_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn,
                                     pid_b, pid_n, steps, first, last, BLOCK_N, BLOCK_K,
-                                    BLOCK_B, PREFETCH, FP8_CVT, STAGES, GDC, L2_AHEAD)
+                                    BLOCK_B, PREFETCH, FP8_CVT, STAGES, GDC)
                 store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
                            pid_b, tile, tiles, seg, nseg, BLOCK_N, BLOCK_B, MMA)
                 it += last - first
@@ -657,7 +593,7 @@ cvt.u32.u64 $0, e;
             steps, first, last = split_range(K, BLOCK_K, SPLIT_K, pid_k)
             acc = _swap_ab_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn,
                                 pid_b, pid_n, steps, first, last, BLOCK_N, BLOCK_K, BLOCK_B,
-                                PREFETCH, FP8_CVT, STAGES, GDC, L2_AHEAD)
+                                PREFETCH, FP8_CVT, STAGES, GDC)
             if GDC:
                 _gdc_launch_dependents()
             store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n, pid_b,

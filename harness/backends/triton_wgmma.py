@@ -188,13 +188,11 @@ if gluon is not None:
     def _act_ring_loop(acc, x_ptr, stride_xm, M, pid_b, w_smem, s_smem, w_src, s_src,
                        first, last, A_LAYOUT: gl.constexpr, BLOCK_N: gl.constexpr,
                        BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr, STAGES: gl.constexpr,
-                       FP8_CVT: gl.constexpr, GDC: gl.constexpr, ORDERED: gl.constexpr,
-                       w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, L2_AHEAD: gl.constexpr):
+                       FP8_CVT: gl.constexpr, GDC: gl.constexpr, ORDERED: gl.constexpr):
         """The K loop with the batch tile in the ring too (ACT_RING = True): each step's
         activations are copied by cp.async straight into its slot, in MMA K order, with the
         step's words and scales, STAGES - 1 steps ahead. No activation passes through
-        registers: no loads carried across the loop, no shared stores, no permute.
-        ``L2_AHEAD``: as in ``triton_swap_ab._staged_loop``."""
+        registers: no loads carried across the loop, no shared stores, no permute."""
         nw: gl.constexpr = gl.num_warps()
         XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
         x_ring = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_B, BLOCK_K], XS)
@@ -204,9 +202,6 @@ if gluon is not None:
         for j in gl.static_range(STAGES - 1):
             swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, j, first + j,
                                    first + j < last, BLOCK_K)
-        if L2_AHEAD > 0:
-            swap_ab.prefetch_rows_l2(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, first,
-                                     gl.minimum(first + L2_AHEAD, last), BLOCK_N, BLOCK_K)
         if GDC:
             swap_ab._gdc_wait()
         for j in gl.static_range(STAGES - 1):
@@ -218,8 +213,6 @@ if gluon is not None:
             # ...everyone's, and the synchronous wgmma of step - 1 is done in every
             # warpgroup: slot (i - 1) % STAGES is free.
             swap_ab.cta_barrier()
-            swap_ab.l2_ahead_step(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, i, step, last,
-                                  BLOCK_N, BLOCK_K, L2_AHEAD)
             ahead = step + STAGES - 1
             slot_ahead = (i + STAGES - 1) % STAGES
             swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, slot_ahead, ahead,
@@ -236,8 +229,7 @@ if gluon is not None:
                     steps, first, last, x_smem, a_smem, BLOCK_N: gl.constexpr,
                     BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr, FP8_CVT: gl.constexpr,
                     STAGES: gl.constexpr, ASYNC: gl.constexpr, GDC: gl.constexpr,
-                    ACT_RING: gl.constexpr, ACT_ORDERED: gl.constexpr,
-                    L2_AHEAD: gl.constexpr = 0):
+                    ACT_RING: gl.constexpr, ACT_ORDERED: gl.constexpr):
         """K steps ``[first, last)`` of the [BLOCK_N, BLOCK_B] tile (pid_n, pid_b) of out^T
         -> its fp32 accumulator (layout ``_wgmma_layout``), every ``wgmma`` retired."""
         nw: gl.constexpr = gl.num_warps()
@@ -261,8 +253,7 @@ if gluon is not None:
             gl.static_assert(not ASYNC, "ACT_RING is a synchronous-wgmma path")
             acc = _act_ring_loop(acc, x_ptr, stride_xm, M, pid_b, w_smem, s_smem, w_src, s_src,
                                  first, last, A_LAYOUT, BLOCK_N, BLOCK_K, BLOCK_B, STAGES,
-                                 FP8_CVT, GDC, ACT_ORDERED, w_ptr, stride_wn, s_ptr, stride_sn,
-                                 pid_n, N, L2_AHEAD)
+                                 FP8_CVT, GDC, ACT_ORDERED)
         elif STAGES > 0:
             for j in gl.static_range(STAGES - 1):
                 swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, j, first + j,
@@ -332,14 +323,13 @@ if gluon is not None:
     @gluon.jit
     def _ws_produce(ptrs, dims, bufs, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                     STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
-                    SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, L2_AHEAD: gl.constexpr):
+                    SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr):
         """The copy partition of ``CONSUMERS``: each K step's words, scales and (MMA-ordered)
         activations into ring slot ``step % STAGES`` by cp.async, once every consumer has
         released the slot; each thread's copies arrive on the slot's ``ready`` barrier as
         they land. Under PDL the first STAGES steps' weights are requested before the wait,
-        every activation after it; ``L2_AHEAD`` as in ``triton_swap_ab._staged_loop``.
-        (Worker partitions share one signature: the epilogue's arguments pass through
-        unused.)"""
+        every activation after it. (Worker partitions share one signature: the epilogue's
+        arguments pass through unused.)"""
         x_ptr, w_ptr, s_ptr = ptrs[0], ptrs[1], ptrs[2]
         M, N, stride_xm, stride_wn, stride_sn = dims[0], dims[1], dims[2], dims[4], dims[5]
         pid_b, pid_n, first, last = dims[6], dims[7], dims[9], dims[10]
@@ -352,16 +342,11 @@ if gluon is not None:
         for j in gl.static_range(STAGES):
             swap_ab._issue_weights(w_smem, s_smem, w_src, s_src, j, first + j,
                                    first + j < last, BLOCK_K)
-        if L2_AHEAD > 0:
-            swap_ab.prefetch_rows_l2(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, first,
-                                     gl.minimum(first + L2_AHEAD, last), BLOCK_N, BLOCK_K)
         if GDC:
             swap_ab._gdc_wait()
         for step in range(first, last):
             i = step - first
             slot = i % STAGES
-            swap_ab.l2_ahead_step(w_ptr, stride_wn, s_ptr, stride_sn, pid_n, N, i, step, last,
-                                  BLOCK_N, BLOCK_K, L2_AHEAD)
             if i >= STAGES:
                 # Free once every consumer has released use i // STAGES - 1 of the slot.
                 mbarrier.wait(free.index(slot), ((i // STAGES) & 1) ^ 1)
@@ -377,8 +362,7 @@ if gluon is not None:
     @gluon.jit
     def _ws_consume(ptrs, dims, bufs, ROW: gl.constexpr, BLOCK_K: gl.constexpr,
                     BLOCK_B: gl.constexpr, STAGES: gl.constexpr, FP8_CVT: gl.constexpr,
-                    GDC: gl.constexpr, SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr,
-                    L2_AHEAD: gl.constexpr):
+                    GDC: gl.constexpr, SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr):
         """One MMA warpgroup of ``CONSUMERS``: rows [ROW, ROW + 64) of the CTA's weight tile.
         Per K step it waits for the slot's copies, decodes its rows of the words into the A
         fragment, runs the ``wgmma`` on the shared batch tile and releases the slot once the
@@ -418,28 +402,28 @@ if gluon is not None:
     @gluon.jit
     def _ws_first(ptrs, dims, bufs, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                   STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
-                  SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, L2_AHEAD: gl.constexpr):
+                  SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr):
         """The default partition: the consumer of rows [0, 64); it lets the next kernel launch
         once its K loop is done, as the other kernels do before their epilogue."""
         _ws_consume(ptrs, dims, bufs, 0, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
-                    CONSUMERS, L2_AHEAD)
+                    CONSUMERS)
         if GDC:
             swap_ab._gdc_launch_dependents()
 
     @gluon.jit
     def _ws_second(ptrs, dims, bufs, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                    STAGES: gl.constexpr, FP8_CVT: gl.constexpr, GDC: gl.constexpr,
-                   SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr, L2_AHEAD: gl.constexpr):
+                   SPLIT_K: gl.constexpr, CONSUMERS: gl.constexpr):
         """A worker partition: the consumer of rows [64, 128)."""
         _ws_consume(ptrs, dims, bufs, 64, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
-                    CONSUMERS, L2_AHEAD)
+                    CONSUMERS)
 
     @gluon.jit
     def _ws_tile(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, K, stride_xm,
                  stride_om, stride_wn, stride_sn, BLOCK_K: gl.constexpr, BLOCK_B: gl.constexpr,
                  SPLIT_K: gl.constexpr, FP8_CVT: gl.constexpr, STAGES: gl.constexpr,
                  GDC: gl.constexpr, CONSUMERS: gl.constexpr, COPY_REGS: gl.constexpr,
-                 MMA_REGS: gl.constexpr, L2_AHEAD: gl.constexpr):
+                 MMA_REGS: gl.constexpr):
         """``CONSUMERS`` > 0: the CTA's tile of 64 * CONSUMERS weight rows by warp
         specialization. One copy warpgroup (``_ws_produce``) fills the ring; each MMA
         warpgroup (``_ws_consume``) decodes its 64 rows of every slot against the one batch
@@ -468,19 +452,19 @@ if gluon is not None:
         if CONSUMERS == 1:
             gl.warp_specialize([
                 (_ws_first, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
-                             CONSUMERS, L2_AHEAD)),
+                             CONSUMERS)),
                 (_ws_produce, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC,
-                               SPLIT_K, CONSUMERS, L2_AHEAD)),
+                               SPLIT_K, CONSUMERS)),
             ], [_WS_COPY_WARPS], [COPY_REGS])
         else:
             gl.static_assert(CONSUMERS == 2, "one or two MMA warpgroups")
             gl.warp_specialize([
                 (_ws_first, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC, SPLIT_K,
-                             CONSUMERS, L2_AHEAD)),
+                             CONSUMERS)),
                 (_ws_produce, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC,
-                               SPLIT_K, CONSUMERS, L2_AHEAD)),
+                               SPLIT_K, CONSUMERS)),
                 (_ws_second, (ptrs, dims, bufs, BLOCK_K, BLOCK_B, STAGES, FP8_CVT, GDC,
-                              SPLIT_K, CONSUMERS, L2_AHEAD)),
+                              SPLIT_K, CONSUMERS)),
             ], [_WS_COPY_WARPS, 4], [COPY_REGS, MMA_REGS])
 
     @gluon.constexpr_function
@@ -502,8 +486,7 @@ if gluon is not None:
                      ASYNC: gl.constexpr = False, GDC: gl.constexpr = False,
                      ACT_RING: gl.constexpr = False, STREAM_K: gl.constexpr = 0,
                      ACT_ORDERED: gl.constexpr = False, CONSUMERS: gl.constexpr = 0,
-                     COPY_REGS: gl.constexpr = 64, MMA_REGS: gl.constexpr = 208,
-                     L2_AHEAD: gl.constexpr = 0):
+                     COPY_REGS: gl.constexpr = 64, MMA_REGS: gl.constexpr = 208):
         # STAGES = 0: the weight words and scales go to registers one step ahead; STAGES > 0:
         # through a ring of STAGES shared-memory slots filled by cp.async, STAGES - 1 steps
         # ahead (more bytes in flight per SM; on the H200 the tuner keeps it on some shapes
@@ -514,18 +497,14 @@ if gluon is not None:
         # CONSUMERS (1 or 2; 0: off): the warp-specialized tile of ``_ws_tile`` (num_warps 4:
         # the first MMA warpgroup; COPY_REGS / MMA_REGS: the registers per thread of the copy
         # partition and of the second MMA warpgroup; the first takes what maxnreg leaves).
-        # L2_AHEAD (K steps; 0: off; ring paths): the weight rows that far ahead of the ring
-        # are requested into L2 (``triton_swap_ab.prefetch_rows_l2``).
         nw: gl.constexpr = gl.num_warps()
-        gl.static_assert(L2_AHEAD == 0 or (STAGES > 0 and ACT_RING),
-                         "L2_AHEAD: on the ring paths (ACT_RING)")
         if CONSUMERS:
             gl.static_assert(STAGES > 0 and ACT_RING and ACT_ORDERED and not ASYNC
                              and not STREAM_K and BLOCK_N == 64 * CONSUMERS and nw == 4,
                              "a warp-specialized tile: ordered ring, 64 rows per warpgroup")
             _ws_tile(x_ptr, w_ptr, s_ptr, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, K,
                      stride_xm, stride_om, stride_wn, stride_sn, BLOCK_K, BLOCK_B, SPLIT_K,
-                     FP8_CVT, STAGES, GDC, CONSUMERS, COPY_REGS, MMA_REGS, L2_AHEAD)
+                     FP8_CVT, STAGES, GDC, CONSUMERS, COPY_REGS, MMA_REGS)
             return
         MMA: gl.constexpr = _wgmma_layout(BLOCK_B, nw)
         XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_B, BLOCK_K], gl.bfloat16)
@@ -548,7 +527,7 @@ if gluon is not None:
                 acc = _wgmma_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn,
                                   pid_b, pid_n, steps, first, last, x_smem, a_smem, BLOCK_N,
                                   BLOCK_K, BLOCK_B, FP8_CVT, STAGES, ASYNC, GDC, ACT_RING,
-                                  ACT_ORDERED, L2_AHEAD)
+                                  ACT_ORDERED)
                 swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om,
                                    pid_n, pid_b, tile, tiles, seg, nseg, BLOCK_N, BLOCK_B,
                                    MMA)
@@ -562,8 +541,7 @@ if gluon is not None:
             steps, first, last = swap_ab.split_range(K, BLOCK_K, SPLIT_K, pid_k)
             acc = _wgmma_unit(x_ptr, w_ptr, s_ptr, M, N, stride_xm, stride_wn, stride_sn, pid_b,
                               pid_n, steps, first, last, x_smem, a_smem, BLOCK_N, BLOCK_K,
-                              BLOCK_B, FP8_CVT, STAGES, ASYNC, GDC, ACT_RING, ACT_ORDERED,
-                              L2_AHEAD)
+                              BLOCK_B, FP8_CVT, STAGES, ASYNC, GDC, ACT_RING, ACT_ORDERED)
             if GDC:
                 swap_ab._gdc_launch_dependents()
             swap_ab.store_tile(acc, out_ptr, ws_ptr, cnt_ptr, scale_ptr, M, N, stride_om, pid_n,
