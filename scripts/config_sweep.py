@@ -20,13 +20,14 @@ stream-K variants (``SPLIT_K`` 1, ``STREAM_K`` programs per SM); ``--with KEY=V1
 for each config, its variants with that integer kernel option set to each value (e.g.
 ``SPLIT_K=2,4``, or an option under trial in the tree under test; a kernel that takes no
 such option fails the row). ``--harness DIR`` imports the kernels from another checkout (an
-A/B of two trees on one machine; its classic configs only under ``--classic-only``). An ``ACT_ORDERED`` config (activations read in MMA K order) is
-timed four times: as the backend runs it (its reorder kernel, then the GEMM launched behind
-it with the backend's hand-off, ``triton_w4a16.ORDERED_HANDOFF_PDL``), alone on activations
-reordered beforehand (as a kernel that writes them so would leave them), with the reorder as a
-torch copy (``in_mma_k_order``) in the call, and behind the reorder kernel with the other
-hand-off (PDL or stream order): what the programmatic launch costs or saves;
-``--call-only`` times it as the backend runs it only.
+A/B of two trees on one machine; its classic configs only under ``--classic-only``). An
+``ACT_ORDERED`` config (activations read in MMA K order) is timed four times: as the backend
+runs it (its reorder kernel, then the GEMM launched behind it with the backend's hand-off,
+``triton_w4a16.ORDERED_HANDOFF_PDL``), alone on activations reordered beforehand (as a
+kernel that writes them so would leave them), with the reorder as a torch copy
+(``in_mma_k_order``) in the call, and behind the reorder kernel with the other hand-off (PDL
+or stream order): what the programmatic launch costs or saves; ``--call-only`` times it as
+the backend runs it only.
 Writes ``config-sweep[-LABEL].{json,md}`` under ``--out`` after every row.
 """
 
